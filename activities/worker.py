@@ -1,0 +1,67 @@
+"""The worker process: every workflow, and the activities that touch PostgreSQL,
+pg_dump, webhooks and notifications (task queue ``wa-core``). Stateless."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.notify import Notifier
+from domain.settings import Settings
+from infra.process import stop_event_on_signals
+from infra.redis import EventPublisher, redis_client
+from infra.temporal import connect_temporal
+from storage import Database, migrate
+from workflows import ALL_WORKFLOWS
+
+log = logging.getLogger("waorch.worker")
+
+
+@dataclass
+class WorkerDeps:
+    settings: Settings
+    client: Client
+    db: Database
+    redis: aioredis.Redis
+    events: EventPublisher
+
+
+def build_activities(deps: WorkerDeps) -> list[Callable[..., Any]]:
+    """Every activity of the core queue, bound to its dependencies."""
+    notifier = Notifier(deps.settings)
+    return [notifier.send_alert]
+
+
+def build_worker(deps: WorkerDeps) -> Worker:
+    return Worker(
+        deps.client,
+        task_queue=deps.settings.temporal_core_queue,
+        workflows=ALL_WORKFLOWS,
+        activities=build_activities(deps),
+        max_concurrent_activities=100,
+    )
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    client = await connect_temporal(settings, identity=f"worker@{settings.connector_id}")
+    db = Database(settings.database_dsn, max_size=settings.db_pool_max)
+    await migrate(db)
+    redis = redis_client(settings)
+    deps = WorkerDeps(settings, client, db, redis, EventPublisher(redis, settings.events_channel))
+    stop = stop or stop_event_on_signals()
+    worker = build_worker(deps)
+    log.info("worker started task_queue=%s workflows=%d", settings.temporal_core_queue, len(ALL_WORKFLOWS))
+    try:
+        async with worker:
+            await stop.wait()
+    finally:
+        await db.close()
+        await redis.aclose()
+        log.info("worker stopped")

@@ -1,0 +1,58 @@
+"""``waorch``: the launcher and the operator's command line (SPEC O7)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from domain.settings import Settings
+from infra.logs import setup_logging
+
+
+def _run_api(settings: Settings) -> int:
+    import uvicorn
+
+    from api.app import create_app
+
+    uvicorn.run(
+        create_app(settings), host=settings.api_host, port=settings.api_port,
+        log_level=settings.log_level.lower(), access_log=False,
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="waorch", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start the whole stack (Temporal, PostgreSQL, Redis, connector, worker, api)")
+    sub.add_parser("worker", help="run the workflow worker against configured services")
+    sub.add_parser("connector", help="run the WhatsApp connector against configured services")
+    sub.add_parser("api", help="run the HTTP API against configured services")
+    args = parser.parse_args(argv)
+
+    settings = Settings()
+    setup_logging(settings.log_level, component=args.command)
+    if args.command == "up":
+        from cli.stack import run_stack
+
+        return asyncio.run(run_stack(settings))
+    if args.command == "worker":
+        from activities.worker import run_worker
+
+        asyncio.run(run_worker(settings))
+        return 0
+    if args.command == "connector":
+        from connector.main import run_connector
+
+        asyncio.run(run_connector(settings))
+        return 0
+    if args.command == "api":
+        return _run_api(settings)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

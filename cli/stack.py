@@ -1,0 +1,209 @@
+"""``waorch up``: the whole stack on one machine (SPEC O2, DESIGN "Processes").
+
+Order: Temporal dev server, PostgreSQL, Redis (each embedded unless its URL
+is set), then connector, worker and api as child processes. Waits for
+``/health``, prints the URLs, restarts a child that dies (with a growing
+pause, so a crash loop does not spin), and on Ctrl-C / SIGTERM stops the
+children first (the connector closes WhatsApp clients without logging out),
+then the servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from cli.embedded import (
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    TemporalDevConfig,
+    TemporalDevServer,
+    default_dev_config_path,
+)
+from domain.settings import Settings
+from infra.admin_key import load_or_create_admin_key
+from infra.process import stop_event_on_signals
+from storage import Database, migrate
+
+log = logging.getLogger("waorch.stack")
+
+CHILDREN = ("connector", "worker", "api")
+
+
+@dataclass
+class Child:
+    name: str
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    next_start_at: float = 0.0
+    log_path: Path | None = None
+
+    def start(self) -> None:
+        assert self.log_path is not None
+        logfile = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", self.name], env=self.env, stdout=logfile, stderr=subprocess.STDOUT
+        )
+        logfile.close()
+        self.started_at = time.monotonic()
+
+    def stop(self, timeout: float) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("child did not stop in time, killing name=%s", self.name)
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    temporal: TemporalDevServer | None = None
+    postgres: EmbeddedPostgres | None = None
+    redis: EmbeddedRedis | None = None
+    children: list[Child] = field(default_factory=list)
+
+    def start_servers(self, env: dict[str, str]) -> None:
+        s = self.settings
+        data = s.data_dir.resolve()
+        if s.uses_embedded_temporal:
+            cfg = TemporalDevConfig.load(default_dev_config_path())
+            self.temporal = TemporalDevServer(cfg, data / "temporal")
+            self.temporal.start()
+            env["TEMPORAL_ADDRESS"] = self.temporal.address
+            env["TEMPORAL_NAMESPACE"] = cfg.namespace
+            log.info("temporal dev server up address=%s ui=%s", self.temporal.address, self.temporal.ui_url)
+        if s.uses_embedded_postgres:
+            self.postgres = EmbeddedPostgres(data / "postgres", s.postgres_port)
+            self.postgres.start()
+            self.postgres.create_database(s.db_name)
+            env["DATABASE_URL"] = self.postgres.dsn_for(s.db_name)
+            log.info("postgres up port=%d db=%s", s.postgres_port, s.db_name)
+        if s.uses_embedded_redis:
+            self.redis = EmbeddedRedis(data / "redis", s.redis_port)
+            self.redis.start()
+            env["REDIS_URL"] = self.redis.url
+            log.info("redis up port=%d", s.redis_port)
+
+    def stop_servers(self) -> None:
+        for server in (self.redis, self.postgres, self.temporal):
+            if server is not None:
+                try:
+                    server.stop()
+                except Exception:
+                    log.exception("failed to stop %s", type(server).__name__)
+
+
+async def _wait_healthy(url: str, timeout: float, children: list[Child]) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    async with httpx.AsyncClient(timeout=2) as http:
+        while time.monotonic() < deadline:
+            for child in children:
+                if child.proc is not None and child.proc.poll() is not None:
+                    raise RuntimeError(f"{child.name} exited with code {child.proc.returncode}; see {child.log_path}")
+            try:
+                resp = await http.get(url)
+                if resp.status_code == 200:
+                    body: dict[str, object] = resp.json()
+                    return body
+                last = f"{resp.status_code} {resp.text[:200]}"
+            except httpx.HTTPError as exc:
+                last = type(exc).__name__
+            await asyncio.sleep(0.2)
+    raise TimeoutError(f"api not healthy after {timeout:.0f}s: {last}")
+
+
+async def run_stack(settings: Settings) -> int:
+    started = time.monotonic()
+    data = settings.data_dir.resolve()
+    (data / "logs").mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env["DATA_DIR"] = str(data)
+    stack = Stack(settings)
+    stop = stop_event_on_signals()
+    try:
+        await asyncio.to_thread(stack.start_servers, env)
+        db = Database(env.get("DATABASE_URL") or settings.database_dsn)
+        await migrate(db)
+        await db.close()
+
+        admin_note = ""
+        if settings.api_admin_key is None:
+            key, created = load_or_create_admin_key(data)
+            env["API_ADMIN_KEY"] = key
+            admin_note = (
+                f"admin key (new, shown once; kept in {data / 'admin.key'}): {key}"
+                if created
+                else f"admin key: in {data / 'admin.key'} (mode 0600)"
+            )
+
+        for name in CHILDREN:
+            child = Child(name, env, log_path=data / "logs" / f"{name}.log")
+            child.start()
+            stack.children.append(child)
+
+        api = f"http://{settings.api_host}:{settings.api_port}"
+        body = await _wait_healthy(f"{api}/health", 60, stack.children)
+        took = time.monotonic() - started
+        ui = stack.temporal.ui_url if stack.temporal else "(external Temporal: its own UI)"
+        print(
+            "\n".join([
+                f"waorch stack is up in {took:.1f}s (health: {body.get('status')})",
+                f"  API            {api}",
+                f"  API docs       {api}/docs",
+                f"  onboarding     {api}/onboarding/<company_id>",
+                f"  health         {api}/health    metrics {api}/metrics",
+                f"  Temporal UI    {ui}",
+                f"  transport      {settings.wa_transport}",
+                f"  logs           {data / 'logs'}",
+                *([f"  {admin_note}"] if admin_note else []),
+                "Ctrl-C stops everything.",
+            ]),
+            flush=True,
+        )
+        await _supervise(stack.children, stop)
+        return 0
+    finally:
+        log.info("stopping stack")
+        for child in reversed(stack.children):
+            await asyncio.to_thread(child.stop, 25.0)
+        await asyncio.to_thread(stack.stop_servers)
+        log.info("stack stopped")
+
+
+async def _supervise(children: list[Child], stop: asyncio.Event) -> None:
+    """Restart a child that dies; pause 1 s, 2 s, … 30 s between restarts of a crash-looping one."""
+    while not stop.is_set():
+        now = time.monotonic()
+        for child in children:
+            if child.proc is not None and child.proc.poll() is not None:
+                code = child.proc.returncode
+                child.proc = None
+                if now - child.started_at > 60:
+                    child.restarts = 0  # it ran fine for a while: this is a new failure, not a loop
+                pause = min(30.0, 2.0**child.restarts)
+                child.restarts += 1
+                child.next_start_at = now + pause
+                log.warning("child died name=%s code=%s restart_in_s=%.0f", child.name, code, pause)
+            elif child.proc is None and now >= child.next_start_at:
+                child.start()
+                log.info("child restarted name=%s restarts=%d", child.name, child.restarts)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=0.5)
+        except TimeoutError:
+            pass

@@ -1,0 +1,138 @@
+"""The contract of the session workflow: its id, message names and payloads.
+
+The API, the CLI, the connector and the workflow all import these names, so
+a signal sent from the Temporal UI (``relink``, ``pause``, ``resume``) is the
+same message the API sends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from domain.states import SessionState
+
+SESSION_WORKFLOW = "SessionWorkflow"
+
+# Signals the connector sends while it holds a session.
+SIGNAL_QR = "qr"
+SIGNAL_PAIRING_CODE = "pairing_code"
+SIGNAL_CONNECTED = "connected"
+SIGNAL_DISCONNECTED = "disconnected"
+# Signals an operator sends (API, Temporal UI, `temporal workflow signal`, CLI).
+SIGNAL_RELINK = "relink"
+SIGNAL_PAUSE = "pause"
+SIGNAL_RESUME = "resume"
+# Updates (they answer), and the query.
+UPDATE_INITIALIZE = "initialize"
+UPDATE_LOGOUT = "logout"
+UPDATE_REMOVE = "remove"
+QUERY_STATUS = "status"
+
+# Activities.
+ACTIVITY_HOLD_SESSION = "hold_session"
+
+
+def session_workflow_id(company_id: str) -> str:
+    """Workflow id of a company's session: the system-wide lock of SPEC S1."""
+    return f"session-{company_id}"
+
+
+class HoldOutcomeKind(StrEnum):
+    """How one ``hold_session`` attempt ended; the one mapping of transport events to outcomes."""
+
+    DROPPED = "dropped"  # transient: network drop, keepalive timeout, stream error
+    DIAL_FAILED = "dial_failed"  # transient: first dial did not succeed
+    REPLACED = "replaced"  # error 440, never reconnect automatically
+    LOGGED_OUT = "logged_out"  # device unlinked from the phone or server
+    TEMP_BANNED = "temp_banned"  # wait ban_expires_s, then hold again
+    PAIRING_TIMEOUT = "pairing_timeout"  # QR / pairing code not completed in time
+    STOPPED = "stopped"  # cancelled on purpose (pause, logout, remove, shutdown)
+
+
+@dataclass
+class HoldRequest:
+    company_id: str
+    workflow_id: str
+    jid: str | None = None
+    new_device: bool = False
+    pairing_phone: str | None = None
+
+
+@dataclass
+class HoldOutcome:
+    kind: HoldOutcomeKind
+    detail: str = ""
+    ban_expires_s: float | None = None
+
+
+@dataclass
+class QrSignal:
+    code: str
+    sequence: int
+    expires_at: datetime | None = None
+
+
+@dataclass
+class PairingCodeSignal:
+    code: str
+
+
+@dataclass
+class ConnectedSignal:
+    jid: str
+    holder_queue: str
+    phone: str | None = None
+    push_name: str | None = None
+
+
+@dataclass
+class DisconnectedSignal:
+    reason: str
+
+
+@dataclass
+class InitializeRequest:
+    pairing_phone: str | None = None
+
+
+@dataclass
+class InitializeResult:
+    state: SessionState
+    qr: str | None = None
+    pairing_code: str | None = None
+    jid: str | None = None
+    phone: str | None = None
+
+
+@dataclass
+class SessionStatus:
+    company_id: str
+    state: SessionState
+    since: datetime | None = None
+    jid: str | None = None
+    phone: str | None = None
+    holder_queue: str | None = None
+    attempt: int = 0
+    next_retry_at: datetime | None = None
+    last_error: str | None = None
+    qr: str | None = None
+    qr_sequence: int = 0
+    pairing_code: str | None = None
+    history: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SendRequest:
+    company_id: str
+    to: str
+    text: str
+    quoted: str | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass
+class SendResult:
+    message_id: str
+    timestamp: datetime

@@ -1,0 +1,162 @@
+"""One settings object for every process (SPEC O4), read from the environment.
+
+Every field is documented in ``.env.example``. Secrets are ``SecretStr`` so
+they never appear in a repr, a log line or a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def build_database_url(user: str, password: str, host: str, port: int, database: str) -> str:
+    """A PostgreSQL URL with user and password percent-encoded (SPEC D4)."""
+    auth = quote(user, safe="")
+    if password:
+        auth += ":" + quote(password, safe="")
+    return f"postgresql://{auth}@{host}:{port}/{quote(database, safe='')}"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    environment: Literal["development", "test", "production"] = "development"
+    data_dir: Path = Path(".data")
+    log_level: str = "INFO"
+
+    # Temporal. Unset address → the launcher runs the embedded dev server.
+    temporal_address: str | None = None
+    temporal_namespace: str = "default"
+    temporal_core_queue: str = "wa-core"
+    temporal_connector_queue: str = "connector"
+
+    # PostgreSQL. DATABASE_URL wins; else DB_* parts (password URL-encoded for you);
+    # else the embedded server.
+    database_url: SecretStr | None = None
+    db_host: str | None = None
+    db_port: int = 5432
+    db_user: str = "postgres"
+    db_password: SecretStr = SecretStr("")
+    db_name: str = "waorch"
+    db_pool_max: int = Field(default=10, ge=1, le=200)
+
+    # Redis. Unset → embedded redis-server.
+    redis_url: SecretStr | None = None
+    redis_prefix: str = ""
+
+    # Ports of the embedded servers and the API.
+    temporal_port: int = 7233
+    temporal_ui_port: int = 8233
+    postgres_port: int = 55432
+    redis_port: int = 56379
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_admin_key: SecretStr | None = None
+    public_url: str | None = None
+
+    # WhatsApp.
+    wa_transport: Literal["neonize", "simulator"] = "neonize"
+    connector_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    qr_first_timeout_s: float = Field(default=60.0, gt=0)
+    qr_next_timeout_s: float = Field(default=20.0, gt=0)
+    qr_total_timeout_s: float = Field(default=160.0, gt=0)
+    hold_heartbeat_timeout_s: float = Field(default=20.0, ge=2)
+
+    # Reconnection (SPEC S3) and alerts (SPEC H4).
+    backoff_base_s: float = Field(default=1.0, gt=0)
+    backoff_cap_s: float = Field(default=300.0, gt=0)
+    backoff_max_attempts: int = Field(default=20, ge=1)
+    alert_grace_s: float = Field(default=10.0, ge=0)
+    telegram_bot_token: SecretStr | None = None
+    telegram_chat_id: str | None = None
+    sentry_dsn: SecretStr | None = None
+
+    # Sending (SPEC M2).
+    rate_limit_count: int = Field(default=30, ge=1)
+    rate_limit_window_s: float = Field(default=60.0, gt=0)
+
+    # Nightly jobs (SPEC B1-B3).
+    backup_dir: Path | None = None
+    backup_keep_daily: int = Field(default=7, ge=1)
+    backup_keep_monthly: int = Field(default=4, ge=0)
+    backup_cron: str = "0 3 * * *"
+    cleanup_cron: str = "30 3 * * *"
+    restore_test_cron: str = "0 4 1 * *"
+    cleanup_max_age_days: int = Field(default=30, ge=1)
+
+    @field_validator("connector_id")
+    @classmethod
+    def _connector_id_is_queue_safe(cls, value: str) -> str:
+        if not value or any(c.isspace() for c in value) or len(value) > 100:
+            raise ValueError("CONNECTOR_ID must be 1-100 characters without spaces")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.backoff_cap_s < self.backoff_base_s:
+            raise ValueError("BACKOFF_CAP_S must be >= BACKOFF_BASE_S")
+        if self.environment == "production" and self.api_admin_key is None:
+            raise ValueError("API_ADMIN_KEY must be set in production")
+        if self.api_admin_key is not None and len(self.api_admin_key.get_secret_value()) < 16:
+            raise ValueError("API_ADMIN_KEY must be at least 16 characters")
+        return self
+
+    @cached_property
+    def resolved_backup_dir(self) -> Path:
+        return self.backup_dir or self.data_dir / "backups"
+
+    @property
+    def connector_own_queue(self) -> str:
+        """The task queue only this connector polls (sends, logouts, simulator controls)."""
+        return f"{self.temporal_connector_queue}.{self.connector_id}"
+
+    @property
+    def temporal_target(self) -> str:
+        return self.temporal_address or f"127.0.0.1:{self.temporal_port}"
+
+    @property
+    def database_dsn(self) -> str:
+        """The DSN to connect with. Secret: never log it."""
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        if self.db_host:
+            return build_database_url(
+                self.db_user, self.db_password.get_secret_value(), self.db_host, self.db_port, self.db_name
+            )
+        return build_database_url("postgres", "", "127.0.0.1", self.postgres_port, self.db_name)
+
+    @property
+    def redis_dsn(self) -> str:
+        if self.redis_url is not None:
+            return self.redis_url.get_secret_value()
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def events_channel(self) -> str:
+        from domain.events import EVENTS_CHANNEL
+
+        return f"{self.redis_prefix}{EVENTS_CHANNEL}"
+
+    @property
+    def uses_embedded_postgres(self) -> bool:
+        return self.database_url is None and not self.db_host
+
+    @property
+    def uses_embedded_redis(self) -> bool:
+        return self.redis_url is None
+
+    @property
+    def uses_embedded_temporal(self) -> bool:
+        return self.temporal_address is None
+
+    def redacted(self) -> dict[str, object]:
+        """Settings as a dict safe to print: secrets shown as ``**********``."""
+        return {k: ("**********" if isinstance(v, SecretStr) else v) for k, v in self.model_dump().items()}

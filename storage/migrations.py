@@ -1,0 +1,91 @@
+"""Schema of the project's own tables, migrated idempotently at start (SPEC D1).
+
+Migrations are numbered and append-only. ``migrate`` takes a transaction-level
+advisory lock, so any number of processes starting at once apply each
+migration exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from storage.db import Database
+
+log = logging.getLogger("waorch.db")
+
+_LOCK_KEY = 0x7761_6F72  # "waor"
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "project tables",
+        """
+        CREATE TABLE companies (
+            company_id     text PRIMARY KEY,
+            device_jid     text,
+            phone          text,
+            push_name      text,
+            created_at     timestamptz NOT NULL DEFAULT now(),
+            updated_at     timestamptz NOT NULL DEFAULT now(),
+            removed_at     timestamptz,
+            handler        text,
+            webhook_url    text,
+            webhook_secret text,
+            event_webhook_url text
+        );
+        CREATE TABLE api_keys (
+            id          bigserial PRIMARY KEY,
+            company_id  text NOT NULL,
+            key_hash    text NOT NULL UNIQUE,
+            key_prefix  text NOT NULL,
+            created_at  timestamptz NOT NULL DEFAULT now(),
+            revoked_at  timestamptz
+        );
+        CREATE INDEX api_keys_company ON api_keys (company_id) WHERE revoked_at IS NULL;
+        CREATE TABLE job_runs (
+            id           bigserial PRIMARY KEY,
+            kind         text NOT NULL,
+            workflow_id  text,
+            status       text NOT NULL,
+            dry_run      boolean NOT NULL DEFAULT false,
+            started_at   timestamptz NOT NULL DEFAULT now(),
+            finished_at  timestamptz,
+            duration_s   double precision,
+            details      jsonb NOT NULL DEFAULT '{}'::jsonb,
+            error        text
+        );
+        CREATE INDEX job_runs_kind_started ON job_runs (kind, started_at DESC);
+        CREATE TABLE audit (
+            id          bigserial PRIMARY KEY,
+            at          timestamptz NOT NULL DEFAULT now(),
+            actor       text NOT NULL,
+            company_id  text,
+            action      text NOT NULL,
+            details     jsonb NOT NULL DEFAULT '{}'::jsonb
+        );
+        CREATE INDEX audit_company_at ON audit (company_id, at DESC);
+        """,
+    ),
+]
+
+
+async def migrate(db: Database) -> list[int]:
+    """Apply the migrations this database lacks; return the versions applied now."""
+    applied: list[int] = []
+    async with db.connection() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   version    integer PRIMARY KEY,
+                   name       text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for version, name, sql in MIGRATIONS:
+            if version in done:
+                continue
+            await conn.execute(sql)
+            await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
+            applied.append(version)
+            log.info("db migrated version=%d name=%s where=%s", version, name, db.where)
+    return applied
