@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
 from temporalio.client import Client
 
+from api.deps import AppContext
+from api.errors import install_error_handlers
+from api.routes import all_routers
 from domain.settings import Settings
+from infra.admin_key import load_or_create_admin_key
 from infra.redis import redis_client
 from infra.temporal import connect_temporal
 from storage import Database, migrate
@@ -22,53 +21,35 @@ from storage import Database, migrate
 log = logging.getLogger("waorch.api")
 
 
-@dataclass
-class AppState:
-    settings: Settings
-    client: Client
-    db: Database
-    redis: aioredis.Redis
+def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
+    """Build the app. Tests pass ``client`` (a test environment's); processes let it connect."""
 
-
-async def _check(name: str, probe: Any, timeout: float = 2.0) -> dict[str, Any]:
-    try:
-        await asyncio.wait_for(probe, timeout)
-        return {"name": name, "status": "ok"}
-    except Exception as exc:  # a health check reports, it never raises
-        return {"name": name, "status": "down", "error": f"{type(exc).__name__}: {exc}"[:200]}
-
-
-def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = await connect_temporal(settings, identity="api")
+        temporal = client or await connect_temporal(settings, identity="api")
         db = Database(settings.database_dsn, max_size=settings.db_pool_max)
         await migrate(db)
         redis = redis_client(settings)
-        app.state.ctx = AppState(settings, client, db, redis)
+        if settings.api_admin_key is not None:
+            admin_key = settings.api_admin_key.get_secret_value()
+        else:
+            admin_key, created = load_or_create_admin_key(settings.data_dir)
+            if created:
+                print(f"generated admin API key (shown once, kept in {settings.data_dir}/admin.key): {admin_key}")
+        app.state.ctx = AppContext(settings, temporal, db, redis, admin_key)
         try:
             yield
         finally:
             await db.close()
             await redis.aclose()
 
-    app = FastAPI(title="waorch", version="0.1.0", lifespan=lifespan)
-
-    @app.get("/health", tags=["health"])
-    async def health() -> JSONResponse:
-        ctx: AppState = app.state.ctx
-        checks = await asyncio.gather(
-            _check("temporal", ctx.client.service_client.check_health()),
-            _check("postgres", ctx.db.ping()),
-            _check("redis", ctx.redis.ping()),
-        )
-        by_name = {c["name"]: c for c in checks}
-        if by_name["temporal"]["status"] != "ok" or by_name["postgres"]["status"] != "ok":
-            status = "down"
-        elif any(c["status"] != "ok" for c in checks):
-            status = "degraded"
-        else:
-            status = "ok"
-        return JSONResponse({"status": status, "checks": checks}, status_code=503 if status == "down" else 200)
-
+    app = FastAPI(
+        title="waorch",
+        version="0.1.0",
+        description="Durable multi-tenant WhatsApp sessions on Temporal",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for router in all_routers():
+        app.include_router(router)
     return app

@@ -82,6 +82,10 @@ class Stack:
         data = s.data_dir.resolve()
         if s.uses_embedded_temporal:
             cfg = TemporalDevConfig.load(default_dev_config_path())
+            cfg.port = s.temporal_port or cfg.port
+            cfg.ui_port = s.temporal_ui_port or cfg.ui_port
+            if s.temporal_port:
+                cfg.metrics_port = None  # a second stack must not collide on the server's metrics port
             self.temporal = TemporalDevServer(cfg, data / "temporal")
             self.temporal.start()
             env["TEMPORAL_ADDRESS"] = self.temporal.address

@@ -30,8 +30,15 @@ UPDATE_LOGOUT = "logout"
 UPDATE_REMOVE = "remove"
 QUERY_STATUS = "status"
 
-# Activities.
+# Activities of the connector. hold_session runs on the shared queue "connector";
+# the others on the holder's own queue "connector.<id>" (SessionStatus.holder_queue).
 ACTIVITY_HOLD_SESSION = "hold_session"
+ACTIVITY_SEND_MESSAGE = "send_message"  # SendRequest -> SendResult; NotConnected if not held here
+ACTIVITY_SIMULATOR_CONTROL = "simulator_control"  # SimulatorCommand -> dict (simulator transport only)
+ACTIVITY_SIMULATOR_OUTBOX = "simulator_outbox"  # company_id -> list[OutboxEntry]
+
+# ApplicationError types raised across processes.
+ERROR_NOT_CONNECTED = "NotConnected"
 
 
 def session_workflow_id(company_id: str) -> str:
@@ -71,12 +78,14 @@ class HoldOutcome:
 class QrSignal:
     code: str
     sequence: int
+    holder_queue: str
     expires_at: datetime | None = None
 
 
 @dataclass
 class PairingCodeSignal:
     code: str
+    holder_queue: str
 
 
 @dataclass
@@ -136,3 +145,45 @@ class SendRequest:
 class SendResult:
     message_id: str
     timestamp: datetime
+
+
+@dataclass
+class SimulatorCommand:
+    """A simulator control: scan | pair | disconnect | replace | logout | ban | incoming | dial_fail | flap."""
+
+    company_id: str
+    action: str
+    params: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class OutboxEntry:
+    message_id: str
+    to: str
+    text: str
+    timestamp: datetime
+    quoted: str | None = None
+
+
+# Incoming messages (SPEC M4): the connector signals-with-start one inbox workflow per chat.
+INBOX_WORKFLOW = "InboxWorkflow"
+SIGNAL_INBOX_MESSAGE = "message"
+
+
+def inbox_workflow_id(company_id: str, chat: str) -> str:
+    return f"inbox-{company_id}-{chat}"
+
+
+@dataclass
+class IncomingMessage:
+    company_id: str
+    message_id: str  # WhatsApp message id: the de-duplication key
+    chat: str  # chat JID, @lid/@g.us kept as they are
+    sender: str  # sender JID as WhatsApp gave it
+    timestamp: datetime
+    text: str | None = None
+    sender_phone: str | None = None
+    push_name: str | None = None
+    message_type: str = "text"
+    from_me: bool = False
+    metadata: dict[str, str] = field(default_factory=dict)

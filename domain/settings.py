@@ -52,9 +52,10 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = None
     redis_prefix: str = ""
 
-    # Ports of the embedded servers and the API.
-    temporal_port: int = 7233
-    temporal_ui_port: int = 8233
+    # Ports of the embedded servers and the API. TEMPORAL_PORT / TEMPORAL_UI_PORT
+    # override temporal-dev.yaml (useful to run a second stack beside the first).
+    temporal_port: int | None = None
+    temporal_ui_port: int | None = None
     postgres_port: int = 55432
     redis_port: int = 56379
     api_host: str = "127.0.0.1"
@@ -120,7 +121,7 @@ class Settings(BaseSettings):
 
     @property
     def temporal_target(self) -> str:
-        return self.temporal_address or f"127.0.0.1:{self.temporal_port}"
+        return self.temporal_address or f"127.0.0.1:{self.temporal_port or 7233}"
 
     @property
     def database_dsn(self) -> str:

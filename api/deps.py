@@ -1,0 +1,126 @@
+"""Dependencies shared by the routes: app context, authentication (SPEC X1), company access."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from typing import Annotated
+
+import redis.asyncio as aioredis
+from fastapi import Depends, Header, Path, Request
+from temporalio.client import Client
+
+from api.errors import ApiError
+from domain.company import InvalidCompanyId, normalize_company_id
+from domain.settings import Settings
+from storage import Database
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    client: Client
+    db: Database
+    redis: aioredis.Redis
+    admin_key: str
+
+
+def get_ctx(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+CtxDep = Annotated[AppContext, Depends(get_ctx)]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the admin, or one company's key."""
+
+    is_admin: bool
+    company_id: str | None = None
+    key_prefix: str | None = None
+
+    @property
+    def name(self) -> str:
+        return "admin" if self.is_admin else f"company:{self.company_id}"
+
+    def can_access(self, company_id: str) -> bool:
+        return self.is_admin or self.company_id == company_id
+
+
+def hash_key(key: str) -> str:
+    """Company keys are 256-bit random tokens: a plain SHA-256 is a safe, fast lookup hash."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_company_key(company_id: str) -> str:
+    return f"wa_{company_id}_{secrets.token_urlsafe(24)}"
+
+
+def extract_key(authorization: str | None, x_api_key: str | None) -> str | None:
+    if x_api_key:
+        return x_api_key.strip()
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return None
+
+
+async def principal_for_key(ctx: AppContext, key: str | None) -> Principal:
+    """Resolve an API key; raises 401 when missing or unknown (also used by the WebSocket)."""
+    if not key:
+        raise ApiError(401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key'",
+                       headers={"WWW-Authenticate": "Bearer"})
+    if len(key) <= 200 and hmac.compare_digest(key.encode(), ctx.admin_key.encode()):
+        return Principal(is_admin=True)
+    row = await ctx.db.fetchrow(
+        "SELECT company_id, key_prefix FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", hash_key(key)
+    )
+    if row is None:
+        raise ApiError(401, "unauthorized", "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+    return Principal(is_admin=False, company_id=row["company_id"], key_prefix=row["key_prefix"])
+
+
+async def get_principal(
+    ctx: CtxDep,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> Principal:
+    return await principal_for_key(ctx, extract_key(authorization, x_api_key))
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+async def require_admin(principal: PrincipalDep) -> Principal:
+    if not principal.is_admin:
+        raise ApiError(403, "forbidden", "this endpoint needs the admin key")
+    return principal
+
+
+AdminDep = Annotated[Principal, Depends(require_admin)]
+
+
+def parse_company_id(raw: str) -> str:
+    try:
+        return normalize_company_id(raw)
+    except InvalidCompanyId as exc:
+        raise ApiError(422, "validation_error", f"company_id: {exc}") from None
+
+
+async def company_access(
+    principal: PrincipalDep,
+    company_id: Annotated[str, Path(description="company id: 962302 or company_962302")],
+) -> str:
+    """The normalised company id of the path, after checking the caller may reach it (403 otherwise)."""
+    cid = parse_company_id(company_id)
+    if not principal.can_access(cid):
+        raise ApiError(403, "forbidden", f"this key may not access company {cid}")
+    return cid
+
+
+CompanyDep = Annotated[str, Depends(company_access)]
