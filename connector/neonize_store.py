@@ -1,0 +1,85 @@
+"""The whatsmeow store schema, created once, serially, before any client starts.
+
+whatsmeow migrates its tables on the first ``connect()``; run concurrently
+that migration fails (NEONIZE.md: 41 of 50 on PostgreSQL). So the connector
+(and the tests) call :func:`ensure_store_schema` once at start: a throw-away
+client in a child process dials through a proxy on a closed loopback port,
+which migrates the store and then fails the dial at once — on any machine,
+with or without a route to WhatsApp. The child process keeps a Go panic away
+from the caller.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import asyncpg
+
+STORE_TABLES = (
+    "whatsmeow_device", "whatsmeow_identity_keys", "whatsmeow_sessions", "whatsmeow_sender_keys",
+    "whatsmeow_pre_keys", "whatsmeow_app_state_sync_keys", "whatsmeow_app_state_version",
+    "whatsmeow_app_state_mutation_macs", "whatsmeow_contacts", "whatsmeow_chat_settings",
+    "whatsmeow_message_secrets", "whatsmeow_privacy_tokens", "whatsmeow_event_buffer",
+    "whatsmeow_retry_buffer", "whatsmeow_lid_map", "whatsmeow_nct_salt", "whatsmeow_version",
+)
+_ENV_DSN = "WAORCH_STORE_DSN"
+
+
+def neonize_dsn(dsn: str) -> str:
+    """whatsmeow's pgx driver wants sslmode spelled out for a loopback server without TLS."""
+    if "sslmode=" in dsn:
+        return dsn
+    return dsn + ("&" if "?" in dsn else "?") + "sslmode=disable"
+
+
+async def store_schema_version(dsn: str) -> int | None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        if not await conn.fetchval("SELECT to_regclass('public.whatsmeow_version') IS NOT NULL"):
+            return None
+        version: int | None = await conn.fetchval("SELECT max(version) FROM whatsmeow_version")
+        return version
+    finally:
+        await conn.close()
+
+
+async def ensure_store_schema(dsn: str, timeout: float = 60.0) -> int:
+    """Create or upgrade the whatsmeow tables in ``dsn``; return the schema version."""
+    import asyncio
+
+    env = dict(os.environ, **{_ENV_DSN: neonize_dsn(dsn)})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "connector.neonize_store", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    version = await store_schema_version(dsn)
+    if version is None:
+        tail = out.decode(errors="replace")[-500:]
+        raise RuntimeError(f"whatsmeow store migration failed (exit {proc.returncode}): {tail}")
+    return version
+
+
+def _migrate_in_this_process() -> int:
+    import logging
+    import socket
+
+    logging.disable(logging.WARNING)
+    from neonize._binder import ProxySettings
+    from neonize.client import NewClient
+    from neonize.exc import NeonizeError
+
+    with socket.socket() as s:  # a loopback port nobody listens on: the dial fails at once
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    client = NewClient(os.environ[_ENV_DSN])
+    try:
+        client.connect(ProxySettings(proxy_address=f"http://127.0.0.1:{closed_port}"))
+    except NeonizeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_migrate_in_this_process())
