@@ -36,6 +36,15 @@ ACTIVITY_HOLD_SESSION = "hold_session"
 ACTIVITY_SEND_MESSAGE = "send_message"  # SendRequest -> SendResult; NotConnected if not held here
 ACTIVITY_SIMULATOR_CONTROL = "simulator_control"  # SimulatorCommand -> dict (simulator transport only)
 ACTIVITY_SIMULATOR_OUTBOX = "simulator_outbox"  # company_id -> list[OutboxEntry]
+ACTIVITY_LOGOUT_DEVICE = "logout_device"  # company_id -> bool (holder's queue: unlink the device at WhatsApp)
+# Worker-side activities of the session workflow (core queue).
+ACTIVITY_DELETE_CREDENTIALS = "delete_credentials"  # company_id -> int (rows deleted)
+ACTIVITY_SEND_ALERT = "send_alert"  # activities.notify.Alert-shaped SessionAlert -> channel
+ACTIVITY_PUBLISH_EVENT = "publish_session_event"  # SessionEventRequest -> None
+
+# Search attributes of session workflows (registered on the dev server by temporal-dev.yaml).
+SEARCH_ATTRIBUTE_COMPANY_ID = "CompanyId"
+SEARCH_ATTRIBUTE_SESSION_STATE = "SessionState"
 
 # ApplicationError types raised across processes.
 ERROR_NOT_CONNECTED = "NotConnected"
@@ -65,6 +74,9 @@ class HoldRequest:
     jid: str | None = None
     new_device: bool = False
     pairing_phone: str | None = None
+    # Identifies one hold attempt; signals carry it back so a stale attempt
+    # (a connector that lost its heartbeat but still runs) cannot move the state.
+    hold_id: str = ""
 
 
 @dataclass
@@ -80,12 +92,14 @@ class QrSignal:
     sequence: int
     holder_queue: str
     expires_at: datetime | None = None
+    hold_id: str = ""
 
 
 @dataclass
 class PairingCodeSignal:
     code: str
     holder_queue: str
+    hold_id: str = ""
 
 
 @dataclass
@@ -94,11 +108,13 @@ class ConnectedSignal:
     holder_queue: str
     phone: str | None = None
     push_name: str | None = None
+    hold_id: str = ""
 
 
 @dataclass
 class DisconnectedSignal:
     reason: str
+    hold_id: str = ""
 
 
 @dataclass
@@ -187,3 +203,41 @@ class IncomingMessage:
     message_type: str = "text"
     from_me: bool = False
     metadata: dict[str, str] = field(default_factory=dict)
+
+
+# The workflow's own configuration: workflows cannot read the environment, so the
+# starter (infra.sessions.session_workflow_input) copies the settings in here.
+@dataclass
+class SessionWorkflowInput:
+    company_id: str
+    core_queue: str
+    connector_queue: str
+    backoff_base_s: float = 1.0
+    backoff_cap_s: float = 300.0
+    backoff_max_attempts: int = 20
+    alert_grace_s: float = 10.0
+    hold_heartbeat_timeout_s: float = 20.0
+    initialize_wait_s: float = 30.0
+    # False on servers without the CompanyId/SessionState attributes (the time-skipping test server).
+    search_attributes: bool = True
+    pairing_phone: str | None = None
+    # Carried through continue-as-new.
+    carried: SessionStatus | None = None
+
+
+@dataclass
+class SessionAlert:
+    """Same shape as ``activities.notify.Alert`` (workflows do not import activities)."""
+
+    text: str
+    company_id: str | None = None
+    severity: str = "warning"
+
+
+@dataclass
+class SessionEventRequest:
+    """A state change seen by the workflow itself (reconnecting, failed, paused, resumed) for Redis."""
+
+    company_id: str
+    type: str
+    data: dict[str, str] = field(default_factory=dict)
