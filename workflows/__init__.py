@@ -2,4 +2,6 @@
 
 from __future__ import annotations
 
-ALL_WORKFLOWS: list[type] = []
+from workflows.send import SendMessageWorkflow
+
+ALL_WORKFLOWS: list[type] = [SendMessageWorkflow]

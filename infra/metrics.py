@@ -1,0 +1,206 @@
+"""Metrics (SPEC H2, H3): one snapshot, rendered as JSON or Prometheus text.
+
+Where the figures come from, so every API process reports the same numbers:
+
+* sessions by state / active connections: the session workflows themselves
+  (Temporal visibility), read when the metrics are asked for;
+* messages sent/received, QR codes, reconnect attempts, errors: counted from
+  the events on ``whatsapp:events`` into one Redis hash. Each event is counted
+  once however many API processes subscribe (a short-lived "seen" key per
+  event, set atomically with the increment);
+* rate-limited requests: counted by the limiter in the same hash (in-process
+  while Redis is down);
+* backup / restore / cleanup figures: from a provider the jobs code registers
+  with :func:`register_job_metrics` (none registered → not reported).
+
+Counters survive API restarts (they live in Redis); events published while no
+API process is subscribed are not counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from domain.events import EventType
+from domain.states import SessionState
+
+log = logging.getLogger("waorch.metrics")
+
+COUNTER_NAMES = (
+    "messages_sent",
+    "messages_received",
+    "qr_codes_generated",
+    "reconnect_attempts",
+    "errors",
+    "rate_limited",
+)
+
+# Which counter each event type moves.
+EVENT_COUNTER: dict[str, str] = {
+    EventType.MESSAGE_SENT.value: "messages_sent",
+    EventType.MESSAGE.value: "messages_received",
+    EventType.QR.value: "qr_codes_generated",
+    EventType.RECONNECTING.value: "reconnect_attempts",
+    EventType.ERROR.value: "errors",
+    EventType.FAILED.value: "errors",
+}
+
+# KEYS[1] seen marker, KEYS[2] counters hash; ARGV[1] field, ARGV[2] marker ttl (s).
+_COUNT_ONCE = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[2])) then
+  return redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+end
+return 0
+"""
+
+
+def counters_key(prefix: str) -> str:
+    return f"{prefix}whatsapp:metrics"
+
+
+@dataclass
+class JobFigures:
+    """Figures of the nightly jobs (SPEC H2); ``None`` where a job never ran."""
+
+    last_backup_timestamp: float | None = None
+    last_backup_size_bytes: float | None = None
+    last_backup_success: bool | None = None
+    last_restore_rto_seconds: float | None = None
+    keys_cleaned_total: float | None = None
+
+
+JobMetricsProvider = Callable[[], Awaitable[JobFigures]]
+_job_provider: JobMetricsProvider | None = None
+
+
+def register_job_metrics(provider: JobMetricsProvider | None) -> None:
+    """Hook for the jobs code: ``provider()`` returns the latest :class:`JobFigures`.
+
+    The API calls it on every metrics request (errors are logged, figures then omitted).
+    """
+    global _job_provider
+    _job_provider = provider
+
+
+async def job_figures() -> JobFigures | None:
+    if _job_provider is None:
+        return None
+    try:
+        return await _job_provider()
+    except Exception as exc:  # metrics report, they never fail the request
+        log.warning("job metrics unavailable error=%s", type(exc).__name__)
+        return None
+
+
+class EventCounters:
+    """The Redis-backed counters, with an in-process overlay while Redis is down."""
+
+    def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._key = counters_key(prefix)
+        self._script = redis.register_script(_COUNT_ONCE)
+        self.local: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
+
+    async def count_event(self, raw: str, event_type: str) -> None:
+        """Count one event as published (``raw`` is its JSON, used as its identity)."""
+        name = EVENT_COUNTER.get(event_type)
+        if name is None:
+            return
+        seen = f"{self._prefix}whatsapp:metrics:seen:{hashlib.sha1(raw.encode()).hexdigest()}"
+        try:
+            await self._script(keys=[seen, self._key], args=[name, 600])
+        except (aioredis.RedisError, OSError):
+            self.local[name] += 1
+
+    async def read(self, extra_local: Mapping[str, int] | None = None) -> dict[str, int]:
+        values = dict(self.local)
+        for name, value in (extra_local or {}).items():
+            values[name] = values.get(name, 0) + value
+        try:
+            stored: dict[Any, Any] = await self._redis.hgetall(self._key)
+        except (aioredis.RedisError, OSError):
+            stored = {}
+        for raw_name, raw_value in stored.items():
+            name = raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name)
+            values[name] = values.get(name, 0) + int(raw_value)
+        return values
+
+
+@dataclass
+class MetricsSnapshot:
+    sessions_by_state: dict[str, int]
+    counters: dict[str, int]
+    jobs: JobFigures | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_sessions(self) -> int:
+        return sum(self.sessions_by_state.values())
+
+    @property
+    def active_connections(self) -> int:
+        return self.sessions_by_state.get(SessionState.CONNECTED.value, 0)
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "totalSessions": self.total_sessions,
+            "activeConnections": self.active_connections,
+            "sessionsByState": {s.value: self.sessions_by_state.get(s.value, 0) for s in SessionState},
+            "messagesSent": self.counters.get("messages_sent", 0),
+            "messagesReceived": self.counters.get("messages_received", 0),
+            "qrCodesGenerated": self.counters.get("qr_codes_generated", 0),
+            "reconnectAttempts": self.counters.get("reconnect_attempts", 0),
+            "errors": self.counters.get("errors", 0),
+            "rateLimitedRequests": self.counters.get("rate_limited", 0),
+        }
+        if self.jobs is not None:
+            body["jobs"] = {
+                "lastBackupTimestamp": self.jobs.last_backup_timestamp,
+                "lastBackupSizeBytes": self.jobs.last_backup_size_bytes,
+                "lastBackupSuccess": self.jobs.last_backup_success,
+                "lastRestoreRtoSeconds": self.jobs.last_restore_rto_seconds,
+                "keysCleanedTotal": self.jobs.keys_cleaned_total,
+            }
+        return body
+
+    def to_prometheus(self) -> bytes:
+        """Prometheus text exposition, built fresh from this snapshot."""
+        registry = CollectorRegistry(auto_describe=False)
+        by_state = Gauge("whatsapp_sessions", "Sessions by state", ["state"], registry=registry)
+        for state in SessionState:
+            by_state.labels(state=state.value).set(self.sessions_by_state.get(state.value, 0))
+        Gauge("whatsapp_active_connections", "Connected sessions", registry=registry).set(self.active_connections)
+        counters = {
+            "messages_sent": ("whatsapp_messages_sent", "Messages sent"),
+            "messages_received": ("whatsapp_messages_received", "Messages received"),
+            "qr_codes_generated": ("whatsapp_qr_codes_generated", "QR codes generated"),
+            "reconnect_attempts": ("whatsapp_reconnect_attempts", "Reconnect attempts"),
+            "errors": ("whatsapp_errors", "Errors (error and failed events)"),
+            "rate_limited": ("whatsapp_rate_limited_requests", "Send requests refused by the rate limit"),
+        }
+        for key, (name, doc) in counters.items():
+            Counter(name, doc, registry=registry).inc(self.counters.get(key, 0))
+        jobs = self.jobs
+        if jobs is not None:
+            figures = {
+                "whatsapp_last_backup_timestamp_seconds": ("Time of the last backup", jobs.last_backup_timestamp),
+                "whatsapp_last_backup_size_bytes": ("Size of the last backup", jobs.last_backup_size_bytes),
+                "whatsapp_last_backup_success": (
+                    "1 if the last backup succeeded",
+                    None if jobs.last_backup_success is None else float(jobs.last_backup_success),
+                ),
+                "whatsapp_last_restore_rto_seconds": ("RTO of the last restore test", jobs.last_restore_rto_seconds),
+                "whatsapp_keys_cleaned": ("Session keys removed by cleanup", jobs.keys_cleaned_total),
+            }
+            for name, (doc, value) in figures.items():
+                if value is not None:
+                    Gauge(name, doc, registry=registry).set(value)
+        return generate_latest(registry)

@@ -1,0 +1,50 @@
+"""``SendMessage``: one outgoing message, at most once per idempotency key (SPEC M1, M3, S7).
+
+The API starts it with id ``send-<company>-<idempotency key>`` after checking
+the session is connected; the single activity runs on the queue of the
+connector that holds the session (``connector.<id>``). The activity is
+attempted once: a retry after a lost answer could send the message twice, so
+a failure is reported to the caller, who may retry with the same key (a failed
+run may be re-run, a completed one only returns its result).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from domain.session import ACTIVITY_SEND_MESSAGE, SendRequest, SendResult
+
+SEND_WORKFLOW = "SendMessage"
+
+
+def send_workflow_id(company_id: str, key: str) -> str:
+    return f"send-{company_id}-{key}"
+
+
+@dataclass
+class SendMessageInput:
+    request: SendRequest
+    holder_queue: str
+    timeout_s: float = 30.0
+
+
+@workflow.defn(name=SEND_WORKFLOW)
+class SendMessageWorkflow:
+    @workflow.run
+    async def run(self, inp: SendMessageInput) -> SendResult:
+        workflow.set_current_details(f"send to the connector queue {inp.holder_queue}")
+        result: SendResult = await workflow.execute_activity(
+            ACTIVITY_SEND_MESSAGE,
+            inp.request,
+            task_queue=inp.holder_queue,
+            result_type=SendResult,
+            # Schedule-to-close also bounds the wait for a holder that died with the task queued.
+            schedule_to_close_timeout=timedelta(seconds=inp.timeout_s),
+            retry_policy=RetryPolicy(maximum_attempts=1),
+        )
+        return result
