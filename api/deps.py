@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
-from typing import Annotated
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated
 
 import redis.asyncio as aioredis
 from fastapi import Depends, Header, Path, Request
@@ -17,6 +17,12 @@ from domain.company import InvalidCompanyId, normalize_company_id
 from domain.settings import Settings
 from storage import Database
 
+if TYPE_CHECKING:
+    from api.events import EventHub
+    from infra.metrics import EventCounters
+    from infra.ratelimit import RateLimiter
+    from infra.redis import EventPublisher
+
 
 @dataclass
 class AppContext:
@@ -25,6 +31,12 @@ class AppContext:
     db: Database
     redis: aioredis.Redis
     admin_key: str
+    # Set by the app's lifespan (api.app); None only in contexts built by hand.
+    limiter: RateLimiter | None = None
+    counters: EventCounters | None = None
+    events: EventHub | None = None
+    publisher: EventPublisher | None = None
+    extra: dict[str, object] = field(default_factory=dict)
 
 
 def get_ctx(request: Request) -> AppContext:

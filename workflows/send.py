@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -48,3 +49,29 @@ class SendMessageWorkflow:
             retry_policy=RetryPolicy(maximum_attempts=1),
         )
         return result
+
+
+CONNECTOR_CALL_WORKFLOW = "ConnectorCall"
+
+
+@dataclass
+class ConnectorCallInput:
+    """One activity of a connector's own queue, run for the API (simulator controls, outbox)."""
+
+    activity: str
+    queue: str
+    arg: Any
+    timeout_s: float = 15.0
+
+
+@workflow.defn(name=CONNECTOR_CALL_WORKFLOW)
+class ConnectorCallWorkflow:
+    @workflow.run
+    async def run(self, inp: ConnectorCallInput) -> Any:
+        return await workflow.execute_activity(
+            inp.activity,
+            inp.arg,
+            task_queue=inp.queue,
+            schedule_to_close_timeout=timedelta(seconds=inp.timeout_s),
+            retry_policy=RetryPolicy(maximum_attempts=1),
+        )

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from domain.settings import Settings
 
-def all_routers() -> list[APIRouter]:
+
+def all_routers(settings: Settings | None = None) -> list[APIRouter]:
     # Imported here so a route module can import api.deps without a cycle.
-    from api.routes import health
+    from api.routes import companies, events, health, messages, metrics, sessions, simulator
 
-    return [health.router]
+    routers = [health.router, metrics.router, sessions.router, messages.router, events.router, companies.router]
+    if settings is not None and settings.wa_transport == "simulator":
+        routers.append(simulator.router)
+    return routers

@@ -1,0 +1,107 @@
+"""The API's side of SPEC E1: one Redis subscription per process, fanned out to WebSockets.
+
+Events published by any process (connector, worker, API) on ``whatsapp:events``
+reach every WebSocket client of every API process that may see them (X3: a
+company key only its company; admin everything, optionally filtered).
+The subscription has its own Redis connection with unlimited reconnects
+(redis-py ``Retry``), and re-subscribes by itself after a Redis restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+from infra.metrics import EventCounters
+
+log = logging.getLogger("waorch.api.events")
+
+QUEUE_SIZE = 1000
+
+
+@dataclass(eq=False)
+class Subscriber:
+    """One WebSocket client: the companies it may see (``None``: all) and its queue."""
+
+    companies: frozenset[str] | None
+    queue: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(QUEUE_SIZE))
+    dropped: int = 0
+
+    def wants(self, company_id: str) -> bool:
+        return self.companies is None or company_id in self.companies
+
+
+class EventHub:
+    def __init__(self, redis_dsn: str, channel: str, counters: EventCounters | None) -> None:
+        self._redis = aioredis.from_url(
+            redis_dsn, decode_responses=True, socket_connect_timeout=2, socket_timeout=None,
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=-1),
+        )
+        self.channel = channel
+        self._counters = counters
+        self._subscribers: set[Subscriber] = set()
+        self._task: asyncio.Task[None] | None = None
+        self.subscribed = asyncio.Event()
+        self.received = 0
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="event-hub")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await self._redis.aclose()
+
+    def add(self, companies: frozenset[str] | None) -> Subscriber:
+        sub = Subscriber(companies)
+        self._subscribers.add(sub)
+        return sub
+
+    def remove(self, sub: Subscriber) -> None:
+        self._subscribers.discard(sub)
+
+    async def _run(self) -> None:
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self.channel)
+            self.subscribed.set()
+            log.info("events subscribed channel=%s", self.channel)
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    await self._dispatch(str(message["data"]))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("event subscription ended channel=%s", self.channel)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _dispatch(self, raw: str) -> None:
+        try:
+            body: dict[str, Any] = json.loads(raw)
+            company_id = str(body["companyId"])
+            event_type = str(body["type"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("event ignored: not an event object channel=%s", self.channel)
+            return
+        self.received += 1
+        if self._counters is not None:
+            await self._counters.count_event(raw, event_type)
+        for sub in list(self._subscribers):
+            if not sub.wants(company_id):
+                continue
+            try:
+                sub.queue.put_nowait(raw)
+            except asyncio.QueueFull:
+                sub.dropped += 1

@@ -1,0 +1,171 @@
+"""``POST …/send`` (SPEC M1–M3, S7; DESIGN "Sending").
+
+validate → rate limit → the session must be connected (409 otherwise; a send
+never starts a session) → ``SendMessage`` workflow with id
+``send-<company>-<Idempotency-Key>`` → its activity on the holder's queue.
+
+Idempotency: the workflow id is the key. A running send with the key is
+joined (``USE_EXISTING``), a completed one answers with its first result
+(``ALLOW_DUPLICATE_FAILED_ONLY`` refuses a second run, and we read the first);
+a failed one may run again, so a retry after an error can still succeed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
+from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    WorkflowAlreadyStartedError,
+)
+from temporalio.exceptions import (
+    TimeoutError as TemporalTimeoutError,
+)
+
+from api.deps import CompanyDep, CtxDep
+from api.errors import ApiError
+from domain.addresses import InvalidAddress, recipient_jid
+from domain.events import Event, EventType
+from domain.session import ERROR_NOT_CONNECTED, SendRequest, SendResult
+from domain.states import SessionState
+from infra.sessions import session_status
+from workflows.send import SendMessageInput, SendMessageWorkflow, send_workflow_id
+
+log = logging.getLogger("waorch.api.send")
+
+router = APIRouter(prefix="/api/whatsapp", tags=["messages"])
+
+MAX_TEXT = 4096
+# The connector publishes ``message_sent`` when it has sent (it sees every send, also the
+# inbox replies); the API would only duplicate it.
+API_PUBLISHES_MESSAGE_SENT = False
+_IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+class SendOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    quoted: StrictStr | None = Field(default=None, min_length=1, max_length=128,
+                                     description="id of the message to reply to")
+
+
+class SendBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    phone: StrictStr | None = Field(default=None, description="phone number, e.g. 79001234567 or +7 900 123-45-67")
+    to: StrictStr | None = Field(default=None, description="a phone number or a JID (@s.whatsapp.net, @lid, @g.us)")
+    message: StrictStr = Field(min_length=1, max_length=MAX_TEXT, description="text, 1-4096 characters")
+    options: SendOptions | None = None
+
+    @field_validator("phone", "to")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(recipient_jid(value))
+        except InvalidAddress as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("message")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("message must not be blank")
+        return value
+
+    @model_validator(mode="after")
+    def _one_recipient(self) -> SendBody:
+        if (self.phone is None) == (self.to is None):
+            raise ValueError("give exactly one of 'phone' or 'to'")
+        return self
+
+    @property
+    def recipient(self) -> str:
+        return self.to or self.phone or ""
+
+
+def _failure_type(exc: BaseException) -> tuple[str | None, BaseException]:
+    """The ApplicationError type (if any) at the root of a workflow failure, and the root."""
+    cause: BaseException = exc
+    while cause.__cause__ is not None and isinstance(cause, WorkflowFailureError | ActivityError):
+        cause = cause.__cause__
+    if isinstance(cause, ApplicationError):
+        return cause.type, cause
+    return None, cause
+
+
+@router.post("/sessions/{company_id:path}/send", summary="Send a text message (idempotent with Idempotency-Key)")
+async def send(
+    ctx: CtxDep,
+    company_id: CompanyDep,
+    body: SendBody,
+    idempotency_key: Annotated[
+        str | None, Header(description="a retried request with the same key returns the first result")
+    ] = None,
+) -> dict[str, Any]:
+    if idempotency_key is not None and not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+        raise ApiError(422, "validation_error",
+                       "Idempotency-Key: use 1-128 characters of A-Z, a-z, 0-9, '.', '_', ':' or '-'")
+    assert ctx.limiter is not None
+    decision = await ctx.limiter.check(company_id, idempotency_key)
+    if not decision.allowed:
+        raise ApiError(
+            429, "rate_limited",
+            f"rate limit: {decision.limit} messages per {ctx.limiter.window_s:g} s for {company_id}",
+            headers={"Retry-After": decision.retry_after_header}, retryAfter=decision.retry_after_s,
+        )
+    # S7: only a connected session may send, and nothing here can start a session.
+    status = await session_status(ctx.client, company_id)
+    if status is None or status.state is not SessionState.CONNECTED or not status.holder_queue:
+        state = status.state.value if status else "none"
+        raise ApiError(409, "not_connected", f"company {company_id} is not connected (state: {state})",
+                       state=state, companyId=company_id)
+
+    key = idempotency_key or uuid.uuid4().hex
+    request = SendRequest(company_id=company_id, to=body.recipient, text=body.message,
+                          quoted=body.options.quoted if body.options else None, idempotency_key=idempotency_key)
+    wf_id = send_workflow_id(company_id, key)
+    handle: WorkflowHandle[Any, SendResult]
+    try:
+        handle = await ctx.client.start_workflow(
+            SendMessageWorkflow.run,
+            SendMessageInput(request=request, holder_queue=status.holder_queue),
+            id=wf_id,
+            task_queue=ctx.settings.temporal_core_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        )
+    except WorkflowAlreadyStartedError:
+        handle = ctx.client.get_workflow_handle(wf_id, result_type=SendResult)
+    try:
+        result: SendResult = await handle.result()
+    except WorkflowFailureError as exc:
+        kind, root = _failure_type(exc)
+        if kind == ERROR_NOT_CONNECTED:
+            raise ApiError(409, "not_connected", f"company {company_id} is not connected: {root}",
+                           state="disconnected", companyId=company_id) from None
+        if isinstance(root, TemporalTimeoutError):
+            raise ApiError(504, "send_timeout", "the connector did not confirm the send in time",
+                           companyId=company_id) from None
+        log.warning("send failed company_id=%s workflow_id=%s error=%s", company_id, wf_id, root)
+        raise ApiError(502, "send_failed", f"send failed: {root}", companyId=company_id) from None
+    if API_PUBLISHES_MESSAGE_SENT and ctx.publisher is not None:
+        await ctx.publisher.publish(Event(type=EventType.MESSAGE_SENT, company_id=company_id,
+                                                 data={"messageId": result.message_id, "to": body.recipient}))
+    return {
+        "success": True,
+        "companyId": company_id,
+        "to": body.recipient,
+        "phone": body.phone,
+        "messageId": result.message_id,
+        "timestamp": result.timestamp.isoformat(),
+    }

@@ -1,0 +1,240 @@
+"""Session lifecycle (SPEC S2): list, initialize, status, health, QR, relink/pause/resume, logout, remove."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Query
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+
+from api.deps import AppContext, CompanyDep, CtxDep, PrincipalDep
+from api.errors import ApiError
+from domain.addresses import InvalidAddress, normalize_phone
+from domain.session import SIGNAL_PAUSE, SIGNAL_RELINK, SIGNAL_RESUME, SessionStatus
+from domain.states import SessionState
+from infra.metrics import MetricsSnapshot, job_figures
+from infra.qr import qr_png_data_url, qr_terminal_text
+from infra.sessions import (
+    SessionNotFound,
+    initialize_session,
+    list_sessions,
+    logout_session,
+    remove_session,
+    session_status,
+    signal_session,
+)
+
+log = logging.getLogger("waorch.api.sessions")
+
+router = APIRouter(prefix="/api/whatsapp", tags=["sessions"])
+
+# ``:path`` so that a company id carrying "/" or ".." reaches validation (422), not a 404.
+CID = "/sessions/{company_id:path}"
+
+
+class InitializeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    pairing_phone: StrictStr | None = Field(
+        default=None, alias="pairingPhone", description="link by pairing code instead of QR"
+    )
+
+    @field_validator("pairing_phone")
+    @classmethod
+    def _phone(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return normalize_phone(value)
+        except InvalidAddress as exc:
+            raise ValueError(str(exc)) from None
+
+
+def status_body(status: SessionStatus) -> dict[str, Any]:
+    connected = status.state is SessionState.CONNECTED
+    return {
+        "success": True,
+        "companyId": status.company_id,
+        "connected": connected,
+        "status": status.state.value,
+        "since": status.since.isoformat() if status.since else None,
+        "phone": status.phone,
+        "jid": status.jid,
+        "reconnectAttempts": status.attempt,
+        "nextRetryAt": status.next_retry_at.isoformat() if status.next_retry_at else None,
+        "lastError": status.last_error,
+        "qrAvailable": status.qr is not None,
+        "pairingCode": status.pairing_code,
+        "health": {"healthy": connected, "phoneNumber": status.jid},
+    }
+
+
+async def require_status(ctx: AppContext, company_id: str) -> SessionStatus:
+    status = await session_status(ctx.client, company_id)
+    if status is None:
+        raise ApiError(404, "session_not_found", f"company {company_id} has no session; initialize it first",
+                       companyId=company_id)
+    return status
+
+
+async def audit(ctx: AppContext, actor: str, company_id: str | None, action: str) -> None:
+    try:
+        await ctx.db.execute(
+            "INSERT INTO audit (actor, company_id, action) VALUES ($1, $2, $3)", actor, company_id, action
+        )
+    except Exception as exc:  # the audit trail never blocks an operator action
+        log.warning("audit not written action=%s company_id=%s error=%s", action, company_id, type(exc).__name__)
+
+
+async def metrics_snapshot(ctx: AppContext, states: list[tuple[str, SessionState]] | None = None) -> MetricsSnapshot:
+    if states is None:
+        states = await list_sessions(ctx.client)
+    by_state: dict[str, int] = {}
+    for _, state in states:
+        by_state[state.value] = by_state.get(state.value, 0) + 1
+    counters: dict[str, int] = {}
+    local = {"rate_limited": ctx.limiter.local_rejections} if ctx.limiter else {}
+    if ctx.counters is not None:
+        counters = await ctx.counters.read(local)
+    else:
+        counters = dict(local)
+    return MetricsSnapshot(by_state, counters, await job_figures())
+
+
+@router.get("/sessions", summary="Every session (admin) or the caller's own, with a metrics summary")
+async def list_all(ctx: CtxDep, principal: PrincipalDep) -> dict[str, Any]:
+    states = await list_sessions(ctx.client)
+    visible = [(cid, st) for cid, st in states if principal.can_access(cid)]
+    limit = asyncio.Semaphore(20)
+
+    async def detail(cid: str, state: SessionState) -> dict[str, Any]:
+        async with limit:
+            try:
+                status = await session_status(ctx.client, cid)
+            except Exception:  # visibility still knows the state
+                status = None
+        if status is None:
+            return {"companyId": cid, "connected": state is SessionState.CONNECTED, "status": state.value,
+                    "health": "healthy" if state is SessionState.CONNECTED else "unhealthy", "phone": None}
+        connected = status.state is SessionState.CONNECTED
+        return {"companyId": cid, "connected": connected, "status": status.state.value,
+                "health": "healthy" if connected else "unhealthy", "phone": status.phone, "jid": status.jid,
+                "reconnectAttempts": status.attempt}
+
+    sessions = await asyncio.gather(*(detail(cid, st) for cid, st in visible))
+    body: dict[str, Any] = {"success": True, "count": len(sessions), "sessions": list(sessions)}
+    if principal.is_admin:
+        body["metrics"] = (await metrics_snapshot(ctx, states)).to_json()
+    return body
+
+
+@router.post(CID + "/initialize", summary="Start (or return) the session: QR, pairing code or connected")
+async def initialize(
+    ctx: CtxDep,
+    company_id: CompanyDep,
+    principal: PrincipalDep,
+    body: Annotated[InitializeBody | None, Body()] = None,
+) -> dict[str, Any]:
+    pairing_phone = body.pairing_phone if body else None
+    result = await initialize_session(ctx.client, ctx.settings, company_id, pairing_phone)
+    await audit(ctx, principal.name, company_id, "initialize")
+    out: dict[str, Any] = {"success": True, "companyId": company_id, "status": result.state.value}
+    if result.state is SessionState.CONNECTED:
+        out.update(connected=True, phone=result.phone, jid=result.jid, message="already connected")
+    elif result.pairing_code:
+        out.update(pairingCode=result.pairing_code,
+                   message="On the phone: Linked devices → Link with phone number, enter this code")
+    elif result.qr:
+        out.update(qr=result.qr, qrDataUrl=qr_png_data_url(result.qr), qrTerminal=qr_terminal_text(result.qr),
+                   message="Please scan the QR code with WhatsApp")
+    else:
+        out["message"] = f"session is {result.state.value}; no QR yet, ask again shortly"
+    return out
+
+
+@router.get(CID + "/status", summary="The session's state, phone and reconnect figures")
+async def status(ctx: CtxDep, company_id: CompanyDep) -> dict[str, Any]:
+    return status_body(await require_status(ctx, company_id))
+
+
+@router.get(CID + "/health", summary="200 when connected, 503 otherwise")
+async def health(ctx: CtxDep, company_id: CompanyDep) -> JSONResponse:
+    st = await session_status(ctx.client, company_id)
+    healthy = st is not None and st.state is SessionState.CONNECTED
+    body = {
+        "success": True,
+        "companyId": company_id,
+        "healthy": healthy,
+        "status": st.state.value if st else "none",
+        "phoneNumber": st.jid if st else None,
+    }
+    return JSONResponse(body, status_code=200 if healthy else 503)
+
+
+@router.get(CID + "/qr", summary="The current QR code (JSON, or ?format=png)", response_model=None)
+async def qr(
+    ctx: CtxDep, company_id: CompanyDep, format: Annotated[Literal["json", "png"], Query()] = "json"
+) -> Response | dict[str, Any]:
+    st = await require_status(ctx, company_id)
+    if st.qr is None:
+        raise ApiError(404, "no_qr", f"no QR code: the session is {st.state.value}", state=st.state.value)
+    if format == "png":
+        import io
+
+        import segno
+
+        buf = io.BytesIO()
+        segno.make(st.qr, error="l").save(buf, kind="png", scale=8, border=2)
+        return Response(buf.getvalue(), media_type="image/png", headers={"Cache-Control": "no-store"})
+    return {"success": True, "companyId": company_id, "status": st.state.value, "qr": st.qr,
+            "sequence": st.qr_sequence, "qrDataUrl": qr_png_data_url(st.qr), "qrTerminal": qr_terminal_text(st.qr)}
+
+
+async def _signal(ctx: AppContext, company_id: str, actor: str, name: str) -> dict[str, Any]:
+    try:
+        await signal_session(ctx.client, company_id, name)
+    except SessionNotFound:
+        raise ApiError(404, "session_not_found", f"company {company_id} has no session",
+                       companyId=company_id) from None
+    await audit(ctx, actor, company_id, name)
+    return {"success": True, "companyId": company_id, "signal": name}
+
+
+@router.post(CID + "/relink", summary="Reconnect with the stored credentials (after 440 / failed)")
+async def relink(ctx: CtxDep, company_id: CompanyDep, principal: PrincipalDep) -> dict[str, Any]:
+    return await _signal(ctx, company_id, principal.name, SIGNAL_RELINK)
+
+
+@router.post(CID + "/pause", summary="Close the connection, keep credentials")
+async def pause(ctx: CtxDep, company_id: CompanyDep, principal: PrincipalDep) -> dict[str, Any]:
+    return await _signal(ctx, company_id, principal.name, SIGNAL_PAUSE)
+
+
+@router.post(CID + "/resume", summary="Reconnect a paused session")
+async def resume(ctx: CtxDep, company_id: CompanyDep, principal: PrincipalDep) -> dict[str, Any]:
+    return await _signal(ctx, company_id, principal.name, SIGNAL_RESUME)
+
+
+@router.post(CID + "/logout", summary="Unlink the device and delete its credentials")
+async def logout(ctx: CtxDep, company_id: CompanyDep, principal: PrincipalDep) -> dict[str, Any]:
+    try:
+        st = await logout_session(ctx.client, company_id)
+    except SessionNotFound:
+        raise ApiError(404, "session_not_found", f"company {company_id} has no session",
+                       companyId=company_id) from None
+    await audit(ctx, principal.name, company_id, "logout")
+    return status_body(st)
+
+
+@router.delete(CID, summary="Log out, delete credentials and end the session workflow")
+async def remove(ctx: CtxDep, company_id: CompanyDep, principal: PrincipalDep) -> dict[str, Any]:
+    try:
+        st = await remove_session(ctx.client, company_id)
+    except SessionNotFound:
+        raise ApiError(404, "session_not_found", f"company {company_id} has no session",
+                       companyId=company_id) from None
+    await audit(ctx, principal.name, company_id, "remove")
+    return status_body(st)
