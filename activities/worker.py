@@ -14,6 +14,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.notify import Notifier
+from activities.sessions import SessionActivities
 from domain.settings import Settings
 from infra.process import stop_event_on_signals
 from infra.redis import EventPublisher, redis_client
@@ -36,7 +37,8 @@ class WorkerDeps:
 def build_activities(deps: WorkerDeps) -> list[Callable[..., Any]]:
     """Every activity of the core queue, bound to its dependencies."""
     notifier = Notifier(deps.settings)
-    return [notifier.send_alert]
+    sessions = SessionActivities(deps.db, deps.events)
+    return [notifier.send_alert, sessions.delete_credentials, sessions.publish_session_event]
 
 
 def build_worker(deps: WorkerDeps) -> Worker:

@@ -37,8 +37,9 @@ ACTIVITY_SEND_MESSAGE = "send_message"  # SendRequest -> SendResult; NotConnecte
 ACTIVITY_SIMULATOR_CONTROL = "simulator_control"  # SimulatorCommand -> dict (simulator transport only)
 ACTIVITY_SIMULATOR_OUTBOX = "simulator_outbox"  # company_id -> list[OutboxEntry]
 ACTIVITY_LOGOUT_DEVICE = "logout_device"  # company_id -> bool (holder's queue: unlink the device at WhatsApp)
+ACTIVITY_RELEASE_SESSION = "release_session"  # company_id -> bool (holder's queue: close without logout)
 # Worker-side activities of the session workflow (core queue).
-ACTIVITY_DELETE_CREDENTIALS = "delete_credentials"  # company_id -> int (rows deleted)
+ACTIVITY_DELETE_CREDENTIALS = "delete_credentials"  # CredentialsDeletion -> int (rows deleted)
 ACTIVITY_SEND_ALERT = "send_alert"  # activities.notify.Alert-shaped SessionAlert -> channel
 ACTIVITY_PUBLISH_EVENT = "publish_session_event"  # SessionEventRequest -> None
 
@@ -48,6 +49,7 @@ SEARCH_ATTRIBUTE_SESSION_STATE = "SessionState"
 
 # ApplicationError types raised across processes.
 ERROR_NOT_CONNECTED = "NotConnected"
+ERROR_CONNECTOR_SHUTDOWN = "ConnectorShutdown"  # hold_session failed because its connector is stopping
 
 
 def session_workflow_id(company_id: str) -> str:
@@ -191,6 +193,14 @@ def inbox_workflow_id(company_id: str, chat: str) -> str:
 
 
 @dataclass
+class InboxWorkflowInput:
+    """The start argument the connector gives an inbox workflow it signals-with-start."""
+
+    company_id: str
+    chat: str
+
+
+@dataclass
 class IncomingMessage:
     company_id: str
     message_id: str  # WhatsApp message id: the de-duplication key
@@ -223,6 +233,12 @@ class SessionWorkflowInput:
     pairing_phone: str | None = None
     # Carried through continue-as-new.
     carried: SessionStatus | None = None
+
+
+@dataclass
+class CredentialsDeletion:
+    company_id: str
+    mark_removed: bool = False  # remove: also stamp companies.removed_at
 
 
 @dataclass

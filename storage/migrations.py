@@ -66,6 +66,21 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX audit_company_at ON audit (company_id, at DESC);
         """,
     ),
+    (
+        20,
+        "simulator device store",
+        # The simulator's "device credentials": like whatsmeow_device for neonize,
+        # so a restarted connector reconnects a simulated company without a QR.
+        """
+        CREATE TABLE sim_devices (
+            company_id  text PRIMARY KEY,
+            jid         text NOT NULL UNIQUE,
+            phone       text,
+            push_name   text,
+            created_at  timestamptz NOT NULL DEFAULT now()
+        );
+        """,
+    ),
 ]
 
 

@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from workflows.send import SendMessageWorkflow
+from workflows.session import SessionWorkflow
 
-ALL_WORKFLOWS: list[type] = [SendMessageWorkflow]
+ALL_WORKFLOWS: list[type] = [SessionWorkflow, SendMessageWorkflow]

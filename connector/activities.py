@@ -1,0 +1,268 @@
+"""The connector's activities: hold a session, and the per-connector operations on it.
+
+``hold_session`` runs on the shared queue (any live connector may take a
+session); it lives as long as the connection, heartbeating, and turns the
+transport's callbacks into signals to the session workflow and events on
+Redis (SPEC E1). The other activities run on this connector's own queue,
+which the workflow and the API reach through ``SessionStatus.holder_queue``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+from typing import Any
+
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError
+
+from connector.devices import DeviceDirectory
+from connector.simulator import SimulatorError, SimulatorTransport
+from connector.transport import NotConnectedError, Transport
+from domain.events import Event, EventType
+from domain.session import (
+    ACTIVITY_HOLD_SESSION,
+    ACTIVITY_LOGOUT_DEVICE,
+    ACTIVITY_RELEASE_SESSION,
+    ACTIVITY_SEND_MESSAGE,
+    ACTIVITY_SIMULATOR_CONTROL,
+    ACTIVITY_SIMULATOR_OUTBOX,
+    ERROR_CONNECTOR_SHUTDOWN,
+    ERROR_NOT_CONNECTED,
+    INBOX_WORKFLOW,
+    SIGNAL_CONNECTED,
+    SIGNAL_DISCONNECTED,
+    SIGNAL_INBOX_MESSAGE,
+    SIGNAL_PAIRING_CODE,
+    SIGNAL_QR,
+    ConnectedSignal,
+    DisconnectedSignal,
+    HoldOutcome,
+    HoldOutcomeKind,
+    HoldRequest,
+    IncomingMessage,
+    InboxWorkflowInput,
+    OutboxEntry,
+    PairingCodeSignal,
+    QrSignal,
+    SendRequest,
+    SendResult,
+    SimulatorCommand,
+    inbox_workflow_id,
+)
+from domain.settings import Settings
+from infra.redis import EventPublisher
+
+log = logging.getLogger("waorch.connector")
+
+# What each way a hold ends looks like on the events channel.
+_OUTCOME_EVENTS: dict[HoldOutcomeKind, EventType] = {
+    HoldOutcomeKind.DROPPED: EventType.DISCONNECTED,
+    HoldOutcomeKind.DIAL_FAILED: EventType.ERROR,
+    HoldOutcomeKind.REPLACED: EventType.REPLACED,
+    HoldOutcomeKind.LOGGED_OUT: EventType.LOGGED_OUT,
+    HoldOutcomeKind.TEMP_BANNED: EventType.ERROR,
+    HoldOutcomeKind.PAIRING_TIMEOUT: EventType.LOGGED_OUT,
+}
+
+
+class _HoldListener:
+    """Transport callbacks of one hold attempt → workflow signals + Redis events."""
+
+    def __init__(self, acts: ConnectorActivities, req: HoldRequest) -> None:
+        self._acts = acts
+        self._req = req
+        self._wf = acts.client.get_workflow_handle(req.workflow_id)
+        self._queue = acts.settings.connector_own_queue
+
+    async def _signal(self, name: str, payload: Any) -> None:
+        try:
+            await self._wf.signal(name, payload)
+        except Exception as exc:  # the workflow may be gone; the connection must not crash for it
+            log.warning("signal failed company_id=%s signal=%s error=%s", self._req.company_id, name, exc)
+
+    async def _event(self, kind: EventType, **data: Any) -> None:
+        await self._acts.events.publish(Event(type=kind, company_id=self._req.company_id, data=data))
+
+    async def qr(self, code: str, sequence: int, expires_at: datetime | None) -> None:
+        await self._signal(SIGNAL_QR, QrSignal(code, sequence, self._queue, expires_at, self._req.hold_id))
+        await self._event(EventType.QR, qr=code, sequence=sequence,
+                          expiresAt=expires_at.isoformat() if expires_at else None)
+
+    async def pairing_code(self, code: str) -> None:
+        await self._signal(SIGNAL_PAIRING_CODE, PairingCodeSignal(code, self._queue, self._req.hold_id))
+        await self._event(EventType.PAIRING_CODE, pairingCode=code)
+
+    async def connected(self, jid: str, phone: str | None, push_name: str | None) -> None:
+        await self._acts.devices.remember(self._req.company_id, jid, phone, push_name)
+        await self._signal(
+            SIGNAL_CONNECTED, ConnectedSignal(jid, self._queue, phone, push_name, self._req.hold_id)
+        )
+        await self._event(EventType.CONNECTED, jid=jid, phone=phone, connector=self._acts.settings.connector_id)
+        log.info("connected company_id=%s jid=%s", self._req.company_id, jid)
+
+    async def disconnected(self, reason: str) -> None:
+        await self._signal(SIGNAL_DISCONNECTED, DisconnectedSignal(reason, self._req.hold_id))
+
+    async def message(self, msg: IncomingMessage) -> None:
+        await self._acts.deliver_incoming(msg)
+
+
+class ConnectorActivities:
+    def __init__(
+        self,
+        settings: Settings,
+        client: Client,
+        transport: Transport,
+        devices: DeviceDirectory,
+        events: EventPublisher,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.transport = transport
+        self.devices = devices
+        self.events = events
+        self._shutting_down = asyncio.Event()
+        self._holds: dict[str, asyncio.Task[Any]] = {}
+
+    @property
+    def held(self) -> list[str]:
+        return sorted(self._holds)
+
+    async def shutdown(self, timeout: float = 15.0) -> None:
+        """SIGTERM (SPEC S9): close every connection without logout and fail every hold
+        as "connector shutting down", so each session is re-held by the next connector."""
+        self._shutting_down.set()
+        pending = [t for t in self._holds.values() if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+        await self.transport.close()
+
+    # ------------------------------------------------------------------ shared queue
+
+    @activity.defn(name=ACTIVITY_HOLD_SESSION)
+    async def hold_session(self, req: HoldRequest) -> HoldOutcome:
+        cid = req.company_id
+        if self._shutting_down.is_set():
+            raise ApplicationError("connector shutting down", type=ERROR_CONNECTOR_SHUTDOWN, non_retryable=True)
+        current = asyncio.current_task()
+        assert current is not None
+        self._holds[cid] = current
+        try:
+            return await self._hold(req)
+        finally:
+            if self._holds.get(cid) is current:
+                del self._holds[cid]
+
+    async def _hold(self, req: HoldRequest) -> HoldOutcome:
+        cid = req.company_id
+        jid = await self.devices.device_jid(cid) or req.jid
+        if jid and not await self.transport.device_exists(jid):
+            log.warning("stored device missing from the store company_id=%s jid=%s: pairing anew", cid, jid)
+            jid = None
+        log.info("hold start company_id=%s resume=%s", cid, bool(jid))
+        outcome_f = await self.transport.start(
+            cid, jid=jid, pairing_phone=req.pairing_phone, listener=_HoldListener(self, req)
+        )
+        hb = activity.info().heartbeat_timeout
+        interval = max(0.5, hb.total_seconds() / 3) if hb else 5.0
+        stop_wait = asyncio.ensure_future(self._shutting_down.wait())
+        try:
+            while not outcome_f.done():
+                activity.heartbeat()
+                await asyncio.wait({outcome_f, stop_wait}, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+                if stop_wait.done() and not outcome_f.done():
+                    await self.transport.stop(cid)
+                    raise ApplicationError(
+                        "connector shutting down", type=ERROR_CONNECTOR_SHUTDOWN, non_retryable=True
+                    )
+        except asyncio.CancelledError:
+            # Cancelled by the workflow (pause, logout, remove) or by worker shutdown: close, keep credentials.
+            await asyncio.shield(self.transport.stop(cid))
+            raise
+        finally:
+            stop_wait.cancel()
+        outcome = outcome_f.result()
+        log.info("hold end company_id=%s outcome=%s detail=%s", cid, outcome.kind.value, outcome.detail)
+        kind = _OUTCOME_EVENTS.get(outcome.kind)
+        if kind is not None:
+            await self.events.publish(
+                Event(type=kind, company_id=cid, data={"reason": outcome.detail, "outcome": outcome.kind.value})
+            )
+        return outcome
+
+    async def deliver_incoming(self, msg: IncomingMessage) -> None:
+        """Signal-with-start the chat's inbox workflow (ordered, de-duplicated there) and publish the event."""
+        await self.client.start_workflow(
+            INBOX_WORKFLOW,
+            InboxWorkflowInput(msg.company_id, msg.chat),
+            id=inbox_workflow_id(msg.company_id, msg.chat),
+            task_queue=self.settings.temporal_core_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            start_signal=SIGNAL_INBOX_MESSAGE,
+            start_signal_args=[msg],
+        )
+        await self.events.publish(
+            Event(
+                type=EventType.MESSAGE,
+                company_id=msg.company_id,
+                data={"messageId": msg.message_id, "chat": msg.chat, "sender": msg.sender,
+                      "text": msg.text, "messageType": msg.message_type},
+            )
+        )
+
+    # ------------------------------------------------------------------ own queue
+
+    @activity.defn(name=ACTIVITY_SEND_MESSAGE)
+    async def send_message(self, req: SendRequest) -> SendResult:
+        try:
+            result = await self.transport.send(req.company_id, req.to, req.text, req.quoted)
+        except NotConnectedError as exc:
+            raise ApplicationError(str(exc), type=ERROR_NOT_CONNECTED, non_retryable=True) from exc
+        await self.events.publish(
+            Event(type=EventType.MESSAGE_SENT, company_id=req.company_id,
+                  data={"messageId": result.message_id, "to": req.to})
+        )
+        return result
+
+    @activity.defn(name=ACTIVITY_RELEASE_SESSION)
+    async def release_session(self, company_id: str) -> bool:
+        if self.transport.status(company_id) is None:
+            return False
+        await self.transport.stop(company_id)
+        return True
+
+    @activity.defn(name=ACTIVITY_LOGOUT_DEVICE)
+    async def logout_device(self, company_id: str) -> bool:
+        if self.transport.status(company_id) is None:
+            return False
+        await self.transport.logout(company_id)
+        return True
+
+    @activity.defn(name=ACTIVITY_SIMULATOR_CONTROL)
+    async def simulator_control(self, cmd: SimulatorCommand) -> dict[str, Any]:
+        sim = self._simulator()
+        try:
+            return await sim.control(cmd.company_id, cmd.action, cmd.params)
+        except SimulatorError as exc:
+            raise ApplicationError(str(exc), type="SimulatorError", non_retryable=True) from exc
+
+    @activity.defn(name=ACTIVITY_SIMULATOR_OUTBOX)
+    async def simulator_outbox(self, company_id: str) -> list[OutboxEntry]:
+        return list(self._simulator().outbox.get(company_id, []))
+
+    def _simulator(self) -> SimulatorTransport:
+        if not isinstance(self.transport, SimulatorTransport):
+            raise ApplicationError("this connector does not run the simulator transport",
+                                   type="SimulatorError", non_retryable=True)
+        return self.transport
+
+    def shared_queue_activities(self) -> list[Any]:
+        return [self.hold_session]
+
+    def own_queue_activities(self) -> list[Any]:
+        return [self.send_message, self.release_session, self.logout_device,
+                self.simulator_control, self.simulator_outbox]

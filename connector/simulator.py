@@ -1,0 +1,349 @@
+"""The WhatsApp simulator transport (SPEC O5, ``WA_TRANSPORT=simulator``).
+
+It behaves like the neonize transport as the session workflow sees it:
+rotating QR codes (first ``qr_first_timeout_s``, then ``qr_next_timeout_s``,
+until ``qr_total_timeout_s``), "scan" or pairing-code confirmation to pair,
+device credentials persisted in PostgreSQL (``sim_devices``, like
+``whatsmeow_device``) so a restarted connector reconnects without a QR, and
+injectable trouble: incoming messages, drops, 440, logout, temporary bans,
+dial failures and flapping. Sent messages go to an outbox.
+
+Deterministic: nothing random but the QR payload; every injected event happens
+when a test (or the ``simulator_control`` activity) asks for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from connector.devices import DeviceDirectory
+from connector.transport import LinkStatus, NotConnectedError, SessionListener
+from domain.session import HoldOutcome, HoldOutcomeKind, IncomingMessage, OutboxEntry, SendResult
+
+log = logging.getLogger("waorch.simulator")
+
+
+class SimulatorError(ValueError):
+    """A control that does not apply to the company's current simulated state."""
+
+
+@dataclass
+class _Link:
+    company_id: str
+    listener: SessionListener
+    outcome: asyncio.Future[HoldOutcome]
+    pairing_phone: str | None
+    jid: str | None = None
+    phone: str | None = None
+    connected: bool = False
+    qr_sequence: int = 0
+    pairing_code: str | None = None
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+def simulated_phone(company_id: str) -> str:
+    """A stable fake phone number for a company (the "phone" that scans its QR)."""
+    digits = int(hashlib.sha256(company_id.encode()).hexdigest()[:10], 16) % 10**9
+    return f"7999{digits:09d}"
+
+
+class SimulatorTransport:
+    name = "simulator"
+
+    def __init__(
+        self,
+        devices: DeviceDirectory,
+        *,
+        qr_first_timeout_s: float = 60.0,
+        qr_next_timeout_s: float = 20.0,
+        qr_total_timeout_s: float = 160.0,
+        dial_delay_s: float = 0.0,
+    ) -> None:
+        self._devices = devices
+        self.qr_first_timeout_s = qr_first_timeout_s
+        self.qr_next_timeout_s = qr_next_timeout_s
+        self.qr_total_timeout_s = qr_total_timeout_s
+        self.dial_delay_s = dial_delay_s
+        self._links: dict[str, _Link] = {}
+        self._dial_failures: dict[str, int] = defaultdict(int)
+        self._flaps: dict[str, tuple[int, float]] = {}
+        self.outbox: dict[str, list[OutboxEntry]] = defaultdict(list)
+        self.dials: dict[str, int] = defaultdict(int)  # connection attempts per company
+
+    # ------------------------------------------------------------------ protocol
+
+    async def start(
+        self, company_id: str, *, jid: str | None, pairing_phone: str | None, listener: SessionListener
+    ) -> asyncio.Future[HoldOutcome]:
+        if company_id in self._links:
+            await self.stop(company_id)
+        loop = asyncio.get_running_loop()
+        link = _Link(company_id, listener, loop.create_future(), pairing_phone)
+        self._links[company_id] = link
+        self.dials[company_id] += 1
+        if self._dial_failures[company_id] > 0:
+            self._dial_failures[company_id] -= 1
+            self._end(link, HoldOutcome(HoldOutcomeKind.DIAL_FAILED, "simulated dial failure"))
+            return link.outcome
+        device = await self._device(jid) if jid else None
+        if device is not None:
+            self._spawn(link, self._resume(link, device["jid"], device["phone"], device["push_name"]))
+        else:
+            self._spawn(link, self._pairing(link))
+        return link.outcome
+
+    async def stop(self, company_id: str) -> None:
+        link = self._links.get(company_id)
+        if link is not None:
+            self._end(link, HoldOutcome(HoldOutcomeKind.STOPPED, "stopped"))
+
+    async def logout(self, company_id: str) -> None:
+        link = self._links.get(company_id)
+        await self._delete_device(company_id)
+        if link is not None:
+            self._end(link, HoldOutcome(HoldOutcomeKind.LOGGED_OUT, "logged out by request"))
+
+    async def pair_code(self, company_id: str, phone: str) -> str:
+        link = self._require(company_id)
+        if link.connected:
+            raise SimulatorError("already connected")
+        link.pairing_phone = phone
+        link.pairing_code = self._pair_code_for(company_id, phone)
+        return link.pairing_code
+
+    async def send(self, company_id: str, to: str, text: str, quoted: str | None = None) -> SendResult:
+        link = self._links.get(company_id)
+        if link is None or not link.connected:
+            raise NotConnectedError(f"company {company_id} is not connected on this connector")
+        now = datetime.now(UTC)
+        entry = OutboxEntry(message_id=f"SIM{uuid.uuid4().hex[:16].upper()}", to=to, text=text, timestamp=now,
+                            quoted=quoted)
+        self.outbox[company_id].append(entry)
+        return SendResult(message_id=entry.message_id, timestamp=now)
+
+    def status(self, company_id: str) -> LinkStatus | None:
+        link = self._links.get(company_id)
+        if link is None:
+            return None
+        return LinkStatus(company_id, link.connected, link.jid)
+
+    async def device_exists(self, jid: str) -> bool:
+        return await self._device(jid) is not None
+
+    async def close(self) -> None:
+        for company_id in list(self._links):
+            await self.stop(company_id)
+
+    @property
+    def held(self) -> list[str]:
+        return sorted(self._links)
+
+    # ------------------------------------------------------------------ controls (tests, simulator_control)
+
+    async def control(self, company_id: str, action: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Dispatch one :class:`~domain.session.SimulatorCommand`; returns a small JSON-able answer."""
+        match action:
+            case "scan" | "pair":
+                jid = await self.scan(company_id, phone=_opt_str(params.get("phone")))
+                return {"ok": True, "jid": jid}
+            case "disconnect":
+                self.drop(company_id, str(params.get("reason", "simulated network drop")))
+            case "replace":
+                self.replace(company_id)
+            case "logout":
+                await self.logout_from_phone(company_id)
+            case "ban":
+                self.ban(company_id, float(str(params.get("expires_s", 3600))))
+            case "dial_fail":
+                self.fail_dials(company_id, int(str(params.get("times", 1))))
+                if params.get("drop", True) and self._connected(company_id):
+                    self.drop(company_id, "simulated network drop")
+            case "flap":
+                self.flap(company_id, int(str(params.get("times", 3))), float(str(params.get("interval_s", 0.5))))
+            case "incoming":
+                msg = await self.incoming(
+                    company_id,
+                    text=str(params.get("text", "hello")),
+                    chat=_opt_str(params.get("chat")),
+                    sender=_opt_str(params.get("sender")),
+                    message_id=_opt_str(params.get("message_id")),
+                )
+                return {"ok": True, "message_id": msg.message_id}
+            case _:
+                raise SimulatorError(f"unknown simulator action {action!r}")
+        return {"ok": True}
+
+    async def scan(self, company_id: str, phone: str | None = None) -> str:
+        """The phone scans the current QR (or confirms the pairing code): the device is linked."""
+        link = self._require(company_id)
+        if link.connected:
+            raise SimulatorError("already connected")
+        if link.qr_sequence == 0:
+            raise SimulatorError("no QR code shown yet")
+        phone = phone or link.pairing_phone or simulated_phone(company_id)
+        jid = f"{phone}:1@s.whatsapp.net"
+        await self._devices.db.execute(
+            """INSERT INTO sim_devices (company_id, jid, phone, push_name) VALUES ($1, $2, $3, $4)
+               ON CONFLICT (company_id) DO UPDATE SET jid = EXCLUDED.jid, phone = EXCLUDED.phone""",
+            company_id, jid, phone, f"Sim {company_id}",
+        )
+        for task in list(link.tasks):
+            task.cancel()
+        await self._connect(link, jid, phone, f"Sim {company_id}")
+        return jid
+
+    def drop(self, company_id: str, reason: str = "simulated network drop") -> None:
+        link = self._require(company_id)
+        self._spawn(link, self._drop(link, reason))
+
+    def replace(self, company_id: str) -> None:
+        self._end(self._require(company_id), HoldOutcome(HoldOutcomeKind.REPLACED, "stream replaced (440)"))
+
+    async def logout_from_phone(self, company_id: str) -> None:
+        link = self._require(company_id)
+        await self._delete_device(company_id)  # whatsmeow deletes the device rows itself on LoggedOut
+        self._end(link, HoldOutcome(HoldOutcomeKind.LOGGED_OUT, "logged out from the phone"))
+
+    def ban(self, company_id: str, expires_s: float) -> None:
+        self._end(
+            self._require(company_id),
+            HoldOutcome(HoldOutcomeKind.TEMP_BANNED, "temporary ban", ban_expires_s=expires_s),
+        )
+
+    def fail_dials(self, company_id: str, times: int) -> None:
+        """The next ``times`` connection attempts of the company fail at dial time."""
+        self._dial_failures[company_id] = times
+
+    def flap(self, company_id: str, times: int, interval_s: float) -> None:
+        """Drop now, and drop again ``interval_s`` after each of the next ``times - 1`` reconnects."""
+        self._flaps[company_id] = (times - 1, interval_s)
+        self.drop(company_id, "simulated flap")
+
+    async def incoming(
+        self,
+        company_id: str,
+        text: str,
+        chat: str | None = None,
+        sender: str | None = None,
+        message_id: str | None = None,
+    ) -> IncomingMessage:
+        link = self._require(company_id)
+        if not link.connected:
+            raise SimulatorError("not connected")
+        sender = sender or "79990000001@s.whatsapp.net"
+        msg = IncomingMessage(
+            company_id=company_id,
+            message_id=message_id or f"SIMIN{uuid.uuid4().hex[:14].upper()}",
+            chat=chat or sender,
+            sender=sender,
+            timestamp=datetime.now(UTC),
+            text=text,
+            sender_phone=sender.split("@", 1)[0].split(":", 1)[0] if sender.endswith("@s.whatsapp.net") else None,
+            push_name="Sim sender",
+        )
+        await link.listener.message(msg)
+        return msg
+
+    # ------------------------------------------------------------------ internals
+
+    def _require(self, company_id: str) -> _Link:
+        link = self._links.get(company_id)
+        if link is None:
+            raise SimulatorError(f"company {company_id} is not held by this connector")
+        return link
+
+    def _connected(self, company_id: str) -> bool:
+        link = self._links.get(company_id)
+        return link is not None and link.connected
+
+    def _spawn(self, link: _Link, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        link.tasks.add(task)
+        task.add_done_callback(link.tasks.discard)
+        task.add_done_callback(_log_failure)
+
+    def _end(self, link: _Link, outcome: HoldOutcome) -> None:
+        if self._links.get(link.company_id) is link:
+            del self._links[link.company_id]
+        link.connected = False
+        for task in list(link.tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
+        if not link.outcome.done():
+            link.outcome.set_result(outcome)
+
+    async def _device(self, jid: str) -> Any:
+        return await self._devices.db.fetchrow("SELECT jid, phone, push_name FROM sim_devices WHERE jid = $1", jid)
+
+    async def _delete_device(self, company_id: str) -> None:
+        await self._devices.db.execute("DELETE FROM sim_devices WHERE company_id = $1", company_id)
+        await self._devices.forget(company_id)
+
+    @staticmethod
+    def _pair_code_for(company_id: str, phone: str) -> str:
+        h = hashlib.sha256(f"{company_id}:{phone}".encode()).hexdigest().upper()
+        code = "".join(c for c in h if c.isalnum())[:8]
+        return f"{code[:4]}-{code[4:]}"
+
+    async def _resume(self, link: _Link, jid: str, phone: str | None, push_name: str | None) -> None:
+        if self.dial_delay_s:
+            await asyncio.sleep(self.dial_delay_s)
+        await self._connect(link, jid, phone, push_name)
+
+    async def _connect(self, link: _Link, jid: str, phone: str | None, push_name: str | None) -> None:
+        link.jid, link.phone, link.connected = jid, phone, True
+        await link.listener.connected(jid, phone, push_name)
+        flaps = self._flaps.get(link.company_id)
+        if flaps and flaps[0] > 0:
+            self._flaps[link.company_id] = (flaps[0] - 1, flaps[1])
+            self._spawn(link, self._drop_later(link, flaps[1], "simulated flap"))
+
+    async def _drop_later(self, link: _Link, delay_s: float, reason: str) -> None:
+        await asyncio.sleep(delay_s)
+        await self._drop(link, reason)
+
+    async def _drop(self, link: _Link, reason: str) -> None:
+        if link.connected:
+            link.connected = False
+            await link.listener.disconnected(reason)
+        self._end(link, HoldOutcome(HoldOutcomeKind.DROPPED, reason))
+
+    async def _pairing(self, link: _Link) -> None:
+        """Rotate QR codes like WhatsApp does, then give up (SPEC S10)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.qr_total_timeout_s
+        timeout = self.qr_first_timeout_s
+        while True:
+            link.qr_sequence += 1
+            seq = link.qr_sequence
+            code = f"2@SIM{uuid.uuid4().hex[:24]},{link.company_id},{seq}"
+            expires = datetime.now(UTC) + timedelta(seconds=timeout)
+            await link.listener.qr(code, seq, expires)
+            if seq == 1 and link.pairing_phone:
+                link.pairing_code = self._pair_code_for(link.company_id, link.pairing_phone)
+                await link.listener.pairing_code(link.pairing_code)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            await asyncio.sleep(min(timeout, remaining))
+            if loop.time() >= deadline - 1e-3:
+                break
+            timeout = self.qr_next_timeout_s
+        self._end(link, HoldOutcome(HoldOutcomeKind.PAIRING_TIMEOUT, "QR not scanned in time"))
+
+
+def _opt_str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("simulator task failed error=%r", task.exception())
+

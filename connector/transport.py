@@ -1,0 +1,81 @@
+"""The transport protocol: what the connector needs from a WhatsApp implementation.
+
+Two implementations: :mod:`connector.neonize_transport` (real WhatsApp through
+whatsmeow) and :mod:`connector.simulator` (SPEC O5). A transport owns the
+clients; the connector's activities (:mod:`connector.activities`) turn its
+callbacks into workflow signals and Redis events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from domain.session import HoldOutcome, IncomingMessage, SendResult
+
+
+class NotConnectedError(RuntimeError):
+    """The company has no connected client in this connector."""
+
+
+class SessionListener(Protocol):
+    """Callbacks a transport makes while it holds one company's connection."""
+
+    async def qr(self, code: str, sequence: int, expires_at: datetime | None) -> None: ...
+
+    async def pairing_code(self, code: str) -> None: ...
+
+    async def connected(self, jid: str, phone: str | None, push_name: str | None) -> None: ...
+
+    async def disconnected(self, reason: str) -> None: ...
+
+    async def message(self, msg: IncomingMessage) -> None: ...
+
+
+@dataclass
+class LinkStatus:
+    company_id: str
+    connected: bool
+    jid: str | None = None
+
+
+class Transport(Protocol):
+    name: str
+
+    async def start(
+        self, company_id: str, *, jid: str | None, pairing_phone: str | None, listener: SessionListener
+    ) -> asyncio.Future[HoldOutcome]:
+        """Begin connecting (stored device ``jid``, or a fresh pairing when None).
+
+        Returns a future resolved with how this connection ended; it is resolved
+        exactly once, by a terminal event, :meth:`stop` or :meth:`logout`.
+        """
+        ...
+
+    async def stop(self, company_id: str) -> None:
+        """Close the connection and keep the credentials (SPEC S9). Bounded in time."""
+        ...
+
+    async def logout(self, company_id: str) -> None:
+        """Unlink the device at WhatsApp and forget the credentials."""
+        ...
+
+    async def pair_code(self, company_id: str, phone: str) -> str:
+        """Ask for a pairing code for ``phone`` on a connection waiting to pair."""
+        ...
+
+    async def send(self, company_id: str, to: str, text: str, quoted: str | None = None) -> SendResult:
+        """Send a text; raises :class:`NotConnectedError` when not connected here."""
+        ...
+
+    def status(self, company_id: str) -> LinkStatus | None: ...
+
+    async def device_exists(self, jid: str) -> bool:
+        """Whether the transport's own store still holds credentials for ``jid``."""
+        ...
+
+    async def close(self) -> None:
+        """Stop every connection without logging out (graceful shutdown)."""
+        ...

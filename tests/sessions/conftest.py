@@ -1,0 +1,168 @@
+"""An in-process session stack: the SessionWorkflow worker and a simulator connector,
+both in the test's event loop, so a test drives the simulated phone directly."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.sessions import SessionActivities
+from cli.embedded import wait_until
+from connector.activities import ConnectorActivities
+from connector.devices import DeviceDirectory
+from connector.main import connector_workers
+from connector.simulator import SimulatorTransport
+from domain.session import SessionAlert, SessionStatus
+from domain.settings import Settings
+from domain.states import SessionState
+from infra.redis import EventPublisher
+from infra.sessions import initialize_session, session_status
+from storage import Database
+from workflows.session import SessionWorkflow
+
+
+def pydantic_client(client: Client) -> Client:
+    """The same server connection with the project's data converter (as infra.temporal uses)."""
+    config = client.config()
+    config["data_converter"] = pydantic_data_converter
+    return Client(**config)
+
+
+@dataclass
+class SessionStack:
+    env: WorkflowEnvironment | None
+    client: Client
+    settings: Settings
+    sim: SimulatorTransport
+    connector: ConnectorActivities
+    db: Database
+    alerts: list[SessionAlert]
+    search_attributes: bool
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    async def initialize(self, company_id: str, pairing_phone: str | None = None):
+        return await initialize_session(
+            self.client, self.settings, company_id, pairing_phone, search_attributes=self.search_attributes
+        )
+
+    async def status(self, company_id: str) -> SessionStatus:
+        st = await session_status(self.client, company_id)
+        assert st is not None, f"no session for {company_id}"
+        return st
+
+    async def wait_for(
+        self, company_id: str, check: Callable[[SessionStatus], bool], timeout: float = 15.0
+    ) -> SessionStatus:
+        async def ok() -> bool:
+            return check(await self.status(company_id))
+
+        try:
+            await wait_until(ok, timeout, interval=0.05)
+        except TimeoutError:
+            raise AssertionError(f"{company_id}: condition not met; status {await self.status(company_id)}")
+        return await self.status(company_id)
+
+    async def wait_state(self, company_id: str, state: SessionState, timeout: float = 15.0) -> SessionStatus:
+        return await self.wait_for(company_id, lambda s: s.state is state, timeout)
+
+    async def skip(self, seconds: float) -> None:
+        """Advance Temporal time (time-skipping server only)."""
+        assert self.env is not None
+        await self.env.sleep(seconds)
+
+
+@asynccontextmanager
+async def session_stack(
+    client: Client,
+    make_settings: Callable[..., Settings],
+    db: Database,
+    redis_client: aioredis.Redis,
+    *,
+    env: WorkflowEnvironment | None,
+    search_attributes: bool,
+    **overrides: Any,
+) -> AsyncIterator[SessionStack]:
+    client = pydantic_client(client)
+    values: dict[str, Any] = {
+        "qr_first_timeout_s": 2.0,
+        "qr_next_timeout_s": 1.0,
+        "qr_total_timeout_s": 4.0,
+        "hold_heartbeat_timeout_s": 30.0,
+        "alert_grace_s": 10.0,
+    }
+    values.update(overrides)
+    settings = make_settings(client, **values)
+    alerts: list[SessionAlert] = []
+
+    @activity.defn(name="send_alert")
+    async def record_alert(alert: SessionAlert) -> str:
+        alerts.append(alert)
+        return "test"
+
+    events = EventPublisher(redis_client, settings.events_channel)
+    devices = DeviceDirectory(db)
+    sim = SimulatorTransport(
+        devices,
+        qr_first_timeout_s=settings.qr_first_timeout_s,
+        qr_next_timeout_s=settings.qr_next_timeout_s,
+        qr_total_timeout_s=settings.qr_total_timeout_s,
+    )
+    connector = ConnectorActivities(settings, client, sim, devices, events)
+    session_acts = SessionActivities(db, events)
+    core = Worker(
+        client,
+        task_queue=settings.temporal_core_queue,
+        workflows=[SessionWorkflow],
+        activities=[record_alert, session_acts.delete_credentials, session_acts.publish_session_event],
+    )
+    stack = SessionStack(env, client, settings, sim, connector, db, alerts, search_attributes)
+    pubsub = redis_client.pubsub()
+    await pubsub.subscribe(settings.events_channel)
+
+    async def collect() -> None:
+        async for msg in pubsub.listen():
+            if msg.get("type") == "message":
+                stack.events.append(json.loads(msg["data"]))
+
+    import asyncio
+
+    collector = asyncio.create_task(collect())
+    async with AsyncExitStack() as stack_cm:
+        await stack_cm.enter_async_context(core)
+        for w in connector_workers(client, settings, connector):
+            await stack_cm.enter_async_context(w)
+        try:
+            yield stack
+        finally:
+            await connector.shutdown(timeout=5)
+    collector.cancel()
+    await pubsub.aclose()
+
+
+@pytest.fixture
+async def ts_stack(ts_env, make_settings, db, redis_client) -> AsyncIterator[Callable[..., Any]]:
+    """A factory: ``async with ts_stack(**settings_overrides) as s`` on the time-skipping server."""
+
+    def make(**overrides: Any):
+        return session_stack(
+            ts_env.client, make_settings, db, redis_client, env=ts_env, search_attributes=False, **overrides
+        )
+
+    yield make
+
+
+@pytest.fixture
+def company_id() -> str:
+    return f"company_{uuid.uuid4().int % 10**9}"

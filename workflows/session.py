@@ -1,0 +1,563 @@
+"""SessionWorkflow: the single owner of one company's WhatsApp session (SPEC S1-S11, H4).
+
+The connection itself lives inside one ``hold_session`` activity attempt on the
+shared connector queue; this workflow decides what happens when an attempt
+ends: durable exponential backoff with jitter, waiting for a relink after
+440, deleting credentials after a logout, waiting out a temporary ban.
+Handlers only record requests; the run loop is the one place that acts on
+them, so no two coroutines ever drive the session at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import datetime, timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+)
+from temporalio.exceptions import TimeoutError as ActivityTimeoutError
+
+with workflow.unsafe.imports_passed_through():
+    from domain.session import (
+        ACTIVITY_DELETE_CREDENTIALS,
+        ACTIVITY_HOLD_SESSION,
+        ACTIVITY_LOGOUT_DEVICE,
+        ACTIVITY_PUBLISH_EVENT,
+        ACTIVITY_RELEASE_SESSION,
+        ACTIVITY_SEND_ALERT,
+        ERROR_CONNECTOR_SHUTDOWN,
+        QUERY_STATUS,
+        SEARCH_ATTRIBUTE_COMPANY_ID,
+        SEARCH_ATTRIBUTE_SESSION_STATE,
+        SESSION_WORKFLOW,
+        SIGNAL_CONNECTED,
+        SIGNAL_DISCONNECTED,
+        SIGNAL_PAIRING_CODE,
+        SIGNAL_PAUSE,
+        SIGNAL_QR,
+        SIGNAL_RELINK,
+        SIGNAL_RESUME,
+        UPDATE_INITIALIZE,
+        UPDATE_LOGOUT,
+        UPDATE_REMOVE,
+        ConnectedSignal,
+        CredentialsDeletion,
+        DisconnectedSignal,
+        HoldOutcome,
+        HoldOutcomeKind,
+        HoldRequest,
+        InitializeRequest,
+        InitializeResult,
+        PairingCodeSignal,
+        QrSignal,
+        SessionAlert,
+        SessionEventRequest,
+        SessionStatus,
+        SessionWorkflowInput,
+    )
+    from domain.states import SessionState
+
+COMPANY_ID_KEY = SearchAttributeKey.for_keyword(SEARCH_ATTRIBUTE_COMPANY_ID)
+SESSION_STATE_KEY = SearchAttributeKey.for_keyword(SEARCH_ATTRIBUTE_SESSION_STATE)
+
+# A hold lasts as long as the connection: bounded by heartbeats, not by a run time.
+HOLD_START_TO_CLOSE = timedelta(days=3650)
+HISTORY_KEEP = 30
+WAITING_STATES = frozenset({SessionState.REPLACED, SessionState.LOGGED_OUT, SessionState.FAILED})
+
+
+def backoff_delay_s(attempt: int, base_s: float, cap_s: float, rnd: float) -> float:
+    """Delay before reconnect ``attempt`` (1-based): base·2^(n-1), capped, minus up to 25 % jitter.
+
+    The jitter only shortens the wait, so consecutive delays still at least
+    grow by 1.5x until the cap, and a thousand sessions dropped together do
+    not reconnect in one burst.
+    """
+    raw = min(cap_s, base_s * 2 ** min(attempt - 1, 60))
+    return float(raw * (0.75 + 0.25 * rnd))
+
+
+@workflow.defn(name=SESSION_WORKFLOW)
+class SessionWorkflow:
+    @workflow.init
+    def __init__(self, inp: SessionWorkflowInput) -> None:
+        self._inp = inp
+        self._st = inp.carried or SessionStatus(
+            company_id=inp.company_id, state=SessionState.STARTING, since=workflow.now()
+        )
+        self._pairing_phone = inp.pairing_phone
+        # Requests recorded by handlers, acted on by the run loop.
+        self._relink = False
+        self._pause = False
+        self._resume = False
+        self._logout = False
+        self._remove = False
+        self._init = False
+        self._restart_hold = False
+        # The current hold attempt.
+        self._hold_id = ""
+        self._hold_connected = False
+        # Grace-period alerts (SPEC H4).
+        self._down_since: datetime | None = None
+        self._down_episode = 0
+        self._alerts_pending = 0
+        self._alert_tasks: set[asyncio.Task[None]] = set()
+        self._finished = False
+
+    # ------------------------------------------------------------------ run loop
+
+    @workflow.run
+    async def run(self, inp: SessionWorkflowInput) -> SessionStatus:
+        self._publish_state(force=True)
+        while True:
+            if self._remove:
+                await self._do_remove()
+                return self._st
+            if self._logout:
+                await self._do_logout()
+                continue
+            state = self._st.state
+            if self._pause and state is not SessionState.PAUSED:
+                self._pause = False
+                self._calm_down()
+                self._set_state(SessionState.PAUSED)
+                await self._event("paused")
+                continue
+            if state is SessionState.PAUSED:
+                self._pause = False
+                await workflow.wait_condition(
+                    lambda: self._resume or self._relink or self._init or self._logout or self._remove
+                )
+                if self._logout or self._remove:
+                    continue
+                self._clear_wakers()
+                self._st.attempt = 0
+                self._set_state(SessionState.CONNECTING)
+                await self._event("resumed")
+                continue
+            if state in WAITING_STATES:
+                await workflow.wait_condition(
+                    lambda: self._relink or self._init or self._logout or self._remove or self._pause
+                )
+                if self._logout or self._remove or self._pause:
+                    continue
+                self._clear_wakers()
+                self._st.attempt = 0
+                self._set_state(SessionState.CONNECTING)
+                continue
+            if state is SessionState.BACKOFF:
+                await self._wait_backoff()
+                if self._logout or self._remove or self._pause:
+                    continue
+                if self._relink or self._init:
+                    self._st.attempt = 0
+                self._clear_wakers()
+                self._set_state(SessionState.CONNECTING)
+                await self._event("reconnecting", attempt=str(self._st.attempt))
+            if (
+                workflow.info().is_continue_as_new_suggested()
+                and self._alerts_pending == 0
+                and not self._any_request()
+            ):
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                if not self._any_request():
+                    workflow.continue_as_new(
+                        dataclasses.replace(self._inp, carried=self._st, pairing_phone=self._pairing_phone)
+                    )
+            outcome = await self._hold()
+            await self._after_hold(outcome)
+
+    def _any_request(self) -> bool:
+        return any(
+            (self._relink, self._pause, self._resume, self._logout, self._remove, self._init, self._restart_hold)
+        )
+
+    def _clear_wakers(self) -> None:
+        self._relink = self._resume = self._init = False
+
+    async def _wait_backoff(self) -> None:
+        due = self._st.next_retry_at
+        remaining = (due - workflow.now()).total_seconds() if due else 0.0
+        if remaining <= 0:
+            return
+        try:
+            await workflow.wait_condition(
+                lambda: self._relink or self._init or self._logout or self._remove or self._pause,
+                timeout=timedelta(seconds=remaining),
+            )
+        except TimeoutError:
+            pass
+
+    # ------------------------------------------------------------------ one hold attempt
+
+    async def _hold(self) -> tuple[HoldOutcome, bool]:
+        """Run one ``hold_session`` attempt; returns its outcome and whether the connector was lost."""
+        self._hold_id = str(workflow.uuid4())
+        self._hold_connected = False
+        self._restart_hold = False
+        if self._st.state not in (SessionState.STARTING, SessionState.CONNECTING):
+            self._set_state(SessionState.CONNECTING)
+        req = HoldRequest(
+            company_id=self._inp.company_id,
+            workflow_id=workflow.info().workflow_id,
+            jid=self._st.jid,
+            new_device=self._st.jid is None,
+            pairing_phone=self._pairing_phone,
+            hold_id=self._hold_id,
+        )
+        handle = workflow.start_activity(
+            ACTIVITY_HOLD_SESSION,
+            req,
+            task_queue=self._inp.connector_queue,
+            result_type=HoldOutcome,
+            start_to_close_timeout=HOLD_START_TO_CLOSE,
+            heartbeat_timeout=timedelta(seconds=self._inp.hold_heartbeat_timeout_s),
+            retry_policy=RetryPolicy(maximum_attempts=1),
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            summary=f"hold {self._inp.company_id}",
+        )
+        await workflow.wait_condition(
+            lambda: handle.done() or self._pause or self._logout or self._remove or self._restart_hold
+        )
+        if not handle.done():
+            await self._release_holder(logout=self._logout or self._remove)
+            handle.cancel()
+        lost = False
+        try:
+            outcome = await handle
+        except ActivityError as err:
+            cause = err.cause
+            if isinstance(cause, CancelledError):
+                outcome = HoldOutcome(HoldOutcomeKind.STOPPED, "cancelled")
+            elif isinstance(cause, ActivityTimeoutError):
+                outcome, lost = HoldOutcome(HoldOutcomeKind.DROPPED, "connector lost (heartbeat timeout)"), True
+            elif isinstance(cause, ApplicationError) and cause.type == ERROR_CONNECTOR_SHUTDOWN:
+                outcome, lost = HoldOutcome(HoldOutcomeKind.DROPPED, "connector shutting down"), True
+            else:
+                outcome = HoldOutcome(HoldOutcomeKind.DIAL_FAILED, f"hold failed: {cause or err}")
+        finally:
+            self._hold_id = ""
+            self._st.holder_queue = None
+            self._st.qr = None
+            self._st.pairing_code = None
+        return outcome, lost
+
+    async def _release_holder(self, *, logout: bool) -> None:
+        """Ask the connector that holds the session to close it now (a cancel waits for a heartbeat)."""
+        queue = self._st.holder_queue
+        if not queue:
+            return
+        try:
+            await workflow.execute_activity(
+                ACTIVITY_LOGOUT_DEVICE if logout else ACTIVITY_RELEASE_SESSION,
+                self._inp.company_id,
+                task_queue=queue,
+                result_type=bool,
+                schedule_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_attempts=2),
+            )
+        except ActivityError as err:
+            workflow.logger.warning("release failed company_id=%s error=%s", self._inp.company_id, err.cause)
+
+    async def _after_hold(self, result: tuple[HoldOutcome, bool]) -> None:
+        outcome, lost = result
+        kind = outcome.kind
+        was_connected = self._hold_connected
+        self._hold_connected = False
+        if kind is HoldOutcomeKind.STOPPED and self._any_request():
+            return  # pause / logout / remove / restart: the run loop goes on from the request
+        if kind is HoldOutcomeKind.REPLACED:
+            self._calm_down()
+            self._st.last_error = outcome.detail or "connection replaced (440)"
+            self._set_state(SessionState.REPLACED)
+            await self._alert(
+                f"WhatsApp session of {self._inp.company_id} was replaced by another client (440); "
+                "not reconnecting until relink", "critical",
+            )
+            return
+        if kind is HoldOutcomeKind.LOGGED_OUT:
+            self._calm_down()
+            await self._delete_credentials(mark_removed=False)
+            self._st.last_error = outcome.detail or "logged out"
+            self._set_state(SessionState.LOGGED_OUT)
+            await self._alert(f"WhatsApp session of {self._inp.company_id} was logged out; needs a new QR", "critical")
+            return
+        if kind is HoldOutcomeKind.PAIRING_TIMEOUT:
+            self._calm_down()
+            self._st.jid = None
+            self._st.phone = None
+            self._pairing_phone = None
+            self._st.last_error = outcome.detail or "pairing not completed in time"
+            self._set_state(SessionState.LOGGED_OUT)
+            return
+        if kind is HoldOutcomeKind.TEMP_BANNED:
+            self._start_down_episode()
+            wait = max(outcome.ban_expires_s or self._inp.backoff_cap_s, 1.0)
+            self._st.last_error = outcome.detail or "temporarily banned"
+            self._st.next_retry_at = workflow.now() + timedelta(seconds=wait)
+            self._set_state(SessionState.BACKOFF)
+            await self._alert(
+                f"WhatsApp temporarily banned company {self._inp.company_id}; retrying in {wait:.0f}s", "critical"
+            )
+            return
+        # Transient: dropped, dial failed, connector lost, or stopped for no reason we asked for.
+        self._st.last_error = outcome.detail or kind.value
+        self._start_down_episode()
+        if was_connected:
+            self._st.attempt = 0
+        if lost and was_connected:
+            # The connection did not fail: its connector did. Re-hold at once on any live connector.
+            self._st.next_retry_at = None
+            self._set_state(SessionState.CONNECTING)
+            await self._event("reconnecting", attempt="0", reason=self._st.last_error)
+            return
+        self._st.attempt += 1
+        if self._st.attempt > self._inp.backoff_max_attempts:
+            self._calm_down()
+            self._st.next_retry_at = None
+            self._set_state(SessionState.FAILED)
+            await self._event("failed", reason=self._st.last_error)
+            await self._alert(
+                f"WhatsApp session of {self._inp.company_id} failed after {self._inp.backoff_max_attempts} "
+                f"reconnect attempts ({self._st.last_error}); waiting for relink", "critical",
+            )
+            return
+        delay = backoff_delay_s(
+            self._st.attempt, self._inp.backoff_base_s, self._inp.backoff_cap_s, workflow.random().random()
+        )
+        self._st.next_retry_at = workflow.now() + timedelta(seconds=delay)
+        self._set_state(SessionState.BACKOFF)
+
+    # ------------------------------------------------------------------ logout / remove
+
+    async def _do_logout(self) -> None:
+        self._calm_down()
+        await self._delete_credentials(mark_removed=False)
+        self._st.last_error = "logged out by request"
+        self._set_state(SessionState.LOGGED_OUT)
+        self._clear_wakers()
+        self._pause = False
+        self._logout = False
+
+    async def _do_remove(self) -> None:
+        self._calm_down()
+        await self._delete_credentials(mark_removed=True)
+        self._set_state(SessionState.STOPPED)
+        self._finished = True
+        await workflow.wait_condition(workflow.all_handlers_finished)
+
+    async def _delete_credentials(self, *, mark_removed: bool) -> None:
+        await workflow.execute_activity(
+            ACTIVITY_DELETE_CREDENTIALS,
+            CredentialsDeletion(self._inp.company_id, mark_removed=mark_removed),
+            task_queue=self._inp.core_queue,
+            result_type=int,
+            start_to_close_timeout=timedelta(seconds=30),
+        )
+        self._st.jid = None
+        self._st.phone = None
+        self._pairing_phone = None
+
+    # ------------------------------------------------------------------ alerts and events
+
+    def _start_down_episode(self) -> None:
+        if self._down_since is not None:
+            return
+        self._down_since = workflow.now()
+        self._down_episode += 1
+        self._alerts_pending += 1
+        task = asyncio.create_task(self._grace_alert(self._down_episode))
+        self._alert_tasks.add(task)
+        task.add_done_callback(self._alert_tasks.discard)
+
+    def _calm_down(self) -> None:
+        """The session is down on purpose or has already alerted: no grace alert for this episode."""
+        self._down_since = None
+        self._down_episode += 1
+
+    async def _grace_alert(self, episode: int) -> None:
+        try:
+            await workflow.sleep(timedelta(seconds=self._inp.alert_grace_s))
+            if self._down_episode == episode and self._down_since is not None:
+                await self._alert(
+                    f"WhatsApp session of {self._inp.company_id} down since {self._down_since:%H:%M:%S} UTC "
+                    f"({self._st.last_error or 'disconnected'})", "warning",
+                )
+        finally:
+            self._alerts_pending -= 1
+
+    async def _alert(self, text: str, severity: str) -> None:
+        await workflow.execute_activity(
+            ACTIVITY_SEND_ALERT,
+            SessionAlert(text=text, company_id=self._inp.company_id, severity=severity),
+            task_queue=self._inp.core_queue,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RetryPolicy(maximum_attempts=5),
+        )
+
+    async def _event(self, kind: str, **data: str) -> None:
+        await workflow.execute_activity(
+            ACTIVITY_PUBLISH_EVENT,
+            SessionEventRequest(company_id=self._inp.company_id, type=kind, data=data),
+            task_queue=self._inp.core_queue,
+            start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=RetryPolicy(maximum_attempts=2),
+        )
+
+    def _set_state(self, state: SessionState) -> None:
+        if state is self._st.state:
+            self._publish_state(force=False)
+            return
+        self._st.state = state
+        self._st.since = workflow.now()
+        if state is not SessionState.BACKOFF:
+            self._st.next_retry_at = None
+        self._st.history.append(f"{workflow.now():%Y-%m-%dT%H:%M:%S}Z {state.value}")
+        del self._st.history[:-HISTORY_KEEP]
+        self._publish_state(force=True)
+
+    def _publish_state(self, *, force: bool) -> None:
+        st = self._st
+        detail = f"**{st.state.value}**"
+        if st.jid:
+            detail += f" · {st.phone or st.jid}"
+        if st.state is SessionState.BACKOFF and st.next_retry_at:
+            detail += f" · attempt {st.attempt}, next at {st.next_retry_at:%H:%M:%S}"
+        if st.last_error and st.state is not SessionState.CONNECTED:
+            detail += f" · {st.last_error}"
+        workflow.set_current_details(detail)
+        if force and self._inp.search_attributes:
+            workflow.upsert_search_attributes(
+                [COMPANY_ID_KEY.value_set(self._inp.company_id), SESSION_STATE_KEY.value_set(st.state.value)]
+            )
+
+    # ------------------------------------------------------------------ connector signals
+
+    def _stale(self, hold_id: str) -> bool:
+        return bool(hold_id) and hold_id != self._hold_id
+
+    @workflow.signal(name=SIGNAL_QR)
+    def on_qr(self, sig: QrSignal) -> None:
+        if self._stale(sig.hold_id):
+            return
+        self._st.qr = sig.code
+        self._st.qr_sequence = sig.sequence
+        self._st.holder_queue = sig.holder_queue
+        self._set_state(SessionState.QR)
+
+    @workflow.signal(name=SIGNAL_PAIRING_CODE)
+    def on_pairing_code(self, sig: PairingCodeSignal) -> None:
+        if self._stale(sig.hold_id):
+            return
+        self._st.pairing_code = sig.code
+        self._st.holder_queue = sig.holder_queue
+        self._set_state(SessionState.QR)
+
+    @workflow.signal(name=SIGNAL_CONNECTED)
+    def on_connected(self, sig: ConnectedSignal) -> None:
+        if self._stale(sig.hold_id):
+            return
+        self._hold_connected = True
+        st = self._st
+        st.jid = sig.jid
+        st.phone = sig.phone or st.phone
+        st.holder_queue = sig.holder_queue
+        st.attempt = 0
+        st.last_error = None
+        st.qr = None
+        st.pairing_code = None
+        self._calm_down()
+        self._set_state(SessionState.CONNECTED)
+
+    @workflow.signal(name=SIGNAL_DISCONNECTED)
+    def on_disconnected(self, sig: DisconnectedSignal) -> None:
+        if self._stale(sig.hold_id) or self._st.state is not SessionState.CONNECTED:
+            return
+        self._st.last_error = sig.reason
+        self._start_down_episode()
+        self._set_state(SessionState.CONNECTING)
+
+    # ------------------------------------------------------------------ operator signals
+
+    @workflow.signal(name=SIGNAL_RELINK)
+    def relink(self) -> None:
+        if self._st.state in (SessionState.CONNECTED, SessionState.QR) or self._finished:
+            return
+        self._relink = True
+
+    @workflow.signal(name=SIGNAL_PAUSE)
+    def pause(self) -> None:
+        if self._st.state is not SessionState.PAUSED and not self._finished:
+            self._pause = True
+
+    @workflow.signal(name=SIGNAL_RESUME)
+    def resume(self) -> None:
+        if self._st.state is SessionState.PAUSED or self._pause:
+            self._pause = False
+            self._resume = True
+
+    # ------------------------------------------------------------------ updates and query
+
+    @workflow.update(name=UPDATE_INITIALIZE)
+    async def initialize(self, req: InitializeRequest) -> InitializeResult:
+        if self._st.state is not SessionState.CONNECTED:
+            if req.pairing_phone and req.pairing_phone != self._pairing_phone:
+                self._pairing_phone = req.pairing_phone
+                self._st.pairing_code = None
+                if self._hold_id and not self._hold_connected:
+                    self._restart_hold = True  # the running attempt pairs by QR: start one that pairs by code
+            if self._st.state in WAITING_STATES or self._st.state in (SessionState.PAUSED, SessionState.BACKOFF):
+                self._init = True
+                self._pause = False
+            try:
+                await workflow.wait_condition(
+                    self._initialize_ready, timeout=timedelta(seconds=self._inp.initialize_wait_s)
+                )
+            except TimeoutError:
+                pass
+        st = self._st
+        return InitializeResult(
+            state=st.state, qr=st.qr, pairing_code=st.pairing_code, jid=st.jid, phone=st.phone
+        )
+
+    def _initialize_ready(self) -> bool:
+        st = self._st
+        if self._init or self._restart_hold:
+            return False
+        if st.state is SessionState.CONNECTED:
+            return True
+        if st.state is SessionState.QR:
+            return bool(st.pairing_code) if self._pairing_phone else bool(st.qr)
+        return st.state in WAITING_STATES or st.state in (SessionState.PAUSED, SessionState.STOPPED)
+
+    @initialize.validator
+    def _validate_initialize(self, req: InitializeRequest) -> None:
+        if self._finished or self._remove:
+            raise ApplicationError("session is being removed", type="SessionRemoved", non_retryable=True)
+
+    @workflow.update(name=UPDATE_LOGOUT)
+    async def logout(self) -> SessionStatus:
+        self._logout = True
+        await workflow.wait_condition(lambda: not self._logout)
+        return self._st
+
+    @logout.validator
+    def _validate_logout(self) -> None:
+        if self._finished or self._remove:
+            raise ApplicationError("session is being removed", type="SessionRemoved", non_retryable=True)
+
+    @workflow.update(name=UPDATE_REMOVE)
+    async def remove(self) -> SessionStatus:
+        self._remove = True
+        await workflow.wait_condition(lambda: self._finished)
+        return self._st
+
+    @workflow.query(name=QUERY_STATUS)
+    def status(self) -> SessionStatus:
+        return self._st
