@@ -13,7 +13,11 @@ import redis.asyncio as aioredis
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.backup import BackupActivities
+from activities.cleanup import CleanupActivities
+from activities.jobs_common import JobRecorder
 from activities.notify import Notifier
+from activities.schedules import ensure_schedules
 from activities.sessions import SessionActivities
 from domain.settings import Settings
 from infra.process import stop_event_on_signals
@@ -38,7 +42,14 @@ def build_activities(deps: WorkerDeps) -> list[Callable[..., Any]]:
     """Every activity of the core queue, bound to its dependencies."""
     notifier = Notifier(deps.settings)
     sessions = SessionActivities(deps.db, deps.events)
-    return [notifier.send_alert, sessions.delete_credentials, sessions.publish_session_event]
+    jobs = JobRecorder(deps.db)
+    backup = BackupActivities(deps.settings)
+    cleanup = CleanupActivities(deps.settings, deps.db)
+    return [
+        notifier.send_alert, sessions.delete_credentials, sessions.publish_session_event,
+        jobs.record_job_start, jobs.record_job_finish, backup.run_backup, backup.run_restore_test,
+        cleanup.run_cleanup,
+    ]
 
 
 def build_worker(deps: WorkerDeps) -> Worker:
@@ -59,6 +70,14 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     deps = WorkerDeps(settings, client, db, redis, EventPublisher(redis, settings.events_channel))
     stop = stop or stop_event_on_signals()
     worker = build_worker(deps)
+    # Nightly jobs (SPEC B4): schedules exist once any worker has started; job metrics on a port.
+    await ensure_schedules(client, settings)
+    if settings.worker_metrics_port:
+        from prometheus_client import start_http_server
+
+        from activities.jobs_common import JOB_METRICS
+
+        start_http_server(settings.worker_metrics_port, addr="127.0.0.1", registry=JOB_METRICS)
     log.info("worker started task_queue=%s workflows=%d", settings.temporal_core_queue, len(ALL_WORKFLOWS))
     try:
         async with worker:

@@ -92,6 +92,17 @@ class Settings(BaseSettings):
     cleanup_cron: str = "30 3 * * *"
     restore_test_cron: str = "0 4 1 * *"
     cleanup_max_age_days: int = Field(default=30, ge=1)
+    # PG_BIN_DIR: where pg_dump / pg_restore live; unset → the embedded PostgreSQL 16 tools of the
+    # pgserver wheel. A pg_dump older than the server's major version is refused (SPEC B1).
+    pg_bin_dir: Path | None = None
+    # BACKUP_TIMEOUT_S: one pg_dump + verify (or restore test) may take at most this long.
+    backup_timeout_s: float = Field(default=3600.0, gt=0)
+    # CLEANUP_WARN_ROWS: a cleanup that would delete more rows than this alerts (SPEC B3).
+    cleanup_warn_rows: int = Field(default=1000, ge=0)
+    # PRIVACY_TOKEN_MAX_AGE_DAYS: whatsmeow privacy tokens older than this are expired.
+    privacy_token_max_age_days: int = Field(default=28, ge=1)
+    # WORKER_METRICS_PORT: the worker serves its job metrics (Prometheus text) here; unset → off.
+    worker_metrics_port: int | None = None
 
     @field_validator("connector_id")
     @classmethod

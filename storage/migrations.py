@@ -81,6 +81,22 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        30,
+        "first_seen on whatsmeow message secrets (when the store already exists)",
+        # whatsmeow keeps no timestamp on message secrets, so age-based cleanup (SPEC B3)
+        # records one itself. The store may be created after this migration (by the
+        # connector): activities.cleanup.ensure_store_timestamps repeats this at each run.
+        """
+        DO $$
+        BEGIN
+            IF to_regclass('public.whatsmeow_message_secrets') IS NOT NULL THEN
+                ALTER TABLE whatsmeow_message_secrets
+                    ADD COLUMN IF NOT EXISTS first_seen timestamptz NOT NULL DEFAULT now();
+            END IF;
+        END $$;
+        """,
+    ),
 ]
 
 

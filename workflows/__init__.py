@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from workflows.jobs import BackupWorkflow, CleanupWorkflow, RestoreTestWorkflow
 from workflows.send import SendMessageWorkflow
 from workflows.session import SessionWorkflow
 
-ALL_WORKFLOWS: list[type] = [SessionWorkflow, SendMessageWorkflow]
+ALL_WORKFLOWS: list[type] = [
+    SessionWorkflow, SendMessageWorkflow,
+    BackupWorkflow, RestoreTestWorkflow, CleanupWorkflow,
+]

@@ -1,0 +1,546 @@
+"""Verified backups and restore tests (SPEC B1, B2).
+
+A backup counts only once the dump *file* has been checked against a manifest
+written from the same snapshot: the old system wrote 20-byte "successful"
+backups for days because its pg_dump was older than the server. So:
+
+1. refuse at once when ``pg_dump``'s major version is older than the server's;
+2. in one REPEATABLE READ transaction: export the snapshot, count every table,
+   and hand the snapshot to ``pg_dump --snapshot`` — counts and dump see the
+   same data, whatever is written meanwhile;
+3. write a manifest (tables, row counts, sizes, checksum, versions) beside the dump;
+4. verify the file: checksum, ``pg_restore -l`` reads it, and the rows of every
+   table *counted from the file* (``pg_restore --data-only -f -``) equal the
+   manifest. Only then are the two files renamed into place (0600, dir 0700)
+   and retention (7 daily + 4 monthly) runs.
+
+The restore test restores the newest verified backup into a scratch database,
+compares counts with the manifest, measures the RTO and always drops the scratch
+database (also stale ones a crashed run left behind).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.jobs_common import PgTools, Target, ToolFailed, heartbeat, report_failure, run_tool, utcnow
+from domain.settings import Settings
+from workflows.jobs import JobInput
+
+log = logging.getLogger("waorch.backup")
+
+MANIFEST_FORMAT = "waorch-backup/1"
+_NAME_RE = re.compile(r"^waorch-(\d{8}T\d{6}Z)\.dump$")
+_STAMP = "%Y%m%dT%H%M%SZ"
+# A custom-format dump of even an empty database is a few kB; anything smaller is not a backup.
+MIN_DUMP_BYTES = 1024
+
+
+class BackupRefused(Exception):
+    """The backup cannot be made correctly (wrong pg_dump): nothing was written."""
+
+
+class VerificationFailed(Exception):
+    """The dump file does not match its manifest: it does not count as a backup."""
+
+
+class NoVerifiedBackup(Exception):
+    pass
+
+
+class RestoreMismatch(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------- names and retention
+
+
+def dump_name(at: datetime) -> str:
+    return f"waorch-{at.astimezone(UTC).strftime(_STAMP)}.dump"
+
+
+def manifest_path(dump: Path) -> Path:
+    return dump.with_name(dump.name.removesuffix(".dump") + ".manifest.json")
+
+
+def backup_time(dump: Path) -> datetime | None:
+    match = _NAME_RE.match(dump.name)
+    return datetime.strptime(match.group(1), _STAMP).replace(tzinfo=UTC) if match else None
+
+
+def verified_backups(backup_dir: Path) -> list[tuple[datetime, Path]]:
+    """Backups that passed verification (dump and manifest in place), oldest first."""
+    found = []
+    if not backup_dir.is_dir():
+        return []
+    for dump in backup_dir.glob("waorch-*.dump"):
+        at = backup_time(dump)
+        if at is not None and manifest_path(dump).is_file():
+            found.append((at, dump))
+    return sorted(found)
+
+
+def plan_retention(times: list[datetime], keep_daily: int, keep_monthly: int) -> set[datetime]:
+    """Which backups to keep: the newest of each of the last ``keep_daily`` days that have
+    a backup, plus the first backup of each of the last ``keep_monthly`` months before those days.
+    """
+    by_day: dict[date, datetime] = {}
+    for at in times:
+        day = at.date()
+        if day not in by_day or at > by_day[day]:
+            by_day[day] = at
+    daily_days = sorted(by_day, reverse=True)[:keep_daily]
+    keep = {by_day[d] for d in daily_days}
+    oldest_daily = min(daily_days) if daily_days else None
+    first_of_month: dict[tuple[int, int], datetime] = {}
+    for at in times:
+        if oldest_daily is not None and at.date() >= oldest_daily:
+            continue
+        month = (at.year, at.month)
+        if month not in first_of_month or at < first_of_month[month]:
+            first_of_month[month] = at
+    for month in sorted(first_of_month, reverse=True)[:keep_monthly]:
+        keep.add(first_of_month[month])
+    return keep
+
+
+def apply_retention(backup_dir: Path, keep_daily: int, keep_monthly: int, *, dry_run: bool = False) -> list[str]:
+    """Delete verified backups outside the retention; returns the names deleted (or that would be)."""
+    backups = verified_backups(backup_dir)
+    keep = plan_retention([at for at, _ in backups], keep_daily, keep_monthly)
+    gone = []
+    for at, dump in backups:
+        if at in keep:
+            continue
+        gone.append(dump.name)
+        if not dry_run:
+            manifest_path(dump).unlink(missing_ok=True)  # manifest first: a dump without one never counts
+            dump.unlink(missing_ok=True)
+    return gone
+
+
+# --------------------------------------------------------------------------- dump and verify
+
+
+def _qualified(schema: str, table: str) -> str:
+    return f"{_ident(schema)}.{_ident(table)}"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def _tables(conn: asyncpg.Connection) -> list[tuple[str, str]]:
+    rows = await conn.fetch(
+        """SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+             AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+           ORDER BY 1, 2"""
+    )
+    return [(r["nspname"], r["relname"]) for r in rows]
+
+
+async def count_tables(conn: asyncpg.Connection) -> dict[str, dict[str, int]]:
+    """``{"public.t": {"rows": n, "bytes": total relation size}}`` for every table."""
+    out: dict[str, dict[str, int]] = {}
+    for schema, table in await _tables(conn):
+        q = _qualified(schema, table)
+        rows = await conn.fetchval(f"SELECT count(*) FROM {q}")
+        size = await conn.fetchval("SELECT pg_total_relation_size($1::regclass)", q)
+        out[f"{schema}.{table}"] = {"rows": int(rows), "bytes": int(size)}
+    return out
+
+
+async def tool_major(tool: str) -> tuple[int, str]:
+    from activities.jobs_common import parse_tool_version
+
+    proc = await asyncio.create_subprocess_exec(
+        tool, "--version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    if proc.returncode != 0:
+        raise BackupRefused(f"{tool} --version failed (exit {proc.returncode}): {out.decode(errors='replace')[:200]}")
+    return parse_tool_version(out.decode(errors="replace"))
+
+
+async def check_versions(tools: PgTools, conn: asyncpg.Connection) -> dict[str, Any]:
+    """Refuse a pg_dump older than the server (SPEC B1): it would write an empty "backup"."""
+    if not await asyncio.to_thread(os.path.exists, tools.pg_dump):
+        raise BackupRefused(f"pg_dump not found at {tools.pg_dump}: set PG_BIN_DIR")
+    dump_major, dump_version = await tool_major(tools.pg_dump)
+    server_num = int(await conn.fetchval("SHOW server_version_num"))
+    server_major = server_num // 10000
+    server_version = str(await conn.fetchval("SHOW server_version")).split()[0]
+    if dump_major < server_major:
+        raise BackupRefused(
+            f"pg_dump {dump_version} is older than the PostgreSQL server {server_version} "
+            f"(major {dump_major} < {server_major}); it cannot dump this server. Use a pg_dump of major "
+            f"version >= {server_major}: set PG_BIN_DIR (the embedded PostgreSQL ships a matching one)"
+        )
+    return {"pg_dump_version": dump_version, "server_version": server_version}
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+_COPY_RE = re.compile(r"^COPY (.+?) \(.*\) FROM stdin;$")
+
+
+def _unquote_qualified(name: str) -> str:
+    """``public."odd""name"`` → ``public.odd"name`` (pg_dump quotes only when needed)."""
+    parts, cur, i, quoted = [], "", 0, False
+    while i < len(name):
+        ch = name[i]
+        if quoted:
+            if ch == '"' and i + 1 < len(name) and name[i + 1] == '"':
+                cur += '"'
+                i += 1
+            elif ch == '"':
+                quoted = False
+            else:
+                cur += ch
+        elif ch == '"':
+            quoted = True
+        elif ch == ".":
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+        i += 1
+    parts.append(cur)
+    return ".".join(parts)
+
+
+async def count_rows_in_dump(tools: PgTools, dump: Path) -> dict[str, int]:
+    """Rows per table read from the dump file itself: the COPY blocks of ``pg_restore --data-only``.
+
+    COPY text format escapes newlines inside values, so one line is one row.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        tools.pg_restore, "--data-only", "-f", "-", str(dump),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        limit=1 << 24,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    stderr_task = asyncio.ensure_future(proc.stderr.read())
+    counts: dict[str, int] = {}
+    current: str | None = None
+    n = 0
+    lines = 0
+    try:
+        async for raw in proc.stdout:
+            lines += 1
+            if lines % 200_000 == 0:
+                heartbeat("verify", lines)
+            if current is None:
+                if raw.startswith(b"COPY "):
+                    match = _COPY_RE.match(raw.decode(errors="replace").rstrip("\n"))
+                    if match:
+                        current, n = _unquote_qualified(match.group(1)), 0
+            elif raw == b"\\.\n":
+                counts[current] = counts.get(current, 0) + n
+                current = None
+            else:
+                n += 1
+    finally:
+        if proc.returncode is None:
+            await proc.wait()
+    err = (await stderr_task).decode(errors="replace").strip()
+    if proc.returncode != 0:
+        raise VerificationFailed(f"pg_restore cannot read the dump (exit {proc.returncode}): {err[-500:]}")
+    if current is not None:
+        raise VerificationFailed(f"the dump ends inside the data of {current}")
+    return counts
+
+
+def _check_file(dump: Path, manifest: dict[str, Any]) -> list[str]:
+    if not dump.is_file():
+        return [f"missing dump file {dump.name}"]
+    problems = []
+    size = dump.stat().st_size
+    if size < MIN_DUMP_BYTES:
+        problems.append(f"dump is {size} bytes: not a backup")
+    if size != manifest.get("size_bytes"):
+        problems.append(f"size {size} != manifest {manifest.get('size_bytes')}")
+    if sha256_of(dump) != manifest.get("sha256"):
+        problems.append("sha256 differs from the manifest")
+    return problems
+
+
+async def verify_backup(tools: PgTools, dump: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Check the dump file against its manifest; raises VerificationFailed listing every problem."""
+    problems = await asyncio.to_thread(_check_file, dump, manifest)
+    file_counts: dict[str, int] = {}
+    if not any(p.startswith("missing") for p in problems):
+        try:
+            file_counts = await count_rows_in_dump(tools, dump)
+        except VerificationFailed as exc:
+            problems.append(str(exc))
+    expected = {t: v["rows"] for t, v in manifest.get("tables", {}).items()}
+    if not expected:
+        problems.append("manifest lists no tables")
+    if not problems or file_counts:
+        for table, rows in expected.items():
+            got = file_counts.get(table, 0)
+            if got != rows:
+                problems.append(f"{table}: {got} rows in the file, {rows} in the database")
+    if problems:
+        raise VerificationFailed(f"backup {dump.name} failed verification: " + "; ".join(problems[:10]))
+    return {"tables_verified": len(expected), "rows_verified": sum(expected.values())}
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    path.chmod(0o600)
+
+
+def _prepare_dir(backup_dir: Path) -> None:
+    backup_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    backup_dir.chmod(0o700)
+
+
+async def _store_and_project_versions(conn: asyncpg.Connection) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if await conn.fetchval("SELECT to_regclass('public.whatsmeow_version') IS NOT NULL"):
+        out["store_schema_version"] = await conn.fetchval("SELECT max(version) FROM whatsmeow_version")
+    if await conn.fetchval("SELECT to_regclass('public.schema_migrations') IS NOT NULL"):
+        out["project_schema_version"] = await conn.fetchval("SELECT max(version) FROM schema_migrations")
+    return out
+
+
+async def create_verified_backup(settings: Settings, dsn: str, *, dry_run: bool = False,
+                                 now: datetime | None = None) -> dict[str, Any]:
+    """Dump, manifest, verify, retain. Returns what job_runs records; raises on any failure
+    after removing what it wrote (a failed backup leaves no file that looks like one)."""
+    tools = PgTools.from_setting(settings.pg_bin_dir)
+    backup_dir = settings.resolved_backup_dir
+    at = now or utcnow()
+    target = Target.from_dsn(dsn)
+    t0 = time.monotonic()
+    conn = await asyncpg.connect(dsn, timeout=30)
+    try:
+        versions = await check_versions(tools, conn)
+        versions.update(await _store_and_project_versions(conn))
+        if dry_run:
+            tables = await count_tables(conn)
+            return {
+                "dry_run": True, "backup_dir": str(backup_dir), "file": dump_name(at),
+                "tables": len(tables), "total_rows": sum(t["rows"] for t in tables.values()),
+                "database_bytes": int(await conn.fetchval("SELECT pg_database_size(current_database())")),
+                "would_delete_by_retention": apply_retention(
+                    backup_dir, settings.backup_keep_daily, settings.backup_keep_monthly, dry_run=True),
+                **versions,
+            }
+        _prepare_dir(backup_dir)
+        final = backup_dir / dump_name(at)
+        partial = final.with_name("." + final.name + ".partial")
+        manifest_final = manifest_path(final)
+        manifest_partial = manifest_final.with_name("." + manifest_final.name + ".partial")
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))  # pg_dump keeps the mode
+        try:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
+                tables = await count_tables(conn)
+                heartbeat("counted", len(tables))
+                await run_tool(
+                    [tools.pg_dump, "--format=custom", f"--snapshot={snapshot}", "--no-password",
+                     "--file", str(partial)],
+                    env=target.env, what="pg_dump",
+                )
+            dump_s = time.monotonic() - t0
+            size = partial.stat().st_size
+            manifest: dict[str, Any] = {
+                "format": MANIFEST_FORMAT,
+                "file": final.name,
+                "created_at": at.isoformat(),
+                "database": target.database,
+                "tables": tables,
+                "total_rows": sum(t["rows"] for t in tables.values()),
+                "size_bytes": size,
+                "sha256": sha256_of(partial),
+                **versions,
+            }
+            t1 = time.monotonic()
+            verified = await verify_backup(tools, partial, manifest)
+            verify_s = time.monotonic() - t1
+            manifest["verified_at"] = utcnow().isoformat()
+            manifest["verify_s"] = round(verify_s, 3)
+            _write_private(manifest_partial, json.dumps(manifest, indent=1, sort_keys=True))
+            partial.chmod(0o600)
+            partial.rename(final)
+            manifest_partial.rename(manifest_final)  # last: from now on it counts as a backup
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            manifest_partial.unlink(missing_ok=True)
+            raise
+    finally:
+        await conn.close()
+    deleted = apply_retention(backup_dir, settings.backup_keep_daily, settings.backup_keep_monthly)
+    result = {
+        "dry_run": False, "file": str(final), "manifest": str(manifest_final),
+        "size_bytes": size, "sha256": manifest["sha256"],
+        "tables": len(tables), "total_rows": manifest["total_rows"],
+        "row_counts": {t: v["rows"] for t, v in tables.items()},
+        "dump_s": round(dump_s, 3), "verify_s": round(verify_s, 3),
+        "duration_s": round(time.monotonic() - t0, 3),
+        "deleted_by_retention": deleted, "kept": len(verified_backups(backup_dir)),
+        **verified, **versions,
+    }
+    log.info("backup verified file=%s size_bytes=%d rows=%d duration_s=%.2f deleted=%d",
+             final.name, size, manifest["total_rows"], result["duration_s"], len(deleted))
+    return result
+
+
+# --------------------------------------------------------------------------- restore test
+
+
+SCRATCH_MARK = "_rt_"
+
+
+def scratch_prefix(database: str) -> str:
+    return database[:40] + SCRATCH_MARK
+
+
+async def _admin(dsn: str) -> asyncpg.Connection:
+    return await asyncpg.connect(dsn, timeout=30)
+
+
+async def drop_database(dsn: str, name: str) -> None:
+    conn = await _admin(dsn)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {_ident(name)} WITH (FORCE)")
+    finally:
+        await conn.close()
+
+
+async def scratch_databases(dsn: str) -> list[str]:
+    """Scratch databases of restore tests of this database still on the server."""
+    prefix = scratch_prefix(Target.from_dsn(dsn).database)
+    conn = await _admin(dsn)
+    try:
+        rows = await conn.fetch("SELECT datname FROM pg_database WHERE starts_with(datname, $1)", prefix)
+    finally:
+        await conn.close()
+    return [r["datname"] for r in rows]
+
+
+def _with_database(dsn: str, database: str) -> str:
+    from urllib.parse import quote, urlsplit
+
+    return urlsplit(dsn)._replace(path="/" + quote(database, safe="")).geturl()
+
+
+async def restore_test(settings: Settings, dsn: str) -> dict[str, Any]:
+    """Restore the newest verified backup into a scratch database and compare; always drop it."""
+    tools = PgTools.from_setting(settings.pg_bin_dir)
+    backups = verified_backups(settings.resolved_backup_dir)
+    if not backups:
+        raise NoVerifiedBackup(f"no verified backup in {settings.resolved_backup_dir}")
+    at, dump = backups[-1]
+    manifest = json.loads(manifest_path(dump).read_text())
+    if sha256_of(dump) != manifest["sha256"]:
+        raise RestoreMismatch(f"{dump.name} no longer matches its manifest checksum")
+    stale = await scratch_databases(dsn)
+    for name in stale:  # left by a run that died before its finally could drop them
+        await drop_database(dsn, name)
+    target = Target.from_dsn(dsn)
+    scratch = f"{scratch_prefix(target.database)}{uuid.uuid4().hex[:8]}"
+    t0 = time.monotonic()
+    try:
+        conn = await _admin(dsn)
+        try:
+            await conn.execute(f"CREATE DATABASE {_ident(scratch)}")
+        finally:
+            await conn.close()
+        await run_tool(
+            [tools.pg_restore, "--no-owner", "--no-privileges", "--exit-on-error", "--jobs=2",
+             "--no-password", "--dbname", scratch, str(dump)],
+            env=target.with_database(scratch).env, what="pg_restore",
+        )
+        rto_s = time.monotonic() - t0
+        heartbeat("restored", round(rto_s, 2))
+        conn = await asyncpg.connect(_with_database(dsn, scratch), timeout=30)
+        try:
+            restored = await count_tables(conn)
+        finally:
+            await conn.close()
+        mismatches = []
+        for table, entry in manifest["tables"].items():
+            got = restored.get(table, {}).get("rows")
+            if got != entry["rows"]:
+                mismatches.append(f"{table}: {got} restored, {entry['rows']} in the manifest")
+        if mismatches:
+            raise RestoreMismatch(f"restore of {dump.name} does not match its manifest: " + "; ".join(mismatches[:10]))
+    finally:
+        await drop_database(dsn, scratch)
+    result = {
+        "backup": dump.name, "backup_created_at": at.isoformat(), "scratch_database": scratch,
+        "scratch_dropped": True, "stale_scratch_dropped": stale,
+        "tables": len(manifest["tables"]), "total_rows": manifest["total_rows"],
+        "rto_s": round(rto_s, 3), "duration_s": round(time.monotonic() - t0, 3),
+    }
+    log.info("restore test passed backup=%s rto_s=%.2f tables=%d", dump.name, rto_s, len(manifest["tables"]))
+    return result
+
+
+# --------------------------------------------------------------------------- activities
+
+
+_NON_RETRYABLE = (BackupRefused, VerificationFailed, NoVerifiedBackup, RestoreMismatch, ToolFailed)
+
+
+def _as_application_error(exc: Exception) -> ApplicationError:
+    return ApplicationError(str(exc), type=type(exc).__name__, non_retryable=isinstance(exc, _NON_RETRYABLE))
+
+
+class BackupActivities:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    @activity.defn(name="run_backup")
+    async def run_backup(self, job: JobInput) -> dict[str, Any]:
+        try:
+            return await asyncio.wait_for(
+                create_verified_backup(self._settings, self._settings.database_dsn, dry_run=job.dry_run),
+                self._settings.backup_timeout_s,
+            )
+        except Exception as exc:
+            report_failure(exc, "backup")
+            raise _as_application_error(exc) from exc
+
+    @activity.defn(name="run_restore_test")
+    async def run_restore_test(self, job: JobInput) -> dict[str, Any]:
+        if job.dry_run:
+            backups = verified_backups(self._settings.resolved_backup_dir)
+            if not backups:
+                missing = NoVerifiedBackup(f"no verified backup in {self._settings.resolved_backup_dir}")
+                raise _as_application_error(missing)
+            return {"dry_run": True, "backup": backups[-1][1].name, "backups": len(backups)}
+        try:
+            return await asyncio.wait_for(
+                restore_test(self._settings, self._settings.database_dsn), self._settings.backup_timeout_s
+            )
+        except Exception as exc:
+            report_failure(exc, "restore-test")
+            raise _as_application_error(exc) from exc

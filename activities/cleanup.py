@@ -1,0 +1,232 @@
+"""Key cleanup (SPEC B3): delete what no live session needs, and say what it did.
+
+whatsmeow keeps no timestamp on most rows, so age needs one of our own: a
+``first_seen timestamptz DEFAULT now()`` column on ``whatsmeow_message_secrets``
+(whatsmeow's INSERTs name their columns, so the default fills it). Rows that
+existed before the column was added get the time it was added: they are
+treated as new, never as old.
+
+What goes, and only this:
+
+* message secrets first seen more than N days ago (default 30);
+* privacy tokens older than their lifetime (default 28 days);
+* privacy tokens of devices that no longer exist (the one per-device table
+  without ``ON DELETE CASCADE``);
+* the device row — and through whatsmeow's cascades all its keys — of companies
+  whose session was removed (``companies.removed_at``), unless a live company
+  uses the same device.
+
+Never touched: device rows of live companies, identity keys, app-state keys,
+Signal sessions, pre-keys, contacts, ``lid_map`` (it has no owner column).
+Everything is counted in one transaction; dry-run counts the same and rolls back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import asyncpg
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.jobs_common import heartbeat, report_failure
+from domain.settings import Settings
+from storage import Database
+from workflows.jobs import JobInput
+
+log = logging.getLogger("waorch.cleanup")
+
+STORE_TABLE_PREFIX = "whatsmeow_"
+AGE_BUCKETS = (("<1d", 0, 1), ("1-7d", 1, 7), ("7-14d", 7, 14), ("14-30d", 14, 30), (">30d", 30, None))
+
+
+async def ensure_store_timestamps(conn: asyncpg.Connection) -> bool:
+    """Add ``first_seen`` where whatsmeow keeps no time; False when the store does not exist yet."""
+    if not await conn.fetchval("SELECT to_regclass('public.whatsmeow_message_secrets') IS NOT NULL"):
+        return False
+    has = await conn.fetchval(
+        """SELECT EXISTS (SELECT 1 FROM information_schema.columns
+           WHERE table_schema = 'public' AND table_name = 'whatsmeow_message_secrets' AND column_name = 'first_seen')"""
+    )
+    if not has:
+        await conn.execute(
+            "ALTER TABLE whatsmeow_message_secrets"
+            " ADD COLUMN IF NOT EXISTS first_seen timestamptz NOT NULL DEFAULT now()"
+        )
+        log.info("added first_seen to whatsmeow_message_secrets")
+    return True
+
+
+async def table_sizes(conn: asyncpg.Connection) -> dict[str, dict[str, int]]:
+    rows = await conn.fetch(
+        """SELECT c.relname, pg_table_size(c.oid) AS table_bytes, pg_indexes_size(c.oid) AS index_bytes,
+                  (SELECT count(*) FROM pg_index i WHERE i.indrelid = c.oid) AS indexes
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = 'public' AND c.relkind = 'r' AND starts_with(c.relname, $1)
+           ORDER BY c.relname""",
+        STORE_TABLE_PREFIX,
+    )
+    return {r["relname"]: {"table_bytes": r["table_bytes"], "index_bytes": r["index_bytes"]} for r in rows}
+
+
+async def index_sizes(conn: asyncpg.Connection) -> dict[str, int]:
+    rows = await conn.fetch(
+        """SELECT i.relname, pg_relation_size(i.oid) AS bytes FROM pg_index x
+           JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid
+           JOIN pg_namespace n ON n.oid = t.relnamespace
+           WHERE n.nspname = 'public' AND starts_with(t.relname, $1) ORDER BY 1""",
+        STORE_TABLE_PREFIX,
+    )
+    return {r["relname"]: r["bytes"] for r in rows}
+
+
+async def age_distribution(conn: asyncpg.Connection, age_expr: str, table: str) -> dict[str, Any]:
+    """Rows per age bucket, oldest and newest, of ``table`` by ``age_expr`` (a timestamptz)."""
+    cases = ", ".join(
+        f"count(*) FILTER (WHERE age >= interval '{lo} days'"
+        + (f" AND age < interval '{hi} days')" if hi is not None else ")")
+        + f' AS "{name}"'
+        for name, lo, hi in AGE_BUCKETS
+    )
+    row = await conn.fetchrow(
+        f"""SELECT {cases}, min(ts) AS oldest, max(ts) AS newest, count(*) AS total
+            FROM (SELECT {age_expr} AS ts, now() - {age_expr} AS age FROM {table}) s"""
+    )
+    assert row is not None
+    return {
+        "total": row["total"],
+        "buckets": {name: row[name] for name, _, _ in AGE_BUCKETS},
+        "oldest": row["oldest"].isoformat() if row["oldest"] else None,
+        "newest": row["newest"].isoformat() if row["newest"] else None,
+    }
+
+
+_SECRETS_AGE = "first_seen"
+_TOKENS_AGE = "to_timestamp(timestamp)"
+
+# Devices of removed companies that no live company shares.
+_REMOVED_DEVICES = """
+    SELECT d.jid FROM whatsmeow_device d
+    WHERE d.jid IN (SELECT device_jid FROM companies WHERE removed_at IS NOT NULL AND device_jid IS NOT NULL)
+      AND d.jid NOT IN (SELECT device_jid FROM companies WHERE removed_at IS NULL AND device_jid IS NOT NULL)
+"""
+
+# Per-device tables that cascade from whatsmeow_device, and the column naming the device.
+_CASCADING = {
+    "whatsmeow_identity_keys": "our_jid", "whatsmeow_pre_keys": "jid", "whatsmeow_sessions": "our_jid",
+    "whatsmeow_sender_keys": "our_jid", "whatsmeow_app_state_sync_keys": "jid",
+    "whatsmeow_app_state_version": "jid", "whatsmeow_app_state_mutation_macs": "jid",
+    "whatsmeow_contacts": "our_jid", "whatsmeow_chat_settings": "our_jid",
+    "whatsmeow_message_secrets": "our_jid", "whatsmeow_nct_salt": "our_jid",
+    "whatsmeow_event_buffer": "our_jid", "whatsmeow_retry_buffer": "our_jid",
+}
+
+
+async def _count(conn: asyncpg.Connection, sql: str, *args: Any) -> int:
+    return int(await conn.fetchval(sql, *args))
+
+
+async def _companies_table(conn: asyncpg.Connection) -> bool:
+    return bool(await conn.fetchval("SELECT to_regclass('public.companies') IS NOT NULL"))
+
+
+async def cleanup_store(settings: Settings, db: Database, *, dry_run: bool, verbose: bool = False) -> dict[str, Any]:
+    """Run (or, with ``dry_run``, only count) the cleanup; returns the report job_runs records."""
+    t0 = time.monotonic()
+    days = settings.cleanup_max_age_days
+    token_days = settings.privacy_token_max_age_days
+    report: dict[str, Any] = {"dry_run": dry_run, "max_age_days": days, "privacy_token_max_age_days": token_days}
+    async with db.connection() as conn:
+        if not await ensure_store_timestamps(conn):
+            report.update(rows_to_delete=0, rows_deleted=0, deleted={}, warnings=[], note="no whatsmeow store yet")
+            return report
+        sizes_before = await table_sizes(conn)
+        indexes_before = await index_sizes(conn) if verbose else {}
+        report["age_distribution"] = {
+            "whatsmeow_message_secrets": await age_distribution(conn, _SECRETS_AGE, "whatsmeow_message_secrets"),
+            "whatsmeow_privacy_tokens": await age_distribution(conn, _TOKENS_AGE, "whatsmeow_privacy_tokens"),
+        }
+        heartbeat("measured")
+        counts: dict[str, int] = {}
+        removed: list[str] = []
+        tr = conn.transaction()
+        await tr.start()
+        try:
+            # Devices of removed companies first: their cascades must not be counted twice below.
+            if await _companies_table(conn):
+                removed = [r["jid"] for r in await conn.fetch(_REMOVED_DEVICES)]
+            if removed:
+                for table, col in _CASCADING.items():
+                    n = await _count(conn, f"SELECT count(*) FROM {table} WHERE {col} = ANY($1::text[])", removed)
+                    if n:
+                        counts[f"removed_companies.{table}"] = n
+                counts["removed_companies.whatsmeow_privacy_tokens"] = await _count(
+                    conn, "WITH d AS (DELETE FROM whatsmeow_privacy_tokens WHERE our_jid = ANY($1::text[]) "
+                    "RETURNING 1) SELECT count(*) FROM d", removed)
+                counts["removed_companies.whatsmeow_device"] = await _count(
+                    conn, "WITH d AS (DELETE FROM whatsmeow_device WHERE jid = ANY($1::text[]) RETURNING 1) "
+                    "SELECT count(*) FROM d", removed)
+            counts["old_message_secrets"] = await _count(
+                conn, "WITH d AS (DELETE FROM whatsmeow_message_secrets "
+                "WHERE first_seen < now() - make_interval(days => $1) RETURNING 1) SELECT count(*) FROM d", days)
+            counts["expired_privacy_tokens"] = await _count(
+                conn, "WITH d AS (DELETE FROM whatsmeow_privacy_tokens "
+                "WHERE timestamp < extract(epoch FROM now() - make_interval(days => $1)) RETURNING 1) "
+                "SELECT count(*) FROM d", token_days)
+            counts["orphan_privacy_tokens"] = await _count(
+                conn, "WITH d AS (DELETE FROM whatsmeow_privacy_tokens p WHERE NOT EXISTS "
+                "(SELECT 1 FROM whatsmeow_device d WHERE d.jid = p.our_jid) RETURNING 1) SELECT count(*) FROM d")
+            total = sum(counts.values())
+            if dry_run:
+                await tr.rollback()
+            else:
+                await tr.commit()
+        except BaseException:
+            await tr.rollback()
+            raise
+        heartbeat("deleted", total)
+        if not dry_run and total:
+            for table in sizes_before:
+                await conn.execute(f"VACUUM (ANALYZE) {table}")
+        sizes_after = await table_sizes(conn)
+        before_bytes = sum(v["table_bytes"] + v["index_bytes"] for v in sizes_before.values())
+        after_bytes = sum(v["table_bytes"] + v["index_bytes"] for v in sizes_after.values())
+        report.update(
+            rows_to_delete=total,
+            rows_deleted=0 if dry_run else total,
+            deleted={k: v for k, v in counts.items() if v},
+            removed_company_devices=removed,
+            sizes_before=sizes_before,
+            sizes_after=sizes_after,
+            bytes_before=before_bytes,
+            bytes_after=after_bytes,
+            # VACUUM makes the space reusable; files shrink only when their tail is empty.
+            bytes_freed=before_bytes - after_bytes,
+            warnings=[],
+        )
+        if verbose:
+            report["index_sizes_before"] = indexes_before
+            report["index_sizes_after"] = await index_sizes(conn)
+    if total > settings.cleanup_warn_rows:
+        verb = "would delete" if dry_run else "deleted"
+        report["warnings"].append(f"cleanup {verb} {total} rows (more than {settings.cleanup_warn_rows})")
+    report["duration_s"] = round(time.monotonic() - t0, 3)
+    log.info("cleanup dry_run=%s rows=%d freed_bytes=%d removed_devices=%d",
+             dry_run, total, report["bytes_freed"], len(removed))
+    return report
+
+
+class CleanupActivities:
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self._settings = settings
+        self._db = db
+
+    @activity.defn(name="run_cleanup")
+    async def run_cleanup(self, job: JobInput) -> dict[str, Any]:
+        try:
+            return await cleanup_store(self._settings, self._db, dry_run=job.dry_run, verbose=job.verbose)
+        except Exception as exc:
+            report_failure(exc, "cleanup")
+            raise ApplicationError(f"{type(exc).__name__}: {exc}", type=type(exc).__name__) from exc

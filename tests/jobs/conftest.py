@@ -1,0 +1,108 @@
+"""Jobs test harness: a real whatsmeow store (created once, copied per test from a
+template database), the project's migrations, and an in-process worker on the dev server."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.worker import WorkerDeps, build_worker
+from connector.neonize_store import ensure_store_schema
+from domain.settings import Settings
+from infra.redis import EventPublisher
+from storage import Database, migrate
+from tests.conftest import PgServer
+
+ADMIN_KEY = "jobs-admin-key-" + "y" * 16
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+@pytest.fixture(scope="session")
+async def store_template(pg_server: PgServer) -> str:
+    """A database with the real whatsmeow schema and the project's tables, made once."""
+    name = f"store_tpl_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(pg_server.admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    dsn = pg_server.dsn_for(name)
+    await ensure_store_schema(dsn)
+    db = Database(dsn)
+    await migrate(db)
+    await db.close()
+    return name
+
+
+@pytest.fixture
+async def store_dsn(pg_server: PgServer, store_template: str) -> AsyncIterator[str]:
+    """A fresh copy of the store for one test (dropped afterwards, with its restore-test scratch copies)."""
+    name = f"store_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(pg_server.admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{store_template}"')
+    finally:
+        await conn.close()
+    yield pg_server.dsn_for(name)
+    await pg_server.drop_database(name)
+
+
+@pytest.fixture
+def jobs_settings(make_settings: Callable[..., Settings], store_dsn: str) -> Callable[..., Settings]:
+    def make(client: Client | None = None, **overrides: Any) -> Settings:
+        overrides.setdefault("database_url", store_dsn)
+        overrides.setdefault("api_admin_key", ADMIN_KEY)
+        return make_settings(client, **overrides)
+
+    return make
+
+
+async def scratch_databases_of(pg_server: PgServer, dsn: str) -> list[str]:
+    from activities.backup import scratch_prefix
+
+    database = dsn.rsplit("/", 1)[1]
+    conn = await asyncpg.connect(pg_server.admin_dsn)
+    try:
+        rows = await conn.fetch("SELECT datname FROM pg_database WHERE starts_with(datname, $1)",
+                                scratch_prefix(database))
+    finally:
+        await conn.close()
+    return [r["datname"] for r in rows]
+
+
+@contextlib.asynccontextmanager
+async def running_worker(settings: Settings, client: Client) -> AsyncIterator[Worker]:
+    """The real core worker (every workflow and activity) on this test's queue."""
+    db = Database(settings.database_dsn)
+    redis = aioredis.from_url(settings.redis_dsn, decode_responses=True)
+    deps = WorkerDeps(settings, client, db, redis, EventPublisher(redis, settings.events_channel))
+    try:
+        async with build_worker(deps) as worker:
+            yield worker
+    finally:
+        await db.close()
+        await redis.aclose()
+
+
+def fake_pg_bin(tmp_path: Path, version: str) -> Path:
+    """A pg_dump that says it is ``version`` and otherwise writes nothing (the 20-byte story)."""
+    bin_dir = tmp_path / f"pg{version}"
+    bin_dir.mkdir()
+    for tool in ("pg_dump", "pg_restore"):
+        script = bin_dir / tool
+        script.write_text(
+            "#!/bin/sh\n"
+            f'if [ "$1" = "--version" ]; then echo "{tool} (PostgreSQL) {version}"; exit 0; fi\n'
+            "exit 0\n"
+        )
+        script.chmod(0o755)
+    return bin_dir
