@@ -13,6 +13,7 @@ from fastapi import Depends, Header, Path, Request
 from temporalio.client import Client
 
 from api.errors import ApiError
+from api.onboarding import InvalidOnboardingToken, is_onboarding_token, verify_token
 from domain.company import InvalidCompanyId, normalize_company_id
 from domain.settings import Settings
 from storage import Database
@@ -89,6 +90,11 @@ async def principal_for_key(ctx: AppContext, key: str | None) -> Principal:
                        headers={"WWW-Authenticate": "Bearer"})
     if len(key) <= 200 and hmac.compare_digest(key.encode(), ctx.admin_key.encode()):
         return Principal(is_admin=True)
+    if is_onboarding_token(key):  # a signed, short-lived onboarding link: that company only
+        try:
+            return Principal(is_admin=False, company_id=verify_token(ctx.admin_key, key), key_prefix="onboarding")
+        except InvalidOnboardingToken as exc:
+            raise ApiError(401, "unauthorized", str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
     row = await ctx.db.fetchrow(
         "SELECT company_id, key_prefix FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", hash_key(key)
     )

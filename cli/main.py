@@ -7,8 +7,11 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
+from cli.commands import add_commands, run_command
 from domain.settings import Settings
 from infra.logs import setup_logging
+
+OPERATOR_COMMANDS = frozenset({"sessions", "send", "jobs", "schedules", "keys"})
 
 
 def _run_api(settings: Settings) -> int:
@@ -30,9 +33,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("worker", help="run the workflow worker against configured services")
     sub.add_parser("connector", help="run the WhatsApp connector against configured services")
     sub.add_parser("api", help="run the HTTP API against configured services")
+    add_commands(sub)
     args = parser.parse_args(argv)
 
     settings = Settings()
+    if args.command in OPERATOR_COMMANDS:
+        return run_command(args, settings)
     setup_logging(settings.log_level, component=args.command)
     if args.command == "up":
         from cli.stack import run_stack

@@ -9,9 +9,21 @@ from domain.settings import Settings
 
 def all_routers(settings: Settings | None = None) -> list[APIRouter]:
     # Imported here so a route module can import api.deps without a cycle.
-    from api.routes import companies, events, health, messages, metrics, sessions, simulator
+    from api.routes import (
+        companies,
+        events,
+        health,
+        jobs,
+        messages,
+        metrics,
+        onboarding,
+        schedules,
+        sessions,
+        simulator,
+    )
 
-    routers = [health.router, metrics.router, sessions.router, messages.router, events.router, companies.router]
+    routers = [health.router, metrics.router, sessions.router, messages.router, events.router, companies.router,
+               jobs.router, schedules.router, onboarding.router]
     if settings is not None and settings.wa_transport == "simulator":
         routers.append(simulator.router)
     return routers
