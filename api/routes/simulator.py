@@ -30,12 +30,18 @@ Action = Literal["scan", "disconnect", "replace", "logout", "ban", "incoming"]
 
 
 class ControlBody(BaseModel):
+    """Optional details of a control; each applies to the actions named."""
+
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    ban_seconds: float | None = Field(default=None, alias="banSeconds", gt=0, le=86400)
-    sender: StrictStr | None = Field(default=None, alias="from", min_length=3, max_length=128)
-    text: StrictStr | None = Field(default=None, min_length=1, max_length=4096)
-    message_id: StrictStr | None = Field(default=None, alias="messageId", max_length=128)
+    phone: StrictStr | None = Field(default=None, pattern=r"^[0-9]{6,15}$", description="scan: the phone's number")
+    reason: StrictStr | None = Field(default=None, max_length=200, description="disconnect: why")
+    expires_s: float | None = Field(default=None, alias="expiresS", gt=0, le=86400, description="ban: seconds")
+    text: StrictStr | None = Field(default=None, min_length=1, max_length=4096, description="incoming: text")
+    chat: StrictStr | None = Field(default=None, max_length=128, description="incoming: chat JID")
+    sender: StrictStr | None = Field(default=None, max_length=128, description="incoming: sender JID")
+    message_id: StrictStr | None = Field(default=None, alias="messageId", max_length=128,
+                                         description="incoming: WhatsApp message id")
 
 
 async def _holder_queue(ctx: CtxDep, company_id: str) -> str:
@@ -54,16 +60,7 @@ async def control(
     body: Annotated[ControlBody | None, Body()] = None,
 ) -> dict[str, Any]:
     queue = await _holder_queue(ctx, company_id)
-    params: dict[str, object] = {}
-    if body is not None:
-        if body.ban_seconds is not None:
-            params["ban_seconds"] = body.ban_seconds
-        if body.sender is not None:
-            params["from"] = body.sender
-        if body.text is not None:
-            params["text"] = body.text
-        if body.message_id is not None:
-            params["message_id"] = body.message_id
+    params: dict[str, object] = body.model_dump(exclude_none=True) if body else {}
     result = await run_connector_activity(
         ctx, queue, ACTIVITY_SIMULATOR_CONTROL, SimulatorCommand(company_id, action, params), dict
     )

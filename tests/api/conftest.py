@@ -165,7 +165,9 @@ def connector_process(settings: Settings, client: Client, log_path: Path) -> Any
 
 @pytest.fixture
 def api_settings(dev_env: WorkflowEnvironment, make_settings: Callable[..., Settings]) -> Settings:
-    return make_settings(dev_env.client, api_admin_key=ADMIN_KEY)
+    return make_settings(
+        dev_env.client, api_admin_key=ADMIN_KEY, temporal_address=dev_env.client.service_client.config.target_host
+    )
 
 
 @pytest.fixture
