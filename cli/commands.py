@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -108,6 +109,11 @@ class Api:
         return body
 
 
+def seg(value: str) -> str:
+    """One URL path segment: '/' and '..' in an argument stay data, never become path (the API says 422)."""
+    return quote(value, safe="")
+
+
 def _resolve_key(args: argparse.Namespace, settings: Settings) -> str:
     if args.key:
         return str(args.key)
@@ -174,12 +180,12 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _dispatch(api: Api, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    cmd, action = args.command, getattr(args, "action", None)
+    cmd, action = str(args.command), str(getattr(args, "action", ""))
     if cmd == "sessions":
         return _sessions(api, action, args)
     if cmd == "send":
         key = args.idempotency_key or uuid.uuid4().hex
-        body = api.call("POST", f"/api/whatsapp/sessions/{args.company_id}/send",
+        body = api.call("POST", f"/api/whatsapp/sessions/{seg(args.company_id)}/send",
                         json_body={"to": args.to, "message": args.message}, headers={"Idempotency-Key": key})
         return body, pairs({**body, "idempotencyKey": key}, ["messageId", "timestamp", "idempotencyKey"])
     if cmd == "jobs" and action == "run":
@@ -187,7 +193,7 @@ def _dispatch(api: Api, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         if args.dry_run is not None:
             payload["dryRun"] = args.dry_run
         with progress(f"{args.kind} running", sys.stderr.isatty() and not args.json):
-            body = api.call("POST", f"/api/jobs/{args.kind}", json_body=payload, timeout=3600)
+            body = api.call("POST", f"/api/jobs/{seg(args.kind)}", json_body=payload, timeout=3600)
         if not body.get("success", False):
             raise CommandError(f"{args.kind} failed: {body.get('error')}")
         details = body.get("details") or {}
@@ -203,16 +209,16 @@ def _dispatch(api: Api, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
             body = api.call("GET", "/api/schedules")
             return body, table(body["schedules"], [("id", "id"), ("cron", "cron"), ("paused", "paused"),
                                                    ("next run", "next_run"), ("workflow", "workflow")])
-        body = api.call("POST", f"/api/schedules/{args.schedule_id}/{action}")
+        body = api.call("POST", f"/api/schedules/{seg(args.schedule_id)}/{action}")
         return body, f"schedule {args.schedule_id}: {action} done"
     if cmd == "keys":
         if action == "issue":
-            body = api.call("POST", f"/api/companies/{args.company_id}/keys")
+            body = api.call("POST", f"/api/companies/{seg(args.company_id)}/keys")
             return body, pairs(body, ["companyId", "keyId", "key"]) + "\n(the key is shown only now)"
-        path = f"/api/companies/{args.company_id}/keys" + (f"/{args.key_id}" if args.key_id else "")
+        path = f"/api/companies/{seg(args.company_id)}/keys" + (f"/{seg(args.key_id)}" if args.key_id else "")
         body = api.call("DELETE", path)
         return body, f"revoked: {body.get('revoked', body)}"
-    raise CommandError(f"unknown command {cmd} {action or ''}", 2)
+    raise CommandError(f"unknown command {cmd} {action}", 2)
 
 
 def _sessions(api: Api, action: str, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
@@ -220,7 +226,7 @@ def _sessions(api: Api, action: str, args: argparse.Namespace) -> tuple[dict[str
         body = api.call("GET", "/api/whatsapp/sessions")
         return body, table(body["sessions"], [("company", "companyId"), ("state", "status"),
                                               ("phone", "phone"), ("attempts", "reconnectAttempts")])
-    base = f"/api/whatsapp/sessions/{args.company_id}"
+    base = f"/api/whatsapp/sessions/{seg(args.company_id)}"
     if action == "status":
         body = api.call("GET", f"{base}/status")
         keys = [k for k in body if k not in ("success", "qr")]
