@@ -80,13 +80,14 @@ async def test_session_lifecycle_through_the_api(stack: Api) -> None:
     assert listing["metrics"]["activeConnections"] >= 1
 
     # send, and the simulated phone's outbox has it
-    sent = await api.http.post(f"{base}/send", json={"phone": "+7 (900) 123-45-67", "message": "Ваша запись подтверждена!",
-                                                     "options": {"quoted": "ABC123"}}, headers=key)
+    text = "Ваша запись подтверждена!"
+    sent = await api.http.post(f"{base}/send", headers=key,
+                               json={"phone": "+7 (900) 123-45-67", "message": text, "options": {"quoted": "ABC123"}})
     assert sent.status_code == 200, sent.text
     assert sent.json()["messageId"] and sent.json()["timestamp"]
     out = (await api.http.get(f"/api/simulator/{cid}/outbox", headers=key)).json()
     assert out["messages"] == [{"messageId": sent.json()["messageId"], "to": "79001234567@s.whatsapp.net",
-                                "text": "Ваша запись подтверждена!", "timestamp": out["messages"][0]["timestamp"],
+                                "text": text, "timestamp": out["messages"][0]["timestamp"],
                                 "quoted": "ABC123"}]
     lid = await api.http.post(f"{base}/send", json={"to": "123456789012345@lid", "message": "hi"}, headers=key)
     assert lid.status_code == 200 and lid.json()["to"] == "123456789012345@lid"
