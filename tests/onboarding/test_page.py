@@ -1,0 +1,142 @@
+"""The onboarding page in headless Chromium against a running stack with the simulator (SPEC O6).
+
+The page must show the QR, follow its rotation, and show "connected" within
+2 s of the scan — from WebSocket events, with no reload (the old page never
+learned that the phone had connected). Screenshots go to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.stack_harness import StackProcess
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = [
+    pytest.mark.timeout(240),
+    pytest.mark.skipif(
+        not (CHROMIUM and CHROMEDRIVER),
+        reason="needs Debian chromium + chromium-driver (apt-get install chromium chromium-driver; .ci/run does)",
+    ),
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackProcess]:
+    # Short QR lifetimes so the rotation happens within the test.
+    s = StackProcess(tmp_path_factory.mktemp("onboarding") / "data",
+                     QR_FIRST_TIMEOUT_S="4", QR_NEXT_TIMEOUT_S="3", QR_TOTAL_TIMEOUT_S="120")
+    s.start()
+    yield s
+    s.kill()
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM or ""
+    profile = tempfile.mkdtemp(prefix="chromium-")
+    for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=720,900", f"--user-data-dir={profile}"]:
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER or ""), options=opts)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def _admin(stack: StackProcess) -> dict[str, str]:
+    return {"Authorization": f"Bearer {stack.admin_key}"}
+
+
+def _wait(predicate, timeout: float, what: str, step: float = 0.05):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _shot(driver, name: str) -> None:  # type: ignore[no-untyped-def]
+    ARTIFACTS.mkdir(exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / f"onboarding-{name}.png"))
+
+
+def test_qr_rotates_and_connected_shows_live(stack: StackProcess, browser) -> None:  # type: ignore[no-untyped-def]
+    from selenium.webdriver.common.by import By
+
+    link = httpx.post(f"{stack.api}/api/companies/962302/onboarding-link", headers=_admin(stack), timeout=30)
+    assert link.status_code == 201, link.text
+    url = link.json()["url"]
+    assert "/onboarding/company_962302?token=obt_" in url
+
+    browser.get(url)
+    qr = browser.find_element(By.ID, "qr")
+    first = _wait(lambda: qr.is_displayed() and qr.get_attribute("src"), 20, "a QR image")
+    assert first.startswith(("data:image/png", "blob:"))
+    natural_width = browser.execute_script("return arguments[0].naturalWidth", qr)
+    assert natural_width > 50  # a real decoded image, not a broken one
+    _shot(browser, "1-qr")
+
+    # The simulator rotates the code (first after 4 s here); the page follows without a reload.
+    marker = browser.execute_script("window.__noReload = 'still-here'; return window.__noReload")
+    second = _wait(lambda: (src := qr.get_attribute("src")) != first and src, 15, "the QR image to change")
+    assert second != first
+    _shot(browser, "2-qr-rotated")
+
+    scanned = httpx.post(f"{stack.api}/api/simulator/company_962302/scan", json={"phone": "79991234567"},
+                         headers=_admin(stack), timeout=30)
+    assert scanned.status_code == 200, scanned.text
+    t0 = time.monotonic()
+    text = browser.find_element(By.ID, "connected-text")
+    _wait(lambda: text.is_displayed() and "Connected as +" in text.text, 2.0, "'connected' on the page")
+    elapsed = time.monotonic() - t0
+    assert elapsed <= 2.0
+    assert browser.execute_script("return window.__noReload") == marker  # same document: no reload
+    assert not browser.find_element(By.ID, "qr-box").is_displayed()
+    _shot(browser, "3-connected")
+
+    # 440 from elsewhere: the page says so and offers a relink button that works.
+    httpx.post(f"{stack.api}/api/simulator/company_962302/replace", headers=_admin(stack), timeout=30)
+    relink = browser.find_element(By.ID, "relink")
+    _wait(relink.is_displayed, 10, "the relink button")
+    assert "replaced" in browser.find_element(By.ID, "state").text
+    _shot(browser, "4-replaced")
+    relink.click()
+    _wait(lambda: text.is_displayed() and "Connected as +" in text.text, 15, "connected again after relink")
+    _shot(browser, "5-relinked")
+
+
+def test_link_is_scoped_and_signed(stack: StackProcess) -> None:
+    link = httpx.post(f"{stack.api}/api/companies/acme/onboarding-link", headers=_admin(stack), timeout=30).json()
+    token = link["token"]
+    assert httpx.get(link["url"], timeout=30).status_code == 200
+    other = httpx.get(f"{stack.api}/onboarding/company_962302?token={token}", timeout=30)
+    assert other.status_code == 403
+    forged = httpx.get(f"{stack.api}/onboarding/acme?token={token[:-3]}abc", timeout=30)
+    assert forged.status_code == 401 and "signature" in forged.json()["error"]
+    # As an API key, the token reaches its own company and nothing else.
+    own = httpx.get(f"{stack.api}/api/whatsapp/sessions", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert own.status_code == 200
+    denied = httpx.get(f"{stack.api}/api/whatsapp/sessions/company_962302/status",
+                       headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert denied.status_code == 403
+    no_admin = httpx.post(f"{stack.api}/api/companies/acme/onboarding-link",
+                          headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert no_admin.status_code == 403
