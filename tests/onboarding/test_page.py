@@ -63,7 +63,7 @@ def _admin(stack: StackProcess) -> dict[str, str]:
     return {"Authorization": f"Bearer {stack.admin_key}"}
 
 
-def _wait(predicate, timeout: float, what: str, step: float = 0.05):  # type: ignore[no-untyped-def]
+def _wait(predicate, timeout: float, what: str, step: float = 0.05):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -73,12 +73,12 @@ def _wait(predicate, timeout: float, what: str, step: float = 0.05):  # type: ig
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def _shot(driver, name: str) -> None:  # type: ignore[no-untyped-def]
+def _shot(driver, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     driver.save_screenshot(str(ARTIFACTS / f"onboarding-{name}.png"))
 
 
-def test_qr_rotates_and_connected_shows_live(stack: StackProcess, browser) -> None:  # type: ignore[no-untyped-def]
+def test_qr_rotates_and_connected_shows_live(stack: StackProcess, browser) -> None:
     from selenium.webdriver.common.by import By
 
     link = httpx.post(f"{stack.api}/api/companies/962302/onboarding-link", headers=_admin(stack), timeout=30)
