@@ -95,9 +95,13 @@ async def principal_for_key(ctx: AppContext, key: str | None) -> Principal:
             return Principal(is_admin=False, company_id=verify_token(ctx.admin_key, key), key_prefix="onboarding")
         except InvalidOnboardingToken as exc:
             raise ApiError(401, "unauthorized", str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
-    row = await ctx.db.fetchrow(
-        "SELECT company_id, key_prefix FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", hash_key(key)
-    )
+    try:
+        row = await ctx.db.fetchrow(
+            "SELECT company_id, key_prefix FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", hash_key(key)
+        )
+    except Exception as exc:  # the key store is down: say so, do not turn it into a 500 or a 401
+        raise ApiError(503, "unavailable", f"cannot check the API key now: {type(exc).__name__}",
+                       headers={"Retry-After": "5"}) from None
     if row is None:
         raise ApiError(401, "unauthorized", "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     return Principal(is_admin=False, company_id=row["company_id"], key_prefix=row["key_prefix"])
