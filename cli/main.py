@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from cli.commands import add_commands, run_command
 from domain.settings import Settings
 from infra.logs import setup_logging
+from infra.sentry import init_sentry
 
 OPERATOR_COMMANDS = frozenset({"sessions", "send", "jobs", "schedules", "keys"})
 
@@ -40,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in OPERATOR_COMMANDS:
         return run_command(args, settings)
     setup_logging(settings.log_level, component=args.command)
+    if args.command in ("worker", "connector"):  # the api inits Sentry in create_app (SPEC H5)
+        init_sentry(settings, args.command)
     if args.command == "up":
         from cli.stack import run_stack
 
