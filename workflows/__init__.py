@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from workflows.jobs import BackupWorkflow, CleanupWorkflow, RestoreTestWorkflow
-from workflows.send import SendMessageWorkflow
+from workflows.send import ConnectorCallWorkflow, SendMessageWorkflow
 from workflows.session import SessionWorkflow
 
 ALL_WORKFLOWS: list[type] = [
-    SessionWorkflow, SendMessageWorkflow,
+    SessionWorkflow, SendMessageWorkflow, ConnectorCallWorkflow,
     BackupWorkflow, RestoreTestWorkflow, CleanupWorkflow,
 ]
