@@ -53,6 +53,9 @@ def build_schedule(settings: Settings, job: JobSchedule, *, paused: bool = False
             JobInput(dry_run=False, trigger="schedule"),
             id=f"{job.schedule_id}-scheduled",  # Temporal appends the scheduled time
             task_queue=settings.temporal_core_queue,
+            # Temporal stores a cron as calendars; the memo keeps the expression readable.
+            memo={"cron": job.cron, "kind": job.kind},
+            static_summary=f"nightly {job.kind} ({job.cron} UTC)",
         ),
         spec=ScheduleSpec(cron_expressions=[job.cron], time_zone_name="UTC"),
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),

@@ -15,6 +15,7 @@ from temporalio.worker import Worker
 
 from activities.backup import BackupActivities
 from activities.cleanup import CleanupActivities
+from activities.inbox import InboxActivities
 from activities.jobs_common import JobRecorder
 from activities.notify import Notifier
 from activities.schedules import ensure_schedules
@@ -49,6 +50,7 @@ def build_activities(deps: WorkerDeps) -> list[Callable[..., Any]]:
         notifier.send_alert, sessions.delete_credentials, sessions.publish_session_event,
         jobs.record_job_start, jobs.record_job_finish, backup.run_backup, backup.run_restore_test,
         cleanup.run_cleanup,
+        *InboxActivities(deps.settings, deps.db, deps.redis, deps.client).activities(),
     ]
 
 
@@ -72,17 +74,20 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     worker = build_worker(deps)
     # Nightly jobs (SPEC B4): schedules exist once any worker has started; job metrics on a port.
     await ensure_schedules(client, settings)
+    metrics_server = None
     if settings.worker_metrics_port:
         from prometheus_client import start_http_server
 
         from activities.jobs_common import JOB_METRICS
 
-        start_http_server(settings.worker_metrics_port, addr="127.0.0.1", registry=JOB_METRICS)
+        metrics_server, _ = start_http_server(settings.worker_metrics_port, addr="127.0.0.1", registry=JOB_METRICS)
     log.info("worker started task_queue=%s workflows=%d", settings.temporal_core_queue, len(ALL_WORKFLOWS))
     try:
         async with worker:
             await stop.wait()
     finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
         await db.close()
         await redis.aclose()
         log.info("worker stopped")

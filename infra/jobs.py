@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from temporalio.api.common.v1 import Payload
 from temporalio.client import (
     Client,
     ScheduleActionExecutionStartWorkflow,
@@ -220,9 +221,13 @@ async def list_schedules(client: Client, settings: Settings) -> list[dict[str, A
         except RPCError as err:
             if err.status != RPCStatusCode.NOT_FOUND:
                 raise
-            out.append({"id": job.schedule_id, "kind": job.kind, "cron": job.cron, "exists": False})
+            out.append({"id": job.schedule_id, "kind": job.kind, "cron": job.cron, "exists": False, "paused": None})
             continue
         action = desc.schedule.action
+        cron: str | None = None
+        if isinstance(action, ScheduleActionStartWorkflow) and action.memo and "cron" in action.memo:
+            raw = action.memo["cron"]
+            cron = client.data_converter.payload_converter.from_payload(raw, str) if isinstance(raw, Payload) else raw
         recent = [
             {"scheduledAt": a.scheduled_at.isoformat(), "startedAt": a.started_at.isoformat(),
              "workflowId": a.action.workflow_id
@@ -233,7 +238,7 @@ async def list_schedules(client: Client, settings: Settings) -> list[dict[str, A
             "id": job.schedule_id,
             "kind": job.kind,
             "exists": True,
-            "cron": list(desc.schedule.spec.cron_expressions),
+            "cron": cron,  # as the last worker start set it (Temporal keeps it as calendars)
             "workflowType": action.workflow if isinstance(action, ScheduleActionStartWorkflow) else None,
             "paused": desc.schedule.state.paused,
             "note": desc.schedule.state.note,

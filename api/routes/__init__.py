@@ -12,6 +12,7 @@ def all_routers(settings: Settings | None = None) -> list[APIRouter]:
     from api.routes import (
         companies,
         events,
+        handlers,
         health,
         jobs,
         messages,
@@ -23,7 +24,7 @@ def all_routers(settings: Settings | None = None) -> list[APIRouter]:
     )
 
     routers = [health.router, metrics.router, sessions.router, messages.router, events.router, companies.router,
-               jobs.router, schedules.router, onboarding.router]
+               handlers.router, jobs.router, schedules.router, onboarding.router]
     if settings is not None and settings.wa_transport == "simulator":
         routers.append(simulator.router)
     return routers
