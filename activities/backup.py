@@ -162,6 +162,7 @@ async def count_tables(conn: asyncpg.Connection) -> dict[str, dict[str, int]]:
         rows = await conn.fetchval(f"SELECT count(*) FROM {q}")
         size = await conn.fetchval("SELECT pg_total_relation_size($1::regclass)", q)
         out[f"{schema}.{table}"] = {"rows": int(rows), "bytes": int(size)}
+        heartbeat("counted", f"{schema}.{table}")
     return out
 
 
@@ -362,7 +363,6 @@ async def create_verified_backup(settings: Settings, dsn: str, *, dry_run: bool 
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
                 tables = await count_tables(conn)
-                heartbeat("counted", len(tables))
                 await run_tool(
                     [tools.pg_dump, "--format=custom", f"--snapshot={snapshot}", "--no-password",
                      "--file", str(partial)],

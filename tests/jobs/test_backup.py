@@ -3,6 +3,7 @@ from the same snapshot; an old pg_dump is refused before anything is written."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import stat
@@ -84,6 +85,58 @@ async def test_backup_of_thousands_of_key_rows_counts_match_in_manifest_database
     assert _mode(manifest_path(dump)) == 0o600
     assert _mode(dump.parent) == 0o700
     assert sorted(p.name for p in dump.parent.iterdir()) == sorted([dump.name, manifest_path(dump).name])
+
+
+def _slow_pg_bin(tmp_path: Path) -> Path:
+    """The real tools, with pg_dump starting half a second late: rows land between counting and dumping."""
+    real = PgTools.from_setting(None).bin_dir
+    bin_dir = tmp_path / "slow"
+    bin_dir.mkdir()
+    (bin_dir / "pg_restore").symlink_to(real / "pg_restore")
+    script = bin_dir / "pg_dump"
+    script.write_text(f'#!/bin/sh\n[ "$1" = "--version" ] || sleep 0.5\nexec "{real / "pg_dump"}" "$@"\n')
+    script.chmod(0o755)
+    return bin_dir
+
+
+async def test_rows_written_while_the_dump_runs_do_not_break_verification(store_dsn, jobs_settings, tmp_path):
+    # Counts and dump share one exported snapshot: a session writing keys meanwhile is not a mismatch.
+    settings = jobs_settings(pg_bin_dir=_slow_pg_bin(tmp_path))
+    conn = await asyncpg.connect(store_dsn)
+    await fill_device(conn, device_jid(4), pre_keys=3000, sessions=3000)
+    writer = await asyncpg.connect(store_dsn)
+    stop = asyncio.Event()
+
+    async def write_keys() -> int:
+        written = 0
+        while not stop.is_set():
+            await writer.execute(
+                """INSERT INTO whatsmeow_sessions (our_jid, their_id, session)
+                   SELECT $1, 'w' || $2::int || '-' || g, '\\x00' FROM generate_series(1, 50) g""",
+                device_jid(4), written,
+            )
+            written += 50
+        return written
+
+    task = asyncio.create_task(write_keys())
+    try:
+        result = await create_verified_backup(settings, store_dsn)
+    finally:
+        stop.set()
+        written = await task
+        await writer.close()
+    in_db = await conn.fetchval("SELECT count(*) FROM whatsmeow_sessions")
+    await conn.close()
+    dumped = result["row_counts"]["public.whatsmeow_sessions"]
+    assert 3000 <= dumped < in_db == 3000 + written
+    assert result["rows_verified"] == result["total_rows"]
+
+
+async def test_dry_run_backup_writes_nothing(store_dsn, jobs_settings):
+    settings = jobs_settings()
+    result = await create_verified_backup(settings, store_dsn, dry_run=True)
+    assert result["dry_run"] is True and result["tables"] > 17 and result["pg_dump_version"].startswith("16")
+    assert not settings.resolved_backup_dir.exists()
 
 
 async def test_truncated_or_empty_dump_fails_verification_even_with_a_matching_checksum(store_dsn, jobs_settings,
