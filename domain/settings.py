@@ -104,6 +104,26 @@ class Settings(BaseSettings):
     # WORKER_METRICS_PORT: the worker serves its job metrics (Prometheus text) here; unset → off.
     worker_metrics_port: int | None = None
 
+    # Incoming messages (SPEC M4, E2): the handler of a company without its own (companies.handler),
+    # the webhook delivery (timeouts, retry window with Temporal backoff) and the inbox workflow's bounds.
+    inbox_default_handler: Literal["none", "echo", "webhook", "callable"] = "none"
+    inbox_default_webhook_url: str | None = None
+    inbox_default_webhook_secret: SecretStr | None = None
+    inbox_default_callable: str | None = None  # "package.module:function"
+    inbox_webhook_connect_timeout_s: float = Field(default=5.0, gt=0)
+    inbox_webhook_timeout_s: float = Field(default=10.0, gt=0)
+    # INBOX_RETRY_WINDOW_S: a handler that keeps failing this long leaves a failed workflow and an alert.
+    inbox_retry_window_s: float = Field(default=3600.0, gt=0)
+    inbox_retry_initial_s: float = Field(default=1.0, gt=0)
+    inbox_retry_max_interval_s: float = Field(default=60.0, gt=0)
+    # A reply waits this long for a connected session (and the rate limit) before it is given up.
+    inbox_reply_window_s: float = Field(default=600.0, gt=0)
+    # The per-chat inbox workflow completes after this long without a message, and continues as new
+    # after this many messages; it remembers this many recent message ids to drop redeliveries.
+    inbox_idle_s: float = Field(default=300.0, gt=0)
+    inbox_max_messages_per_run: int = Field(default=500, ge=1)
+    inbox_seen_ids: int = Field(default=2000, ge=1)
+
     @field_validator("connector_id")
     @classmethod
     def _connector_id_is_queue_safe(cls, value: str) -> str:

@@ -97,6 +97,12 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         END $$;
         """,
     ),
+    (
+        50,
+        "inbox handler: import path of a Python callable",
+        # companies.handler is "none" | "echo" | "webhook" | "callable" (NULL: the settings' default).
+        "ALTER TABLE companies ADD COLUMN IF NOT EXISTS handler_callable text;",
+    ),
 ]
 
 

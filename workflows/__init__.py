@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from workflows.inbox import FailedInboxMessageWorkflow, InboxWorkflow
 from workflows.jobs import BackupWorkflow, CleanupWorkflow, RestoreTestWorkflow
 from workflows.send import ConnectorCallWorkflow, SendMessageWorkflow
 from workflows.session import SessionWorkflow
@@ -9,4 +10,5 @@ from workflows.session import SessionWorkflow
 ALL_WORKFLOWS: list[type] = [
     SessionWorkflow, SendMessageWorkflow, ConnectorCallWorkflow,
     BackupWorkflow, RestoreTestWorkflow, CleanupWorkflow,
+    InboxWorkflow, FailedInboxMessageWorkflow,
 ]

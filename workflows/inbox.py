@@ -1,0 +1,412 @@
+"""``InboxWorkflow``: one chat's incoming messages, in arrival order, each once (SPEC M4, M6, E2).
+
+The connector signals-with-start ``inbox-<company>-<chat>`` for every incoming
+message (``connector.activities.deliver_incoming``). The signal handler only
+queues: it drops a WhatsApp message id it has already seen (WhatsApp
+redelivers) and appends the rest; the main loop handles the queue head to tail,
+so one chat's messages reach the handler in the order they arrived, and chats
+run in parallel.
+
+Per message: ``handle_incoming`` (webhook, callable or echo, retried by
+Temporal with backoff for the retry window) → when the handler answers with a
+reply, a ``SendMessage`` child workflow with id ``send-<company>-reply-<message
+id>`` on the holder's queue, after the company's send rate limit (the same
+limiter and send workflow the API uses). The child id is the reply's
+idempotency key: a message handled again by a later run (a redelivery after
+the inbox went idle) never sends its reply twice while the first send is
+within retention.
+
+A handler that keeps failing past the window does not block the chat and is
+not lost: an alert goes out and a ``FailedInboxMessage`` workflow holding the
+message fails visibly (kept for the failed-history retention; resetting it in
+the UI delivers it again). The inbox completes after an idle period and
+continues as new after a number of messages, carrying the queue and the recent
+seen ids, so its history stays small and expires with the namespace retention.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, WorkflowAlreadyStartedError
+
+with workflow.unsafe.imports_passed_through():
+    from domain.session import (
+        ACTIVITY_SEND_ALERT,
+        ERROR_NOT_CONNECTED,
+        INBOX_WORKFLOW,
+        SIGNAL_INBOX_MESSAGE,
+        IncomingMessage,
+        SendRequest,
+        SendResult,
+        SessionAlert,
+    )
+    from workflows.send import SendMessageInput, SendMessageWorkflow, send_workflow_id
+
+ACTIVITY_INBOX_TUNING = "inbox_tuning"  # None -> InboxTuning (local activity: settings of the worker)
+ACTIVITY_HANDLE_INCOMING = "handle_incoming"  # IncomingMessage -> HandleOutcome
+ACTIVITY_RESERVE_REPLY = "reserve_reply"  # ReplyReservation -> ReplySlot
+ACTIVITY_DELIVER_EVENT = "deliver_inbox_event"  # InboxEvent -> int (HTTP status; 0 = no event webhook)
+FAILED_MESSAGE_WORKFLOW = "FailedInboxMessage"
+QUERY_INBOX = "inbox"
+ERROR_HANDLER_FAILED = "InboxHandlerFailed"
+
+
+def reply_workflow_id(company_id: str, message_id: str) -> str:
+    """The reply's send workflow id: one reply per incoming WhatsApp message id."""
+    return send_workflow_id(company_id, f"reply-{message_id}")
+
+
+def failed_message_workflow_id(company_id: str, message_id: str) -> str:
+    return f"inbox-failed-{company_id}-{message_id}"
+
+
+def message_event_id(company_id: str, message_id: str) -> str:
+    """Stable id of the ``message`` event: the same on every retry and redelivery (X-Event-Id)."""
+    return f"message-{company_id}-{message_id}"
+
+
+@dataclass
+class InboxTuning:
+    """The worker's settings the workflow needs (workflows cannot read the environment)."""
+
+    handler_attempt_timeout_s: float = 17.0
+    retry_window_s: float = 3600.0
+    retry_initial_s: float = 1.0
+    retry_max_interval_s: float = 60.0
+    reply_window_s: float = 600.0
+    idle_s: float = 300.0
+    max_messages_per_run: int = 500
+    seen_ids: int = 2000
+
+
+@dataclass
+class InboxRunInput:
+    """The start argument. The connector gives only company and chat; continue-as-new carries the rest."""
+
+    company_id: str
+    chat: str
+    pending: list[IncomingMessage] = field(default_factory=list)
+    seen: list[str] = field(default_factory=list)
+    tuning: InboxTuning | None = None
+    handled_before: int = 0
+    duplicates_before: int = 0
+    last_message_id: str | None = None
+
+
+@dataclass
+class HandleOutcome:
+    handler: str  # "webhook" | "callable" | "echo" | "none"
+    reply: str | None = None
+    # Set when the reply's rate-limit slot and the holder queue were already taken in the same activity.
+    holder_queue: str | None = None
+    event_webhook: bool = False
+
+
+@dataclass
+class ReplyReservation:
+    company_id: str
+    message_id: str
+
+
+@dataclass
+class ReplySlot:
+    allowed: bool
+    holder_queue: str | None = None
+    retry_after_s: float = 0.0
+
+
+@dataclass
+class InboxEvent:
+    """One event (E1 shape) for the company's event webhook (E2)."""
+
+    company_id: str
+    type: str
+    event_id: str
+    timestamp: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class InboxSummary:
+    company_id: str
+    chat: str
+    handled: int
+    duplicates: int
+    pending: int
+    last_message_id: str | None = None
+
+
+@dataclass
+class FailedMessageInput:
+    message: IncomingMessage
+    error: str
+    tuning: InboxTuning
+
+
+def _message_event(msg: IncomingMessage) -> dict[str, Any]:
+    return {
+        "messageId": msg.message_id, "chat": msg.chat, "sender": msg.sender, "senderPhone": msg.sender_phone,
+        "pushName": msg.push_name, "text": msg.text, "messageType": msg.message_type,
+        "sentAt": msg.timestamp.isoformat(), "fromMe": msg.from_me, "metadata": msg.metadata,
+    }
+
+
+class _MessageProcessing:
+    """Handler → reply → events for one message; shared by the inbox and the failed-message workflow."""
+
+    def __init__(self, tuning: InboxTuning) -> None:
+        self.tuning = tuning
+        self.event_tasks: list[asyncio.Future[Any]] = []
+
+    async def handle(self, msg: IncomingMessage, *, retry: bool = True) -> HandleOutcome:
+        t = self.tuning
+        outcome: HandleOutcome = await workflow.execute_activity(
+            ACTIVITY_HANDLE_INCOMING,
+            msg,
+            result_type=HandleOutcome,
+            start_to_close_timeout=timedelta(seconds=t.handler_attempt_timeout_s),
+            schedule_to_close_timeout=timedelta(seconds=t.retry_window_s) if retry else None,
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(seconds=t.retry_initial_s),
+                backoff_coefficient=2.0,
+                maximum_interval=timedelta(seconds=t.retry_max_interval_s),
+                maximum_attempts=0 if retry else 1,
+            ),
+            summary=f"handle {msg.message_id}",
+        )
+        if outcome.event_webhook:
+            self._event(msg.company_id, "message", message_event_id(msg.company_id, msg.message_id),
+                        _message_event(msg))
+        return outcome
+
+    async def reply(self, msg: IncomingMessage, outcome: HandleOutcome) -> SendResult | None:
+        """Send the handler's reply through the send path; None when it was sent before or given up."""
+        assert outcome.reply is not None
+        t = self.tuning
+        holder = outcome.holder_queue
+        deadline = workflow.now() + timedelta(seconds=t.reply_window_s)
+        delay = t.retry_initial_s
+        while True:
+            while holder is None:
+                slot: ReplySlot = await workflow.execute_activity(
+                    ACTIVITY_RESERVE_REPLY,
+                    ReplyReservation(msg.company_id, msg.message_id),
+                    result_type=ReplySlot,
+                    start_to_close_timeout=timedelta(seconds=10),
+                    # Not connected → retried with backoff until the session is back or the window ends.
+                    schedule_to_close_timeout=max(timedelta(seconds=1), deadline - workflow.now()),
+                    retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=t.retry_max_interval_s)),
+                )
+                if slot.allowed:
+                    holder = slot.holder_queue
+                else:  # over the company's send rate limit: wait for the slot (a durable timer)
+                    await workflow.sleep(max(0.05, slot.retry_after_s))
+            try:
+                result: SendResult = await workflow.execute_child_workflow(
+                    SendMessageWorkflow.run,
+                    SendMessageInput(
+                        request=SendRequest(company_id=msg.company_id, to=msg.chat, text=outcome.reply,
+                                            quoted=msg.message_id,
+                                            idempotency_key=f"reply-{msg.message_id}"),
+                        holder_queue=holder,
+                    ),
+                    id=reply_workflow_id(msg.company_id, msg.message_id),
+                    # A failed send may run again under the same id (it did not send); a completed one never.
+                    id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+                    parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+                    static_summary=f"reply to {msg.message_id}",
+                )
+            except WorkflowAlreadyStartedError:
+                return None  # this message's reply was sent (or is being sent) by an earlier run
+            except ChildWorkflowError as err:
+                if _root_type(err) != ERROR_NOT_CONNECTED or workflow.now() >= deadline:
+                    raise
+                # The holder lost the session between reservation and send: nothing went out; try again.
+                holder = None
+                await workflow.sleep(delay)
+                delay = min(delay * 2, t.retry_max_interval_s)
+                continue
+            if outcome.event_webhook:
+                self._event(msg.company_id, "message_sent", f"message_sent-{msg.company_id}-{result.message_id}",
+                            {"messageId": result.message_id, "to": msg.chat, "inReplyTo": msg.message_id})
+            return result
+
+    def _event(self, company_id: str, kind: str, event_id: str, data: dict[str, Any]) -> None:
+        event = InboxEvent(company_id, kind, event_id, workflow.now().isoformat(), data)
+        self.event_tasks.append(
+            workflow.start_activity(
+                ACTIVITY_DELIVER_EVENT,
+                event,
+                start_to_close_timeout=timedelta(seconds=self.tuning.handler_attempt_timeout_s),
+                schedule_to_close_timeout=timedelta(seconds=self.tuning.retry_window_s),
+                retry_policy=RetryPolicy(
+                    initial_interval=timedelta(seconds=self.tuning.retry_initial_s),
+                    maximum_interval=timedelta(seconds=self.tuning.retry_max_interval_s),
+                ),
+                summary=f"{kind} event",
+            )
+        )
+
+    async def drain_events(self) -> None:
+        """Wait for the event webhook deliveries started so far (before completing or continuing as new)."""
+        tasks, self.event_tasks = self.event_tasks, []
+        for done in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(done, BaseException):
+                workflow.logger.warning("event webhook delivery given up: %s", done)
+
+
+def _root_type(err: BaseException) -> str | None:
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, ApplicationError):
+            return cause.type
+        cause = cause.__cause__
+    return None
+
+
+def _root_message(err: BaseException) -> str:
+    cause: BaseException = err
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    return str(cause) or type(cause).__name__
+
+
+@workflow.defn(name=INBOX_WORKFLOW)
+class InboxWorkflow:
+    @workflow.init
+    def __init__(self, inp: InboxRunInput) -> None:
+        self._company_id = inp.company_id
+        self._chat = inp.chat
+        self._pending: list[IncomingMessage] = list(inp.pending)
+        self._seen: list[str] = list(inp.seen)
+        self._seen_set = set(self._seen)
+        self._handled = inp.handled_before
+        self._handled_this_run = 0
+        self._duplicates = inp.duplicates_before
+        self._last = inp.last_message_id
+        self._tuning = inp.tuning
+
+    @workflow.signal(name=SIGNAL_INBOX_MESSAGE)
+    def message(self, msg: IncomingMessage) -> None:
+        if msg.message_id in self._seen_set:
+            self._duplicates += 1
+            workflow.logger.info("duplicate dropped message_id=%s", msg.message_id)
+            return
+        self._seen.append(msg.message_id)
+        self._seen_set.add(msg.message_id)
+        self._pending.append(msg)
+
+    @workflow.query(name=QUERY_INBOX)
+    def summary(self) -> InboxSummary:
+        return InboxSummary(self._company_id, self._chat, self._handled, self._duplicates, len(self._pending),
+                            self._last)
+
+    @workflow.run
+    async def run(self, inp: InboxRunInput) -> InboxSummary:
+        if self._tuning is None:
+            self._tuning = await workflow.execute_local_activity(
+                ACTIVITY_INBOX_TUNING, result_type=InboxTuning, start_to_close_timeout=timedelta(seconds=10)
+            )
+        tuning = self._tuning
+        processing = _MessageProcessing(tuning)
+        while True:
+            try:
+                await workflow.wait_condition(lambda: bool(self._pending), timeout=tuning.idle_s)
+            except TimeoutError:
+                if not self._pending:
+                    break  # idle: done. A later message starts a new run (signal-with-start).
+            while self._pending:
+                msg = self._pending[0]
+                await self._process(processing, msg)
+                self._pending.pop(0)
+                self._handled += 1
+                self._handled_this_run += 1
+                self._last = msg.message_id
+                workflow.set_current_details(
+                    f"chat {self._chat}: {self._handled} handled, {len(self._pending)} waiting, "
+                    f"last {msg.message_id}"
+                )
+                if (self._handled_this_run >= tuning.max_messages_per_run
+                        or workflow.info().is_continue_as_new_suggested()):
+                    await processing.drain_events()
+                    await workflow.wait_condition(workflow.all_handlers_finished)
+                    del self._seen[: max(0, len(self._seen) - tuning.seen_ids)]
+                    workflow.continue_as_new(
+                        InboxRunInput(self._company_id, self._chat, list(self._pending), list(self._seen),
+                                      tuning, self._handled, self._duplicates, self._last)
+                    )
+        await processing.drain_events()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self.summary()
+
+    async def _process(self, processing: _MessageProcessing, msg: IncomingMessage) -> None:
+        try:
+            outcome = await processing.handle(msg)
+        except ActivityError as err:
+            await self._give_up(processing.tuning, msg, err)
+            return
+        if outcome.reply:
+            try:
+                await processing.reply(msg, outcome)
+            except (ActivityError, ChildWorkflowError) as err:
+                await _alert(f"inbox: reply to message {msg.message_id} in chat {msg.chat} was not sent: "
+                             f"{_root_message(err)}", msg.company_id)
+
+    async def _give_up(self, tuning: InboxTuning, msg: IncomingMessage, err: ActivityError) -> None:
+        """The handler failed for the whole window: alert, and keep the message in a failed, visible workflow."""
+        wf_id = failed_message_workflow_id(msg.company_id, msg.message_id)
+        reason = _root_message(err)
+        await _alert(f"inbox: message {msg.message_id} in chat {msg.chat} not handled after "
+                     f"{tuning.retry_window_s:g} s: {reason}. Failed workflow {wf_id} (reset it to deliver again).",
+                     msg.company_id, severity="critical")
+        try:
+            await workflow.start_child_workflow(
+                FAILED_MESSAGE_WORKFLOW,
+                FailedMessageInput(msg, reason, tuning),
+                id=wf_id,
+                parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+                static_summary=f"undelivered message {msg.message_id} of chat {msg.chat}",
+            )
+        except WorkflowAlreadyStartedError:
+            pass
+
+
+async def _alert(text: str, company_id: str, severity: str = "warning") -> None:
+    await workflow.execute_activity(
+        ACTIVITY_SEND_ALERT,
+        SessionAlert(text=text, company_id=company_id, severity=severity),
+        start_to_close_timeout=timedelta(seconds=30),
+        schedule_to_close_timeout=timedelta(hours=1),
+    )
+
+
+@workflow.defn(name=FAILED_MESSAGE_WORKFLOW)
+class FailedInboxMessageWorkflow:
+    """A message whose handler failed for the whole retry window, visible as a failed workflow.
+
+    It tries the handler once more (the receiver may be back by now) and fails with
+    the error otherwise; resetting it from the Temporal UI delivers the message again,
+    and its reply goes out through the same send path (at most once per message id).
+    """
+
+    @workflow.run
+    async def run(self, inp: FailedMessageInput) -> None:
+        processing = _MessageProcessing(inp.tuning)
+        workflow.set_current_details(f"handler failed: {inp.error}")
+        try:
+            outcome = await processing.handle(inp.message, retry=False)
+        except ActivityError as err:
+            raise ApplicationError(
+                f"message {inp.message.message_id} not handled: {_root_message(err)} "
+                f"(first failure: {inp.error})",
+                type=ERROR_HANDLER_FAILED, non_retryable=True,
+            ) from None
+        if outcome.reply:
+            await processing.reply(inp.message, outcome)
+        await processing.drain_events()
