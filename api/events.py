@@ -25,6 +25,35 @@ from infra.metrics import EventCounters
 log = logging.getLogger("waorch.api.events")
 
 QUEUE_SIZE = 1000
+# Events that carry no state change: they never invalidate a cached session status.
+_NOT_STATE_CHANGES = frozenset({"message", "message_sent"})
+
+
+class ConnectedCache:
+    """Recently seen "connected" session statuses, so a burst of sends does not query the session
+    workflow for each message. An entry lives ``ttl_s`` at most and is dropped at once by any
+    state-change event of its company (connector and workflow publish them). A stale entry costs
+    nothing unsafe: the connector refuses a send for a session it does not hold (409), and no send
+    can start a session either way."""
+
+    def __init__(self, ttl_s: float = 3.0) -> None:
+        self.ttl_s = ttl_s
+        self._entries: dict[str, tuple[float, Any]] = {}
+
+    def get(self, company_id: str) -> Any | None:
+        entry = self._entries.get(company_id)
+        if entry is None:
+            return None
+        if entry[0] < asyncio.get_running_loop().time():
+            self._entries.pop(company_id, None)
+            return None
+        return entry[1]
+
+    def put(self, company_id: str, status: Any) -> None:
+        self._entries[company_id] = (asyncio.get_running_loop().time() + self.ttl_s, status)
+
+    def invalidate(self, company_id: str) -> None:
+        self._entries.pop(company_id, None)
 
 
 @dataclass(eq=False)
@@ -51,6 +80,7 @@ class EventHub:
         self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
         self.received = 0
+        self.connected = ConnectedCache()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="event-hub")
@@ -96,6 +126,8 @@ class EventHub:
             log.warning("event ignored: not an event object channel=%s", self.channel)
             return
         self.received += 1
+        if event_type not in _NOT_STATE_CHANGES:
+            self.connected.invalidate(company_id)
         if self._counters is not None:
             await self._counters.count_event(raw, event_type)
         for sub in list(self._subscribers):

@@ -34,7 +34,9 @@ class SendMessageInput:
     timeout_s: float = 30.0
 
 
-@workflow.defn(name=SEND_WORKFLOW)
+# Not sandboxed: both workflows here only pass dataclasses to one activity, and a sandbox per
+# run is most of the worker's CPU for a send (measured with bench/send.py).
+@workflow.defn(name=SEND_WORKFLOW, sandboxed=False)
 class SendMessageWorkflow:
     @workflow.run
     async def run(self, inp: SendMessageInput) -> SendResult:
@@ -64,7 +66,7 @@ class ConnectorCallInput:
     timeout_s: float = 15.0
 
 
-@workflow.defn(name=CONNECTOR_CALL_WORKFLOW)
+@workflow.defn(name=CONNECTOR_CALL_WORKFLOW, sandboxed=False)
 class ConnectorCallWorkflow:
     @workflow.run
     async def run(self, inp: ConnectorCallInput) -> Any:

@@ -157,7 +157,10 @@ async def initialize(
 
 @router.get(CID + "/status", summary="The session's state, phone and reconnect figures")
 async def status(ctx: CtxDep, company_id: CompanyDep) -> dict[str, Any]:
-    return status_body(await require_status(ctx, company_id))
+    st = await require_status(ctx, company_id)
+    if ctx.events is not None and st.state is not SessionState.CONNECTED:
+        ctx.events.connected.invalidate(company_id)
+    return status_body(st)
 
 
 @router.get(CID + "/health", summary="200 when connected, 503 otherwise")

@@ -53,6 +53,9 @@ class Api:
         assert resp.json()["qr"]
         scan = await self.http.post(f"/api/simulator/{company_id}/scan", headers=ADMIN)
         assert scan.status_code == 200, scan.text
+        return await self.connect_wait(company_id)
+
+    async def connect_wait(self, company_id: str) -> dict[str, Any]:
         body: dict[str, Any] = {}
 
         async def connected() -> bool:

@@ -110,3 +110,21 @@ async def test_rate_limit_and_api_survive_redis_down(
             assert len(await _outbox(api, cid)) == 30
     finally:
         own.stop()
+
+
+async def test_send_right_after_a_drop_is_409_not_a_new_session(stack: Api) -> None:
+    """A burst of sends may reuse a recently seen "connected" status; a drop must still refuse at once."""
+    api = stack
+    cid = company()
+    await api.connect(cid)
+    url = f"/api/whatsapp/sessions/{cid}/send"
+    assert (await api.http.post(url, json=MSG, headers=ADMIN)).status_code == 200
+    drop = await api.http.post(f"/api/simulator/{cid}/disconnect", headers=ADMIN)
+    assert drop.status_code == 200, drop.text
+    refused = await api.http.post(url, json={**MSG, "message": "after the drop"}, headers=ADMIN)
+    assert refused.status_code == 409 and refused.json()["code"] == "not_connected", refused.text
+    # The session reconnects by itself (backoff, stored device); the phone sent one message only.
+    await api.connect_wait(cid)
+    assert [m["text"] for m in await _outbox(api, cid)] == [MSG["message"]]
+    running = await api.client.count_workflows(f'WorkflowId = "session-{cid}" AND ExecutionStatus = "Running"')
+    assert running.count == 1
