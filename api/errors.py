@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from temporalio.service import RPCError
+
+log = logging.getLogger("waorch.api")
 
 
 class ApiError(Exception):
@@ -45,6 +49,18 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             error_body("validation_error", f"{first['field']}: {first['message']}", details=details), 422
         )
+
+    @app.exception_handler(RPCError)
+    async def _temporal(_: Request, exc: RPCError) -> JSONResponse:
+        # Temporal unreachable or overloaded: the caller may retry; nothing was half-done by us.
+        log.warning("temporal call failed status=%s error=%s", exc.status.name, exc.message[:200])
+        return JSONResponse(error_body("temporal_unavailable", f"Temporal: {exc.message[:200]}"), 503,
+                            headers={"Retry-After": "5"})
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return JSONResponse(error_body("internal_error", f"internal error: {type(exc).__name__}"), 500)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

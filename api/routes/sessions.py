@@ -33,6 +33,8 @@ router = APIRouter(prefix="/api/whatsapp", tags=["sessions"])
 
 # ``:path`` so that a company id carrying "/" or ".." reaches validation (422), not a 404.
 CID = "/sessions/{company_id:path}"
+# The workflow answers initialize within its own wait (30 s by default); this bounds a missing worker.
+INITIALIZE_TIMEOUT_S = 45.0
 
 
 class InitializeBody(BaseModel):
@@ -139,7 +141,13 @@ async def initialize(
     body: Annotated[InitializeBody | None, Body()] = None,
 ) -> dict[str, Any]:
     pairing_phone = body.pairing_phone if body else None
-    result = await initialize_session(ctx.client, ctx.settings, company_id, pairing_phone)
+    try:
+        result = await asyncio.wait_for(
+            initialize_session(ctx.client, ctx.settings, company_id, pairing_phone), INITIALIZE_TIMEOUT_S
+        )
+    except TimeoutError:
+        raise ApiError(504, "initialize_timeout", "the session did not answer in time (is the worker running?); "
+                       "the session keeps starting, ask its status or initialize again", companyId=company_id) from None
     await audit(ctx, principal.name, company_id, "initialize")
     out: dict[str, Any] = {"success": True, "companyId": company_id, "status": result.state.value}
     if result.state is SessionState.CONNECTED:

@@ -117,3 +117,17 @@ async def test_session_lifecycle_through_the_api(stack: Api) -> None:
     assert gone.status_code == 404 and gone.json()["code"] == "session_not_found"
     for signal in ("relink", "pause", "resume", "logout"):
         assert (await api.http.post(f"{base}/{signal}", headers=key)).status_code == 404
+
+
+async def test_initialize_with_a_pairing_phone_returns_a_pairing_code(stack: Api) -> None:
+    api = stack
+    cid = company()
+    init = await api.http.post(f"/api/whatsapp/sessions/{cid}/initialize", json={"pairingPhone": "+7 900 111-22-44"},
+                               headers=ADMIN)
+    assert init.status_code == 200, init.text
+    body = init.json()
+    assert body["pairingCode"] and "qr" not in body, body
+    pair = await api.http.post(f"/api/simulator/{cid}/scan", headers=ADMIN)
+    assert pair.status_code == 200, pair.text
+    status = await api.connect_wait(cid)
+    assert status["phone"] == "79001112244"
