@@ -19,6 +19,7 @@ from api.events import EventHub
 from api.routes import all_routers
 from domain.settings import Settings
 from infra.admin_key import load_or_create_admin_key
+from infra.jobs import job_metrics_provider
 from infra.metrics import EventCounters, counters_key
 from infra.ratelimit import RateLimiter
 from infra.redis import EventPublisher
@@ -67,7 +68,7 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
             log.warning("events: Redis subscription not ready yet; it keeps retrying")
         app.state.ctx = AppContext(
             settings, temporal, db, redis, admin_key, limiter=limiter, counters=counters, events=hub,
-            publisher=EventPublisher(redis, settings.events_channel),
+            publisher=EventPublisher(redis, settings.events_channel), job_metrics=job_metrics_provider(db),
         )
         try:
             yield

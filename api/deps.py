@@ -20,7 +20,7 @@ from storage import Database
 
 if TYPE_CHECKING:
     from api.events import EventHub
-    from infra.metrics import EventCounters
+    from infra.metrics import EventCounters, JobMetricsProvider
     from infra.ratelimit import RateLimiter
     from infra.redis import EventPublisher
 
@@ -37,6 +37,7 @@ class AppContext:
     counters: EventCounters | None = None
     events: EventHub | None = None
     publisher: EventPublisher | None = None
+    job_metrics: JobMetricsProvider | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
 

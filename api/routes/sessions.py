@@ -103,7 +103,7 @@ async def metrics_snapshot(ctx: AppContext, states: list[tuple[str, SessionState
         counters = await ctx.counters.read(local)
     else:
         counters = dict(local)
-    return MetricsSnapshot(by_state, counters, await job_figures())
+    return MetricsSnapshot(by_state, counters, await job_figures(ctx.job_metrics))
 
 
 @router.get("/sessions", summary="Every session (admin) or the caller's own, with a metrics summary")

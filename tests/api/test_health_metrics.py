@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
@@ -62,10 +63,19 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
-async def test_metrics_parse_and_move_when_messages_flow(stack: Api) -> None:
+async def test_metrics_parse_and_move_when_messages_flow(stack: Api, database_dsn: str) -> None:
     api = stack
     before = _samples((await api.http.get("/metrics")).text)
     assert ("whatsapp_messages_sent_total", ()) in before
+    assert ("whatsapp_last_backup_size_bytes", ()) not in before  # no backup ever ran
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        await conn.execute(
+            """INSERT INTO job_runs (kind, status, finished_at, duration_s, details)
+               VALUES ('backup', 'succeeded', now(), 1.5, '{"size_bytes": 123456}'::jsonb)"""
+        )
+    finally:
+        await conn.close()
     cid = company()
     await api.connect(cid)
     url = f"/api/whatsapp/sessions/{cid}/send"
@@ -91,6 +101,8 @@ async def test_metrics_parse_and_move_when_messages_flow(stack: Api) -> None:
     await wait_until(moved, 15)
     assert after[("whatsapp_qr_codes_generated_total", ())] >= 1
     assert after[("whatsapp_active_connections", ())] >= 1
+    assert after[("whatsapp_last_backup_size_bytes", ())] == 123456
+    assert after[("whatsapp_last_backup_success", ())] == 1
     body = (await api.http.get("/api/whatsapp/metrics", headers=ADMIN)).json()
     assert body["success"] is True
     assert body["metrics"]["messagesSent"] >= 3 and body["metrics"]["activeConnections"] >= 1
