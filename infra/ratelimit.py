@@ -91,7 +91,8 @@ class RateLimiter:
                     keys=[self._key(company_id), self._counters_key],
                     args=[int(self.window_s * 1000), self.limit, member],
                 )
-                self._remember_local(company_id, member)
+                if admitted:
+                    self._remember_local(company_id, member)
                 return Decision(bool(admitted), int(retry_ms) / 1000, int(used), self.limit, "redis")
             except (aioredis.RedisError, OSError) as exc:
                 self._redis_down_until = time.monotonic() + REDIS_RETRY_AFTER_S

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 from typing import Annotated, Any, Literal
 
+import segno
 from fastapi import APIRouter, Body, Query
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
@@ -193,10 +195,6 @@ async def qr(
     if st.qr is None:
         raise ApiError(404, "no_qr", f"no QR code: the session is {st.state.value}", state=st.state.value)
     if format == "png":
-        import io
-
-        import segno
-
         buf = io.BytesIO()
         segno.make(st.qr, error="l").save(buf, kind="png", scale=8, border=2)
         return Response(buf.getvalue(), media_type="image/png", headers={"Cache-Control": "no-store"})
