@@ -128,3 +128,17 @@ async def test_send_right_after_a_drop_is_409_not_a_new_session(stack: Api) -> N
     assert [m["text"] for m in await _outbox(api, cid)] == [MSG["message"]]
     running = await api.client.count_workflows(f'WorkflowId = "session-{cid}" AND ExecutionStatus = "Running"')
     assert running.count == 1
+
+
+async def test_the_window_slides(dev_env: WorkflowEnvironment, api_settings: Settings) -> None:
+    """3 per 1.5 s: the 4th is refused until the oldest leaves the window, then admitted again.
+    (The limiter runs before the session check, so admitted requests here answer 409: no session.)"""
+    settings = api_settings.model_copy(update={"rate_limit_count": 3, "rate_limit_window_s": 1.5})
+    async with serve_asgi(settings, dev_env.client) as api:
+        url = f"/api/whatsapp/sessions/{company()}/send"
+        codes = [(await api.http.post(url, json=MSG, headers=ADMIN)).status_code for _ in range(3)]
+        assert codes == [409, 409, 409]
+        over = await api.http.post(url, json=MSG, headers=ADMIN)
+        assert over.status_code == 429 and over.headers["Retry-After"] in ("1", "2")
+        await asyncio.sleep(over.json()["retryAfter"] + 0.1)
+        assert (await api.http.post(url, json=MSG, headers=ADMIN)).status_code == 409
