@@ -176,3 +176,15 @@ async def test_send_without_a_session_is_409_and_creates_none(api: Api) -> None:
     _assert_error(await api.http.get(f"/api/whatsapp/sessions/{cid}/status", headers=ADMIN), 404, "session_not_found")
     count = await api.client.count_workflows(f'WorkflowId = "session-{cid}" OR WorkflowId STARTS_WITH "send-{cid}"')
     assert count.count == 0
+
+
+async def test_openapi_docs_describe_every_route(api: Api) -> None:
+    assert (await api.http.get("/docs")).status_code == 200
+    spec = (await api.http.get("/openapi.json")).json()
+    paths = set(spec["paths"])
+    for path in (
+        "/api/whatsapp/sessions", "/api/whatsapp/sessions/{company_id}/send", "/api/whatsapp/sessions/{company_id}/qr",
+        "/api/whatsapp/metrics", "/metrics", "/health", "/api/companies/{company_id}/keys",
+        "/api/simulator/{company_id}/{action}",
+    ):
+        assert path in paths, sorted(paths)
