@@ -46,6 +46,19 @@ def venv_binary(name: str) -> str:
     return found
 
 
+def die_with_parent() -> None:
+    """``preexec_fn``: the child gets SIGTERM when the process that started it dies.
+
+    So a launcher (or a test run) that is SIGKILLed leaves no orphaned server
+    or worker behind to hold ports and connections. Linux only; a no-op elsewhere.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.2)
@@ -165,7 +178,9 @@ class TemporalDevServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         logfile = open(self.data_dir / "temporal.log", "ab")
         cmd = [venv_binary("temporal"), "server", "start-dev", *self.config.server_args(self.data_dir, ui=self.ui)]
-        self.proc = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent
+        )
         logfile.close()
         wait_port(self.config.port, timeout, self.proc, "temporal dev server")
         self._set_retention(timeout)
@@ -322,7 +337,10 @@ class EmbeddedRedis:
             "--daemonize", "no", "--protected-mode", "yes", "--loglevel", "warning",
             "--logfile", str(self.data_dir / "redis.log"),
         ]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
         wait_port(self.port, timeout, self.proc, "redis")
 
     def stop(self) -> None:

@@ -27,6 +27,7 @@ from cli.embedded import (
     TemporalDevConfig,
     TemporalDevServer,
     default_dev_config_path,
+    die_with_parent,
 )
 from domain.settings import Settings
 from infra.admin_key import load_or_create_admin_key
@@ -52,7 +53,8 @@ class Child:
         assert self.log_path is not None
         logfile = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", self.name], env=self.env, stdout=logfile, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "cli.main", self.name], env=self.env, stdout=logfile, stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
         )
         logfile.close()
         self.started_at = time.monotonic()
