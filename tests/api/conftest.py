@@ -19,6 +19,7 @@ import httpx
 import pytest
 import uvicorn
 from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
@@ -167,6 +168,14 @@ def connector_process(settings: Settings, client: Client, log_path: Path) -> Any
 
 
 @pytest.fixture
+def client(dev_env: WorkflowEnvironment) -> Client:
+    """The dev server with the project's data converter (pydantic), as every process connects."""
+    config = dev_env.client.config()
+    config["data_converter"] = pydantic_data_converter
+    return Client(**config)
+
+
+@pytest.fixture
 def api_settings(dev_env: WorkflowEnvironment, make_settings: Callable[..., Settings]) -> Settings:
     return make_settings(
         dev_env.client, api_admin_key=ADMIN_KEY, temporal_address=dev_env.client.service_client.config.target_host
@@ -174,18 +183,18 @@ def api_settings(dev_env: WorkflowEnvironment, make_settings: Callable[..., Sett
 
 
 @pytest.fixture
-async def api(dev_env: WorkflowEnvironment, api_settings: Settings) -> AsyncIterator[Api]:
+async def api(client: Client, api_settings: Settings) -> AsyncIterator[Api]:
     """The API alone (no worker, no connector)."""
-    async with serve_asgi(api_settings, dev_env.client) as served:
+    async with serve_asgi(api_settings, client) as served:
         yield served
 
 
 @pytest.fixture
-async def stack(dev_env: WorkflowEnvironment, api_settings: Settings) -> AsyncIterator[Api]:
+async def stack(client: Client, api_settings: Settings) -> AsyncIterator[Api]:
     """API + worker + in-process simulator connector."""
     async with (
-        run_worker(api_settings, dev_env.client),
+        run_worker(api_settings, client),
         run_connector_inprocess(api_settings),
-        serve_asgi(api_settings, dev_env.client) as served,
+        serve_asgi(api_settings, client) as served,
     ):
         yield served

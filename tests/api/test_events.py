@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import websockets
-from temporalio.testing import WorkflowEnvironment
+from temporalio.client import Client
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidStatus
 
@@ -42,10 +42,10 @@ async def _next_event(
 
 
 async def test_connector_process_events_reach_websockets_per_company(
-    dev_env: WorkflowEnvironment, api_settings: Settings, tmp_path: Path
+    client: Client, api_settings: Settings, tmp_path: Path
 ) -> None:
-    with connector_process(api_settings, dev_env.client, tmp_path / "connector.log") as proc:
-        async with run_worker(api_settings, dev_env.client), serve_uvicorn(api_settings, dev_env.client) as (api, port):
+    with connector_process(api_settings, client, tmp_path / "connector.log") as proc:
+        async with run_worker(api_settings, client), serve_uvicorn(api_settings, client) as (api, port):
             ws_url = f"ws://127.0.0.1:{port}/api/whatsapp/events"
             a, b = company(), company()
             key_a = await api.issue_key(a)

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
-from temporalio.testing import WorkflowEnvironment
+from temporalio.client import Client
 
 from cli.embedded import EmbeddedPostgres, free_port, wait_until
 from domain.settings import Settings
@@ -26,13 +26,13 @@ def _check(body: dict[str, object], name: str) -> dict[str, object]:
 
 
 async def test_health_is_down_503_when_postgres_stops(
-    dev_env: WorkflowEnvironment, api_settings: Settings, tmp_path: Path
+    client: Client, api_settings: Settings, tmp_path: Path
 ) -> None:
     pg = EmbeddedPostgres(tmp_path / "pg", free_port())
     await asyncio.to_thread(pg.start)
     try:
         settings = api_settings.model_copy(update={"database_url": SecretStr(pg.dsn)})
-        async with serve_asgi(settings, dev_env.client) as api:
+        async with serve_asgi(settings, client) as api:
             key = await api.issue_key(company())
             before = await api.http.get("/health")
             assert before.status_code == 200, before.text

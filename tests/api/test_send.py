@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
-from temporalio.testing import WorkflowEnvironment
+from temporalio.client import Client
 
 from cli.embedded import EmbeddedRedis, free_port
 from domain.settings import Settings
@@ -79,7 +79,7 @@ async def test_31st_message_in_a_minute_is_429_with_retry_after(stack: Api) -> N
 
 
 async def test_rate_limit_and_api_survive_redis_down(
-    dev_env: WorkflowEnvironment, make_settings, tmp_path: Path, api_settings: Settings
+    client: Client, make_settings, tmp_path: Path, api_settings: Settings
 ) -> None:
     """The API's own Redis stops: the limiter goes in-process and still refuses the 31st;
     sends still go out (worker and connector use the shared Redis)."""
@@ -88,9 +88,9 @@ async def test_rate_limit_and_api_survive_redis_down(
     api_only = api_settings.model_copy(update={"redis_url": SecretStr(own.url)})
     try:
         async with (
-            run_worker(api_settings, dev_env.client),
+            run_worker(api_settings, client),
             run_connector_inprocess(api_settings),
-            serve_asgi(api_only, dev_env.client) as api,
+            serve_asgi(api_only, client) as api,
         ):
             cid = company()
             await api.connect(cid)
@@ -130,11 +130,11 @@ async def test_send_right_after_a_drop_is_409_not_a_new_session(stack: Api) -> N
     assert running.count == 1
 
 
-async def test_the_window_slides(dev_env: WorkflowEnvironment, api_settings: Settings) -> None:
+async def test_the_window_slides(client: Client, api_settings: Settings) -> None:
     """3 per 1.5 s: the 4th is refused until the oldest leaves the window, then admitted again.
     (The limiter runs before the session check, so admitted requests here answer 409: no session.)"""
     settings = api_settings.model_copy(update={"rate_limit_count": 3, "rate_limit_window_s": 1.5})
-    async with serve_asgi(settings, dev_env.client) as api:
+    async with serve_asgi(settings, client) as api:
         url = f"/api/whatsapp/sessions/{company()}/send"
         codes = [(await api.http.post(url, json=MSG, headers=ADMIN)).status_code for _ in range(3)]
         assert codes == [409, 409, 409]
