@@ -47,6 +47,7 @@ from workflows.inbox import (
     ACTIVITY_INBOX_TUNING,
     ACTIVITY_RESERVE_REPLY,
     HandleOutcome,
+    HandleRequest,
     InboxEvent,
     InboxTuning,
     ReplyReservation,
@@ -137,6 +138,7 @@ class InboxActivities:
     def __init__(self, settings: Settings, db: Database, redis: aioredis.Redis, client: Client) -> None:
         self._settings = settings
         self._db = db
+        self._redis = redis
         self._client = client
         self._limiter = RateLimiter(
             redis, prefix=settings.redis_prefix, limit=settings.rate_limit_count,
@@ -177,8 +179,12 @@ class InboxActivities:
         )
 
     @activity.defn(name=ACTIVITY_HANDLE_INCOMING)
-    async def handle_incoming(self, msg: IncomingMessage) -> HandleOutcome:
+    async def handle_incoming(self, req: HandleRequest) -> HandleOutcome:
         """Run the company's handler on one message; a failure raises so Temporal retries it."""
+        msg = req.message
+        if not await self._claim(msg, req.claim):
+            log.info("inbox duplicate company_id=%s message_id=%s", msg.company_id, msg.message_id)
+            return HandleOutcome(handler="duplicate")
         config = await load_handler(self._db, self._settings, msg.company_id)
         match config.kind:
             case "webhook":
@@ -217,6 +223,19 @@ class InboxActivities:
         return resp.status_code
 
     # ------------------------------------------------------------------ internals
+
+    async def _claim(self, msg: IncomingMessage, claim: str) -> bool:
+        """True when this inbox chain may handle the WhatsApp id (first to claim it, or it already did)."""
+        key = f"{self._settings.redis_prefix}whatsapp:inbox:claim:{msg.company_id}:{msg.message_id}"
+        try:
+            if await self._redis.set(key, claim, nx=True, ex=self._settings.inbox_claim_ttl_s):
+                return True
+            return bool(await self._redis.get(key) == claim)
+        except (aioredis.RedisError, OSError) as exc:
+            # Redis down: handle it (the workflow's own seen ids still drop redeliveries within the chain).
+            log.warning("inbox claim unavailable company_id=%s message_id=%s error=%s",
+                        msg.company_id, msg.message_id, type(exc).__name__)
+            return True
 
     async def _reserve(self, company_id: str, message_id: str, *, raise_not_connected: bool) -> ReplySlot:
         status = await session_status(self._client, company_id)

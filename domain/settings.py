@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     inbox_idle_s: float = Field(default=300.0, gt=0)
     inbox_max_messages_per_run: int = Field(default=500, ge=1)
     inbox_seen_ids: int = Field(default=2000, ge=1)
+    # A handled WhatsApp id stays claimed (a Redis key with this TTL) so a redelivery after the inbox
+    # went idle is dropped too; keys expire, so Redis does not grow per message beyond this window.
+    inbox_claim_ttl_s: int = Field(default=86400, ge=60)
 
     @field_validator("connector_id")
     @classmethod

@@ -181,7 +181,7 @@ class InboxStack:
         try:
             await wait_until(ok, timeout, interval=0.05)
         except TimeoutError:
-            raise AssertionError(f"timed out waiting for {what}") from None
+            raise AssertionError(f"timed out waiting for {what} (receiver refused {self.receiver.refused})") from None
 
 
 def inbox_settings(make_settings: Callable[..., Settings], client: Client, **overrides: Any) -> Settings:

@@ -93,7 +93,8 @@ async def test_receiver_that_never_recovers_leaves_failed_workflow_and_alert(mak
 
         async def failed_status() -> WorkflowExecutionStatus | None:
             try:
-                return (await failed.describe()).status
+                status: WorkflowExecutionStatus | None = (await failed.describe()).status
+                return status
             except Exception:
                 return None
 
