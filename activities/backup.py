@@ -434,6 +434,19 @@ async def drop_database(dsn: str, name: str) -> None:
         await conn.close()
 
 
+def scratch_name(database: str, now: float | None = None) -> str:
+    """``<db>_rt_<unix time>_<random>``: the time lets a sweep skip a concurrent run's database."""
+    return f"{scratch_prefix(database)}{int(now or time.time())}_{uuid.uuid4().hex[:6]}"
+
+
+def scratch_is_stale(name: str, older_than_s: float, now: float | None = None) -> bool:
+    """True for a scratch database created more than ``older_than_s`` ago (or with an unreadable name)."""
+    stamp = name.rsplit(SCRATCH_MARK, 1)[-1].split("_", 1)[0]
+    if not stamp.isdigit():
+        return True
+    return (now or time.time()) - int(stamp) > older_than_s
+
+
 async def scratch_databases(dsn: str) -> list[str]:
     """Scratch databases of restore tests of this database still on the server."""
     prefix = scratch_prefix(Target.from_dsn(dsn).database)
@@ -461,11 +474,13 @@ async def restore_test(settings: Settings, dsn: str) -> dict[str, Any]:
     manifest = json.loads(manifest_path(dump).read_text())
     if sha256_of(dump) != manifest["sha256"]:
         raise RestoreMismatch(f"{dump.name} no longer matches its manifest checksum")
-    stale = await scratch_databases(dsn)
-    for name in stale:  # left by a run that died before its finally could drop them
+    # Left by a run that died before its finally could drop them; a younger one may be a
+    # restore test running right now (a manual run beside the scheduled one): not touched.
+    stale = [n for n in await scratch_databases(dsn) if scratch_is_stale(n, settings.backup_timeout_s)]
+    for name in stale:
         await drop_database(dsn, name)
     target = Target.from_dsn(dsn)
-    scratch = f"{scratch_prefix(target.database)}{uuid.uuid4().hex[:8]}"
+    scratch = scratch_name(target.database)
     t0 = time.monotonic()
     try:
         conn = await _admin(dsn)

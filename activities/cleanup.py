@@ -13,8 +13,10 @@ What goes, and only this:
 * privacy tokens of devices that no longer exist (the one per-device table
   without ``ON DELETE CASCADE``);
 * the device row — and through whatsmeow's cascades all its keys — of companies
-  whose session was removed (``companies.removed_at``), unless a live company
-  uses the same device.
+  whose session was removed (``companies.removed_at``) while ``device_jid`` still
+  names it (the remove path normally deletes it at once; this catches what it
+  missed), unless a live company uses the same device; and their simulator
+  devices (``sim_devices``).
 
 Never touched: device rows of live companies, identity keys, app-state keys,
 Signal sessions, pre-keys, contacts, ``lid_map`` (it has no owner column).
@@ -157,6 +159,11 @@ async def cleanup_store(settings: Settings, db: Database, *, dry_run: bool, verb
             # Devices of removed companies first: their cascades must not be counted twice below.
             if await _companies_table(conn):
                 removed = [r["jid"] for r in await conn.fetch(_REMOVED_DEVICES)]
+                if await conn.fetchval("SELECT to_regclass('public.sim_devices') IS NOT NULL"):
+                    # The simulator transport's device credentials (same rule, keyed by company).
+                    counts["removed_companies.sim_devices"] = await _count(
+                        conn, "WITH d AS (DELETE FROM sim_devices WHERE company_id IN (SELECT company_id "
+                        "FROM companies WHERE removed_at IS NOT NULL) RETURNING 1) SELECT count(*) FROM d")
             if removed:
                 for table, col in _CASCADING.items():
                     n = await _count(conn, f"SELECT count(*) FROM {table} WHERE {col} = ANY($1::text[])", removed)

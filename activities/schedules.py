@@ -46,7 +46,9 @@ def job_schedules(settings: Settings) -> list[JobSchedule]:
     ]
 
 
-def build_schedule(settings: Settings, job: JobSchedule, *, paused: bool = False) -> Schedule:
+def build_schedule(
+    settings: Settings, job: JobSchedule, *, paused: bool = False, note: str | None = None
+) -> Schedule:
     return Schedule(
         action=ScheduleActionStartWorkflow(
             JOB_WORKFLOWS[job.kind].run,  # type: ignore[attr-defined]
@@ -59,7 +61,7 @@ def build_schedule(settings: Settings, job: JobSchedule, *, paused: bool = False
         ),
         spec=ScheduleSpec(cron_expressions=[job.cron], time_zone_name="UTC"),
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
-        state=ScheduleState(note=f"waorch nightly {job.kind} ({job.cron} UTC)", paused=paused),
+        state=ScheduleState(note=note or f"waorch nightly {job.kind} ({job.cron} UTC)", paused=paused),
     )
 
 
@@ -72,9 +74,9 @@ async def ensure_schedules(client: Client, settings: Settings) -> list[str]:
             done.append(f"{job.schedule_id}: created")
         except ScheduleAlreadyRunningError:
             def update(current: ScheduleUpdateInput, job: JobSchedule = job) -> ScheduleUpdate:
-                return ScheduleUpdate(
-                    schedule=build_schedule(settings, job, paused=current.description.schedule.state.paused)
-                )
+                state = current.description.schedule.state  # an operator's pause (and its note) stays
+                return ScheduleUpdate(schedule=build_schedule(
+                    settings, job, paused=state.paused, note=state.note if state.paused else None))
 
             await client.get_schedule_handle(job.schedule_id).update(update)
             done.append(f"{job.schedule_id}: updated")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 import stat
 import uuid
@@ -169,7 +170,8 @@ async def test_truncated_or_empty_dump_fails_verification_even_with_a_matching_c
 
 
 async def test_old_pg_dump_is_refused_with_the_version_and_no_successful_backup_is_written(
-        dev_env: WorkflowEnvironment, store_dsn, jobs_settings, tmp_path):
+        dev_env: WorkflowEnvironment, store_dsn, jobs_settings, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="waorch.alerts")
     settings = jobs_settings(dev_env.client, pg_bin_dir=fake_pg_bin(tmp_path, "12.22"))
     async with running_worker(settings, dev_env.client):
         with pytest.raises(WorkflowFailureError) as info:
@@ -189,6 +191,9 @@ async def test_old_pg_dump_is_refused_with_the_version_and_no_successful_backup_
         await db.close()
     assert [r.status for r in runs] == ["failed"]
     assert "older than the PostgreSQL server" in (runs[0].error or "")
+    # The failure alerts at once (SPEC H4): no success notification, one critical alert naming the cause.
+    alerts = [r.getMessage() for r in caplog.records if r.name == "waorch.alerts"]
+    assert len(alerts) == 1 and "severity=critical" in alerts[0] and "pg_dump 12.22" in alerts[0]
 
 
 def _fake_backup(backup_dir: Path, at: datetime) -> None:

@@ -57,6 +57,10 @@ async def _seed(dsn: str) -> None:
                                     WHERE our_jid = $1 ORDER BY message_id DESC LIMIT 100)""",
             LIVE,
         )
+        await conn.execute(
+            """INSERT INTO sim_devices (company_id, jid) VALUES ('company_removed', 'sim-removed@s.whatsapp.net'),
+               ('company_live', 'sim-live@s.whatsapp.net')"""
+        )
         await add_privacy_tokens(conn, LIVE, 7, age_days=60, start=1000)  # expired
         await add_privacy_tokens(conn, GONE, 3, age_days=1)  # orphaned
     finally:
@@ -99,17 +103,21 @@ async def test_dry_run_then_cleanup_deletes_old_secrets_and_removed_credentials_
         "removed_companies.whatsmeow_identity_keys": 30,
         "removed_companies.whatsmeow_message_secrets": 20,
         "removed_companies.whatsmeow_privacy_tokens": 5,
+        "removed_companies.sim_devices": 1,
     }
     # The live session keeps its device, keys, sessions, app-state keys and recent secrets and tokens.
     live_after = await _counts(store_dsn, LIVE)
     assert live_after == {**live_before, "whatsmeow_message_secrets": 300, "whatsmeow_privacy_tokens": 50}
     assert set((await _counts(store_dsn, REMOVED)).values()) == {0}
     assert await _counts(store_dsn, GONE) == dict.fromkeys(PER_DEVICE, 0)
+    conn = await asyncpg.connect(store_dsn)
+    assert [r["company_id"] for r in await conn.fetch("SELECT company_id FROM sim_devices")] == ["company_live"]
+    await conn.close()
 
     ages = dry["age_distribution"]["whatsmeow_message_secrets"]
     assert ages["buckets"] == {"<1d": 220, "1-7d": 0, "7-14d": 100, "14-30d": 0, ">30d": 1200}
     assert ages["oldest"] < ages["newest"]
-    assert dry["warnings"] == ["cleanup would delete 1336 rows (more than 1000)"]
+    assert dry["warnings"] == ["cleanup would delete 1337 rows (more than 1000)"]
     assert "whatsmeow_message_secrets" in real["sizes_before"] and real["bytes_freed"] >= 0
     assert any(name.startswith("whatsmeow_message_secrets") for name in dry["index_sizes_before"])
     # Nothing old is left: a second run has nothing to do.
@@ -129,7 +137,7 @@ async def test_cleanup_workflow_records_the_run_and_its_figures(dev_env: Workflo
             CleanupWorkflow.run, JobInput(dry_run=False, trigger="test"), id=f"cleanup-{uuid.uuid4()}",
             task_queue=settings.temporal_core_queue, execution_timeout=timedelta(seconds=60),
         )
-    assert result.status == "succeeded" and result.details["rows_deleted"] == 1336
+    assert result.status == "succeeded" and result.details["rows_deleted"] == 1337
     db = Database(store_dsn)
     try:
         runs = await list_job_runs(db, "cleanup")
@@ -138,4 +146,4 @@ async def test_cleanup_workflow_records_the_run_and_its_figures(dev_env: Workflo
         await db.close()
     assert [(r.status, r.dry_run) for r in runs] == [("succeeded", False)]
     assert runs[0].details["deleted"]["old_message_secrets"] == 1200
-    assert figures.cleanup_rows_deleted_last == 1336 and figures.cleanup_rows_deleted_total == 1336
+    assert figures.cleanup_rows_deleted_last == 1337 and figures.cleanup_rows_deleted_total == 1337

@@ -4,6 +4,7 @@ manifest, timed (RTO), and the scratch database is dropped — also when the tes
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -13,8 +14,8 @@ import pytest
 from temporalio.client import WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
-from activities.backup import create_verified_backup, manifest_path, scratch_prefix
-from infra.jobs import latest_job_figures, list_job_runs
+from activities.backup import create_verified_backup, manifest_path, scratch_name, scratch_prefix
+from infra.jobs import job_metrics_provider, latest_job_figures, list_job_runs
 from storage import Database
 from tests.conftest import PgServer
 from tests.jobs.conftest import running_worker, scratch_databases_of
@@ -59,11 +60,13 @@ async def test_restore_test_matches_the_manifest_reports_rto_and_drops_the_scrat
     try:
         runs = await list_job_runs(db, "restore-test")
         figures = await latest_job_figures(db)
+        exported = await job_metrics_provider(db)()  # what the API's /metrics reports
     finally:
         await db.close()
     assert [r.status for r in runs] == ["succeeded"]
     assert runs[0].details["rto_s"] == details["rto_s"] and runs[0].duration_s is not None
-    assert figures.restore_rto_s == details["rto_s"]
+    assert figures.restore_rto_s == details["rto_s"] == exported.last_restore_rto_seconds
+    assert exported.last_backup_timestamp is None  # the backup above ran outside a job: no job_runs row
 
 
 async def test_failed_restore_test_leaves_no_scratch_database_and_is_recorded(
@@ -77,9 +80,11 @@ async def test_failed_restore_test_leaves_no_scratch_database_and_is_recorded(
     _bump_manifest(Path(backup["file"]), "public.whatsmeow_pre_keys")
     # A scratch database a crashed run left behind is swept too.
     database = store_dsn.rsplit("/", 1)[1]
-    stale = f"{scratch_prefix(database)}dead0001"
+    stale = scratch_name(database, now=time.time() - settings.backup_timeout_s - 60)
+    running = scratch_name(database)  # as if another restore test were running right now
     admin = await asyncpg.connect(pg_server.admin_dsn)
     await admin.execute(f'CREATE DATABASE "{stale}"')
+    await admin.execute(f'CREATE DATABASE "{running}"')
     await admin.close()
 
     async with running_worker(settings, dev_env.client):
@@ -87,7 +92,7 @@ async def test_failed_restore_test_leaves_no_scratch_database_and_is_recorded(
             await _restore(dev_env, settings)
 
     assert "public.whatsmeow_pre_keys: 1500 restored, 1501 in the manifest" in str(info.value.cause)
-    assert await scratch_databases_of(pg_server, store_dsn) == []
+    assert await scratch_databases_of(pg_server, store_dsn) == [running]
     db = Database(store_dsn)
     try:
         runs = await list_job_runs(db, "restore-test")

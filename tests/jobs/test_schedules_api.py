@@ -100,6 +100,7 @@ async def test_schedules_are_created_once_survive_restarts_and_are_driven_from_t
         by_kind = {s["kind"]: s for s in body["schedules"]}
         assert by_kind["backup"]["cron"] == "15 2 * * *" and by_kind["backup"]["workflowType"] == "BackupWorkflow"
         assert by_kind["cleanup"]["paused"] is True and by_kind["restore-test"]["paused"] is False
+        assert by_kind["cleanup"]["note"] == "operator paused it"
         assert by_kind["backup"]["nextRuns"][0].endswith("02:15:00+00:00")
 
         resp = await http.post(f"/api/schedules/{ids['cleanup']}/unpause", headers=ADMIN)
