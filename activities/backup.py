@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 import uuid
 from datetime import UTC, date, datetime
@@ -178,21 +179,59 @@ async def tool_major(tool: str) -> tuple[int, str]:
     return parse_tool_version(out.decode(errors="replace"))
 
 
-async def check_versions(tools: PgTools, conn: asyncpg.Connection) -> dict[str, Any]:
-    """Refuse a pg_dump older than the server (SPEC B1): it would write an empty "backup"."""
-    if not await asyncio.to_thread(os.path.exists, tools.pg_dump):
-        raise BackupRefused(f"pg_dump not found at {tools.pg_dump}: set PG_BIN_DIR")
-    dump_major, dump_version = await tool_major(tools.pg_dump)
-    server_num = int(await conn.fetchval("SHOW server_version_num"))
-    server_major = server_num // 10000
-    server_version = str(await conn.fetchval("SHOW server_version")).split()[0]
-    if dump_major < server_major:
+def _candidate_bin_dirs() -> list[Path]:
+    """Where a pg_dump may live: the embedded PostgreSQL's, Debian/Ubuntu's per-version dirs, PATH's."""
+    dirs: list[Path] = []
+    try:
+        from cli.embedded import pg_bin_dir
+
+        dirs.append(pg_bin_dir())
+    except FileNotFoundError:
+        pass
+    dirs += sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+    found = shutil.which("pg_dump")
+    if found:
+        dirs.append(Path(found).resolve().parent)
+    unique = []
+    for d in dirs:
+        if d not in unique and (d / "pg_dump").is_file() and (d / "pg_restore").is_file():
+            unique.append(d)
+    return unique
+
+
+async def server_version(conn: asyncpg.Connection) -> tuple[int, str]:
+    num = int(await conn.fetchval("SHOW server_version_num"))
+    return num // 10000, str(await conn.fetchval("SHOW server_version")).split()[0]
+
+
+async def select_tools(pg_bin_dir: Path | None, conn: asyncpg.Connection) -> tuple[PgTools, dict[str, Any]]:
+    """The client tools to use for this server, or BackupRefused (SPEC B1).
+
+    A pg_dump older than the server cannot dump it (the old system's 20-byte
+    "backups"). An explicit PG_BIN_DIR is used as given; otherwise the best of the
+    tools found is taken: the server's own major version first, else the oldest newer one.
+    """
+    server_major, server_ver = await server_version(conn)
+    if pg_bin_dir is not None:
+        tools = PgTools(pg_bin_dir)
+        if not await asyncio.to_thread(os.path.exists, tools.pg_dump):
+            raise BackupRefused(f"pg_dump not found at {tools.pg_dump}: check PG_BIN_DIR")
+        candidates = [tools]
+    else:
+        candidates = [PgTools(d) for d in await asyncio.to_thread(_candidate_bin_dirs)]
+        if not candidates:
+            raise BackupRefused("no pg_dump found: install the project (embedded PostgreSQL) or set PG_BIN_DIR")
+    found = [(*(await tool_major(t.pg_dump)), t) for t in candidates]
+    usable = sorted((major != server_major, major, ver, t) for major, ver, t in found if major >= server_major)
+    if not usable:
+        major, version, tools = max(found, key=lambda f: f[0])
         raise BackupRefused(
-            f"pg_dump {dump_version} is older than the PostgreSQL server {server_version} "
-            f"(major {dump_major} < {server_major}); it cannot dump this server. Use a pg_dump of major "
+            f"pg_dump {version} is older than the PostgreSQL server {server_ver} "
+            f"(major {major} < {server_major}); it cannot dump this server. Use a pg_dump of major "
             f"version >= {server_major}: set PG_BIN_DIR (the embedded PostgreSQL ships a matching one)"
         )
-    return {"pg_dump_version": dump_version, "server_version": server_version}
+    _, _, version, tools = usable[0]
+    return tools, {"pg_dump_version": version, "server_version": server_ver, "pg_bin_dir": str(tools.bin_dir)}
 
 
 def sha256_of(path: Path) -> str:
@@ -334,14 +373,13 @@ async def create_verified_backup(settings: Settings, dsn: str, *, dry_run: bool 
                                  now: datetime | None = None) -> dict[str, Any]:
     """Dump, manifest, verify, retain. Returns what job_runs records; raises on any failure
     after removing what it wrote (a failed backup leaves no file that looks like one)."""
-    tools = PgTools.from_setting(settings.pg_bin_dir)
     backup_dir = settings.resolved_backup_dir
     at = now or utcnow()
     target = Target.from_dsn(dsn)
     t0 = time.monotonic()
     conn = await asyncpg.connect(dsn, timeout=30)
     try:
-        versions = await check_versions(tools, conn)
+        tools, versions = await select_tools(settings.pg_bin_dir, conn)
         versions.update(await _store_and_project_versions(conn))
         if dry_run:
             tables = await count_tables(conn)
@@ -466,7 +504,6 @@ def _with_database(dsn: str, database: str) -> str:
 
 async def restore_test(settings: Settings, dsn: str) -> dict[str, Any]:
     """Restore the newest verified backup into a scratch database and compare; always drop it."""
-    tools = PgTools.from_setting(settings.pg_bin_dir)
     backups = verified_backups(settings.resolved_backup_dir)
     if not backups:
         raise NoVerifiedBackup(f"no verified backup in {settings.resolved_backup_dir}")
@@ -476,6 +513,11 @@ async def restore_test(settings: Settings, dsn: str) -> dict[str, Any]:
         raise RestoreMismatch(f"{dump.name} no longer matches its manifest checksum")
     # Left by a run that died before its finally could drop them; a younger one may be a
     # restore test running right now (a manual run beside the scheduled one): not touched.
+    conn = await _admin(dsn)
+    try:
+        tools, _ = await select_tools(settings.pg_bin_dir, conn)
+    finally:
+        await conn.close()
     stale = [n for n in await scratch_databases(dsn) if scratch_is_stale(n, settings.backup_timeout_s)]
     for name in stale:
         await drop_database(dsn, name)

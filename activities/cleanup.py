@@ -41,6 +41,8 @@ from workflows.jobs import JobInput
 log = logging.getLogger("waorch.cleanup")
 
 STORE_TABLE_PREFIX = "whatsmeow_"
+# Scans, deletes and VACUUM on a big store can outlast the pool's 30 s command timeout.
+_LONG_S = 1800.0
 AGE_BUCKETS = (("<1d", 0, 1), ("1-7d", 1, 7), ("7-14d", 7, 14), ("14-30d", 14, 30), (">30d", 30, None))
 
 
@@ -94,7 +96,8 @@ async def age_distribution(conn: asyncpg.Connection, age_expr: str, table: str) 
     )
     row = await conn.fetchrow(
         f"""SELECT {cases}, min(ts) AS oldest, max(ts) AS newest, count(*) AS total
-            FROM (SELECT {age_expr} AS ts, now() - {age_expr} AS age FROM {table}) s"""
+            FROM (SELECT {age_expr} AS ts, now() - {age_expr} AS age FROM {table}) s""",
+        timeout=_LONG_S,
     )
     assert row is not None
     return {
@@ -127,7 +130,7 @@ _CASCADING = {
 
 
 async def _count(conn: asyncpg.Connection, sql: str, *args: Any) -> int:
-    return int(await conn.fetchval(sql, *args))
+    return int(await conn.fetchval(sql, *args, timeout=_LONG_S))
 
 
 async def _companies_table(conn: asyncpg.Connection) -> bool:
@@ -196,7 +199,7 @@ async def cleanup_store(settings: Settings, db: Database, *, dry_run: bool, verb
         heartbeat("deleted", total)
         if not dry_run and total:
             for table in sizes_before:
-                await conn.execute(f"VACUUM (ANALYZE) {table}")
+                await conn.execute(f"VACUUM (ANALYZE) {table}", timeout=_LONG_S)
         sizes_after = await table_sizes(conn)
         before_bytes = sum(v["table_bytes"] + v["index_bytes"] for v in sizes_before.values())
         after_bytes = sum(v["table_bytes"] + v["index_bytes"] for v in sizes_after.values())
