@@ -41,6 +41,10 @@ RESTORE_RTO = Gauge("waorch_restore_test_last_rto_seconds", "RTO of the last res
 ROWS_DELETED = Counter("waorch_cleanup_rows_deleted", "Store rows deleted by cleanup", registry=JOB_METRICS)
 
 
+# Longer than any job may run (the workflows give their activity at most 2 h).
+ABANDONED_AFTER_H = 3
+
+
 class JobRecorder:
     """The ``job_runs`` rows of every run, and the worker's metrics."""
 
@@ -49,6 +53,13 @@ class JobRecorder:
 
     @activity.defn(name="record_job_start")
     async def record_job_start(self, start: JobStart) -> int:
+        # A run whose workflow was terminated never closed its row: say so instead of "running" forever.
+        await self._db.execute(
+            """UPDATE job_runs SET status = 'abandoned', finished_at = now(),
+                   error = 'no result recorded: the workflow was terminated or timed out'
+               WHERE kind = $1 AND status = 'running' AND started_at < now() - make_interval(hours => $2)""",
+            start.kind, ABANDONED_AFTER_H,
+        )
         run_id: int = await self._db.fetchval(
             "INSERT INTO job_runs (kind, workflow_id, status, dry_run) VALUES ($1, $2, 'running', $3) RETURNING id",
             start.kind, start.workflow_id, start.dry_run,

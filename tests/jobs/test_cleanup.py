@@ -131,6 +131,11 @@ async def test_dry_run_then_cleanup_deletes_old_secrets_and_removed_credentials_
 
 async def test_cleanup_workflow_records_the_run_and_its_figures(dev_env: WorkflowEnvironment, store_dsn, jobs_settings):
     await _seed(store_dsn)
+    conn = await asyncpg.connect(store_dsn)  # a run whose workflow was terminated yesterday
+    await conn.execute(
+        "INSERT INTO job_runs (kind, status, started_at) VALUES ('cleanup', 'running', now() - interval '1 day')"
+    )
+    await conn.close()
     settings = jobs_settings(dev_env.client, cleanup_warn_rows=5000)
     async with running_worker(settings, dev_env.client):
         result = await dev_env.client.execute_workflow(
@@ -144,6 +149,6 @@ async def test_cleanup_workflow_records_the_run_and_its_figures(dev_env: Workflo
         figures = await latest_job_figures(db)
     finally:
         await db.close()
-    assert [(r.status, r.dry_run) for r in runs] == [("succeeded", False)]
+    assert [(r.status, r.dry_run) for r in runs] == [("succeeded", False), ("abandoned", False)]
     assert runs[0].details["deleted"]["old_message_secrets"] == 1200
     assert figures.cleanup_rows_deleted_last == 1337 and figures.cleanup_rows_deleted_total == 1337
