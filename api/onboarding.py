@@ -33,7 +33,9 @@ def _sign(admin_key: str, company_id: str, expires: int) -> str:
     return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
 
-def issue_token(admin_key: str, company_id: str, ttl_s: int = DEFAULT_TTL_S, now: float | None = None) -> tuple[str, int]:
+def issue_token(
+    admin_key: str, company_id: str, ttl_s: int = DEFAULT_TTL_S, now: float | None = None
+) -> tuple[str, int]:
     """Return ``(token, expires_unix)`` for ``company_id``."""
     if not 60 <= ttl_s <= MAX_TTL_S:
         raise ValueError(f"ttl must be between 60 and {MAX_TTL_S} seconds")
