@@ -190,7 +190,7 @@ async def main(args: argparse.Namespace) -> int:
         ))
 
         async def connector_polls() -> bool:
-            checks = (await http.get("/health")).json()["checks"]
+            checks = (await http.get("/health", headers=ADMIN)).json()["checks"]
             return bool(next(c for c in checks if c["name"] == "connector").get("pollers"))
 
         await wait_until(connector_polls, 60)

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse
 from temporalio.api.enums.v1 import TaskQueueKind, TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 
-from api.deps import AppContext, CtxDep
+from api.deps import AppContext, CtxDep, extract_key, principal_for_key
+from api.errors import ApiError
 from domain.states import SessionState
 from infra.sessions import list_sessions
 from workflows.send import SEND_WORKFLOW
@@ -75,8 +76,22 @@ async def _pending(ctx: AppContext) -> dict[str, Any]:
     return {"sendsInFlight": count.count}
 
 
-@router.get("/health", summary="ok / degraded / down (503) with every check")
-async def health(ctx: CtxDep) -> JSONResponse:
+async def _is_admin(ctx: AppContext, authorization: str | None, x_api_key: str | None) -> bool:
+    key = extract_key(authorization, x_api_key)
+    if not key:
+        return False
+    try:
+        return (await principal_for_key(ctx, key)).is_admin
+    except ApiError:
+        return False
+
+
+@router.get("/health", summary="ok / degraded / down (503) with every check; details with the admin key")
+async def health(
+    ctx: CtxDep,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> JSONResponse:
     checks = await asyncio.gather(
         _check("temporal", ctx.client.service_client.check_health()),
         _check("postgres", ctx.db.ping()),
@@ -92,6 +107,14 @@ async def health(ctx: CtxDep) -> JSONResponse:
         status = "degraded"
     else:
         status = "ok"
+    if not await _is_admin(ctx, authorization, x_api_key):
+        # /health is public (SPEC X1): which companies exist and which hosts run connectors is not.
+        for check in checks:
+            if check["name"] == "whatsapp" and "companies" in check:
+                del check["companies"]
+                check["unhealthy"] = len(check["unhealthy"])
+            if check["name"] == "connector" and "pollers" in check:
+                check["pollers"] = len(check["pollers"])
     return JSONResponse(
         {"status": status, "timestamp": datetime.now(UTC).isoformat(), "checks": checks},
         status_code=503 if status == "down" else 200,

@@ -51,7 +51,7 @@ async def test_connector_process_events_reach_websockets_per_company(
             key_a = await api.issue_key(a)
 
             async def connector_polls() -> bool:
-                checks = (await api.http.get("/health")).json()["checks"]
+                checks = (await api.http.get("/health", headers=ADMIN)).json()["checks"]
                 return bool(next(c for c in checks if c["name"] == "connector").get("pollers"))
 
             await wait_until(connector_polls, 30)
@@ -109,13 +109,17 @@ async def test_connector_process_events_reach_websockets_per_company(
 
             # /health: WhatsApp per company from the session workflows, though the connector is another process.
             async def health_sees_a_connected() -> bool:
-                body = (await api.http.get("/health")).json()
+                body = (await api.http.get("/health", headers=ADMIN)).json()
                 whatsapp = next(c for c in body["checks"] if c["name"] == "whatsapp")
                 return bool(whatsapp["companies"].get(a) == "connected" and whatsapp["companies"].get(b) == "qr")
 
             await wait_until(health_sees_a_connected, 15)
-            health = await api.http.get("/health")
+            health = await api.http.get("/health", headers=ADMIN)
             assert health.status_code == 200 and health.json()["status"] == "ok", health.text
             connector = next(c for c in health.json()["checks"] if c["name"] == "connector")
             assert any(api_settings.connector_id in p for p in connector["pollers"]), connector
+            # Without the admin key /health is public: counts only, no company ids, no host names.
+            public = (await api.http.get("/health")).json()
+            assert a not in json.dumps(public) and api_settings.connector_id not in json.dumps(public)
+            assert next(c for c in public["checks"] if c["name"] == "connector")["pollers"] >= 1
             assert proc.poll() is None
