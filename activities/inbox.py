@@ -195,6 +195,11 @@ class InboxActivities:
                 reply = f"echo: {msg.text}" if msg.text else None
             case _:
                 reply = None
+        if msg.from_me and reply is not None:
+            # Our own message (sent from the phone, or an earlier reply): answering it could loop forever.
+            log.info("inbox reply to own message dropped company_id=%s message_id=%s", msg.company_id,
+                     msg.message_id)
+            reply = None
         outcome = HandleOutcome(handler=config.kind, reply=reply, event_webhook=bool(config.event_webhook_url))
         if reply is not None:
             # The usual case takes its send slot here, saving the workflow a second activity.

@@ -36,7 +36,14 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, FailureError, WorkflowAlreadyStartedError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    FailureError,
+    TimeoutType,
+    WorkflowAlreadyStartedError,
+)
+from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from domain.session import (
@@ -239,16 +246,17 @@ class _MessageProcessing:
                                 quoted=msg.message_id, idempotency_key=f"reply-{msg.message_id}"),
                     task_queue=holder,
                     result_type=SendResult,
-                    # As SendMessage: one attempt (a retry after a lost answer could send twice);
-                    # schedule-to-close also bounds the wait for a holder that died with the task queued.
-                    schedule_to_close_timeout=timedelta(seconds=30),
+                    # As SendMessage: one attempt (a retry after a lost answer could send twice). A task
+                    # never picked up (the holder died with it queued) times out schedule-to-start.
+                    schedule_to_start_timeout=timedelta(seconds=10),
+                    start_to_close_timeout=timedelta(seconds=20),
                     retry_policy=RetryPolicy(maximum_attempts=1),
                     summary=f"reply to {msg.message_id}",
                 )
             except ActivityError as err:
-                if _root_type(err) != ERROR_NOT_CONNECTED or workflow.now() >= deadline:
+                if not _not_sent(err) or workflow.now() >= deadline:
                     raise
-                # The holder lost the session between reservation and send: nothing went out; try again.
+                # Nothing went out (no session at the holder, or no holder took the task): try again.
                 holder = None
                 await workflow.sleep(delay)
                 delay = min(delay * 2, t.retry_max_interval_s)
@@ -282,6 +290,14 @@ class _MessageProcessing:
                 workflow.logger.warning("event webhook delivery given up: %s", done)
 
 
+def _not_sent(err: ActivityError) -> bool:
+    """The send surely did not happen: the holder refused (not connected) or never started the task."""
+    cause = err.cause
+    if isinstance(cause, TemporalTimeoutError):
+        return cause.type is TimeoutType.SCHEDULE_TO_START
+    return _root_type(err) == ERROR_NOT_CONNECTED
+
+
 def _root_type(err: BaseException) -> str | None:
     cause: BaseException | None = err
     while cause is not None:
@@ -298,7 +314,9 @@ def _root_message(err: BaseException) -> str:
     return str(cause) or type(cause).__name__
 
 
-@workflow.defn(name=INBOX_WORKFLOW)
+# Not sandboxed (like SendMessage): the code here uses only dataclasses and the workflow API, and
+# the sandbox's per-activation cost is worker CPU taken from every message (measured with bench/inbox.py).
+@workflow.defn(name=INBOX_WORKFLOW, sandboxed=False)
 class InboxWorkflow:
     @workflow.init
     def __init__(self, inp: InboxRunInput) -> None:
@@ -412,7 +430,7 @@ async def _alert(text: str, company_id: str, severity: str = "warning") -> None:
         workflow.logger.warning("alert not delivered: %s (%s)", _root_message(err), text)
 
 
-@workflow.defn(name=FAILED_MESSAGE_WORKFLOW)
+@workflow.defn(name=FAILED_MESSAGE_WORKFLOW, sandboxed=False)
 class FailedInboxMessageWorkflow:
     """A message whose handler failed for the whole retry window, visible as a failed workflow.
 

@@ -28,6 +28,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from activities.inbox import InboxActivities
 from activities.worker import WorkerDeps, build_activities
 from cli.embedded import free_port, wait_until
 from connector.activities import ConnectorActivities
@@ -139,9 +140,14 @@ async def core_worker(settings: Settings, client: Client, db: Database, redis: a
 
     deps = WorkerDeps(settings, client, db, redis, EventPublisher(redis, settings.events_channel))
     acts = [a for a in build_activities(deps) if getattr(a, "__temporal_activity_definition").name != "send_alert"]
-    async with Worker(client, task_queue=settings.temporal_core_queue, workflows=ALL_WORKFLOWS,
-                      activities=[*acts, record_alert], max_concurrent_activities=100) as worker:
-        yield worker
+    try:
+        async with Worker(client, task_queue=settings.temporal_core_queue, workflows=ALL_WORKFLOWS,
+                          activities=[*acts, record_alert], max_concurrent_activities=100) as worker:
+            yield worker
+    finally:
+        for owner in {id(o): o for o in (getattr(a, "__self__", None) for a in acts)}.values():
+            if isinstance(owner, InboxActivities):
+                await owner.aclose()  # its HTTP client's keep-alive connections
 
 
 @dataclass

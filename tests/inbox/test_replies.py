@@ -1,0 +1,46 @@
+"""Replies go through the send path: the company's rate limit, and never to our own messages."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+
+import pytest
+from temporalio.common import WorkflowIDConflictPolicy
+
+from domain.session import INBOX_WORKFLOW, SIGNAL_INBOX_MESSAGE, InboxWorkflowInput, IncomingMessage, inbox_workflow_id
+
+CHAT = "79995550000@s.whatsapp.net"
+
+
+@pytest.mark.timeout(60)
+async def test_replies_wait_for_the_rate_limit_and_keep_order(make_inbox):
+    async with make_inbox(rate_limit_count=2, rate_limit_window_s=2.0) as s:
+        await s.set_handler("echo")
+        started = time.monotonic()
+        ids = [await s.inject(f"r{i}", chat=CHAT) for i in range(5)]
+        await s.wait(lambda: len(s.outbox()) >= 5, 30, "5 echoes")
+        out = s.outbox()
+        assert [e.quoted for e in out] == ids
+        # 2 per 2 s: the 5th reply cannot go out before two full windows have passed.
+        assert (out[4].timestamp - out[0].timestamp).total_seconds() >= 3.5
+        assert time.monotonic() - started >= 3.5
+
+
+@pytest.mark.timeout(60)
+async def test_own_messages_are_not_answered(make_inbox):
+    async with make_inbox() as s:
+        await s.set_handler("echo")
+        own = IncomingMessage(company_id=s.company_id, message_id="OWN0001", chat=CHAT, sender=CHAT,
+                              timestamp=datetime.now(UTC), text="sent from the phone", from_me=True)
+        # Exactly what the connector does for an incoming message.
+        await s.client.start_workflow(
+            INBOX_WORKFLOW, InboxWorkflowInput(s.company_id, CHAT), id=inbox_workflow_id(s.company_id, CHAT),
+            task_queue=s.settings.temporal_core_queue, id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            start_signal=SIGNAL_INBOX_MESSAGE, start_signal_args=[own],
+        )
+        theirs = await s.inject("a customer writes", chat=CHAT)
+        await s.wait(lambda: len(s.outbox()) >= 1, 20, "the echo")
+        await asyncio.sleep(0.3)
+        assert [(e.text, e.quoted) for e in s.outbox()] == [("echo: a customer writes", theirs)]
