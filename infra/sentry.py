@@ -33,11 +33,12 @@ log = logging.getLogger("waorch.sentry")
 _enabled = False
 
 
-def init_sentry(settings: Settings, component: str) -> bool:
+def init_sentry(settings: Settings, component: str, **options: Any) -> bool:
     """Initialise Sentry for ``component`` (api, worker, connector); ``False`` when no DSN is set.
 
-    Logging warnings become breadcrumbs and errors become events, so a degraded
-    mode logged as a warning (Redis down, limiter in-process) is visible too.
+    Logging warnings become breadcrumbs and errors become events; degraded modes
+    are reported as warnings (:func:`capture_warning`). ``options`` go to
+    ``sentry_sdk.init`` (e.g. a ``transport`` in tests).
     """
     global _enabled
     if settings.sentry_dsn is None:
@@ -47,7 +48,10 @@ def init_sentry(settings: Settings, component: str) -> bool:
         environment=settings.environment,
         release="waorch@0.1.0",
         send_default_pii=False,
+        # Frame locals would carry message texts and keys into Sentry (STYLE: never a body, never a secret).
+        include_local_variables=False,
         traces_sample_rate=0.0,
+        **options,
     )
     sentry_sdk.set_tag("component", component)
     sentry_sdk.set_tag("connector_id", settings.connector_id)
@@ -58,6 +62,15 @@ def init_sentry(settings: Settings, component: str) -> bool:
 
 def sentry_enabled() -> bool:
     return _enabled
+
+
+def close_sentry() -> None:
+    """Flush and switch Sentry off (process exit, tests)."""
+    global _enabled
+    if _enabled:
+        sentry_sdk.flush(timeout=2)
+        sentry_sdk.init(dsn=None)
+    _enabled = False
 
 
 def capture_warning(message: str, *, operation: str, company_id: str | None = None) -> None:
