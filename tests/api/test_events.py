@@ -11,13 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 import websockets
+from pydantic import SecretStr
 from temporalio.client import Client
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidStatus
 
-from cli.embedded import wait_until
+from cli.embedded import EmbeddedRedis, free_port, wait_until
+from domain.events import Event, EventType
 from domain.settings import Settings
+from infra.redis import EventPublisher
 from tests.api.conftest import ADMIN, ADMIN_KEY, company, connector_process, run_worker, serve_uvicorn
 
 pytestmark = pytest.mark.timeout(120)
@@ -123,3 +127,34 @@ async def test_connector_process_events_reach_websockets_per_company(
             assert a not in json.dumps(public) and api_settings.connector_id not in json.dumps(public)
             assert next(c for c in public["checks"] if c["name"] == "connector")["pollers"] >= 1
             assert proc.poll() is None
+
+
+async def test_websocket_events_resume_after_a_redis_restart(
+    client: Client, api_settings: Settings, tmp_path: Path
+) -> None:
+    own = EmbeddedRedis(tmp_path / "redis", free_port())
+    own.start()
+    settings = api_settings.model_copy(update={"redis_url": SecretStr(own.url)})
+    cid = company()
+    try:
+        async with serve_uvicorn(settings, client) as (api, port):
+            async with websockets.connect(f"ws://127.0.0.1:{port}/api/whatsapp/events?company={cid}",
+                                          additional_headers=ADMIN) as ws:
+                own.stop()
+                own.start()
+                probe = aioredis.from_url(own.url, decode_responses=True)
+                try:
+                    async def resubscribed() -> bool:
+                        counts = await probe.pubsub_numsub(settings.events_channel)
+                        return bool(counts and counts[0][1] >= 1)
+
+                    await wait_until(resubscribed, 20)
+                    await EventPublisher(probe, settings.events_channel).publish(
+                        Event(type=EventType.CONNECTED, company_id=cid, data={"jid": "1@s.whatsapp.net"})
+                    )
+                    event = await _next_event(ws, lambda e: e["type"] == "connected")
+                    assert event["companyId"] == cid
+                finally:
+                    await probe.aclose()
+    finally:
+        own.stop()
