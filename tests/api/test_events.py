@@ -137,7 +137,7 @@ async def test_websocket_events_resume_after_a_redis_restart(
     settings = api_settings.model_copy(update={"redis_url": SecretStr(own.url)})
     cid = company()
     try:
-        async with serve_uvicorn(settings, client) as (api, port):
+        async with serve_uvicorn(settings, client) as (_api, port):
             async with websockets.connect(f"ws://127.0.0.1:{port}/api/whatsapp/events?company={cid}",
                                           additional_headers=ADMIN) as ws:
                 own.stop()
