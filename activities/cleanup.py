@@ -25,6 +25,7 @@ Everything is counted in one transaction; dry-run counts the same and rolls back
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -194,7 +195,8 @@ async def cleanup_store(settings: Settings, db: Database, *, dry_run: bool, verb
             else:
                 await tr.commit()
         except BaseException:
-            await tr.rollback()
+            with contextlib.suppress(Exception):  # the commit itself may be what failed
+                await tr.rollback()
             raise
         heartbeat("deleted", total)
         if not dry_run and total:
@@ -207,7 +209,7 @@ async def cleanup_store(settings: Settings, db: Database, *, dry_run: bool, verb
             rows_to_delete=total,
             rows_deleted=0 if dry_run else total,
             deleted={k: v for k, v in counts.items() if v},
-            removed_company_devices=removed,
+            removed_company_devices=len(removed),
             sizes_before=sizes_before,
             sizes_after=sizes_after,
             bytes_before=before_bytes,
@@ -217,6 +219,7 @@ async def cleanup_store(settings: Settings, db: Database, *, dry_run: bool, verb
             warnings=[],
         )
         if verbose:
+            report["removed_company_device_jids"] = removed  # phone numbers: only when asked for
             report["index_sizes_before"] = indexes_before
             report["index_sizes_after"] = await index_sizes(conn)
     if total > settings.cleanup_warn_rows:

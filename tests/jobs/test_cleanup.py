@@ -120,6 +120,8 @@ async def test_dry_run_then_cleanup_deletes_old_secrets_and_removed_credentials_
     assert dry["warnings"] == ["cleanup would delete 1337 rows (more than 1000)"]
     assert "whatsmeow_message_secrets" in real["sizes_before"] and real["bytes_freed"] >= 0
     assert any(name.startswith("whatsmeow_message_secrets") for name in dry["index_sizes_before"])
+    assert dry["removed_company_device_jids"] == [REMOVED] and real["removed_company_devices"] == 1
+    assert "removed_company_device_jids" not in real  # phone numbers only in a verbose report
     # Nothing old is left: a second run has nothing to do.
     db = Database(store_dsn)
     try:
