@@ -26,7 +26,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackProcess]:
     s.kill()
 
 
-def waorch(stack: StackProcess, *args: str, ok: bool = True, key: str | None = None) -> subprocess.CompletedProcess[str]:
+def waorch(
+    stack: StackProcess, *args: str, ok: bool = True, key: str | None = None
+) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "cli.main", *args] + (["--key", key] if key else [])
     res = subprocess.run(cmd, env=stack.cli_env(), capture_output=True, text=True, timeout=120)
     if ok:
