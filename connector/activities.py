@@ -43,8 +43,8 @@ from domain.session import (
     HoldOutcome,
     HoldOutcomeKind,
     HoldRequest,
-    IncomingMessage,
     InboxWorkflowInput,
+    IncomingMessage,
     OutboxEntry,
     PairingCodeSignal,
     QrSignal,
@@ -169,11 +169,12 @@ class ConnectorActivities:
         )
         hb = activity.info().heartbeat_timeout
         interval = max(0.5, hb.total_seconds() / 3) if hb else 5.0
-        stop_wait = asyncio.ensure_future(self._shutting_down.wait())
+        stop_wait: asyncio.Future[Any] = asyncio.ensure_future(self._shutting_down.wait())
         try:
             while not outcome_f.done():
                 activity.heartbeat()
-                await asyncio.wait({outcome_f, stop_wait}, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+                waits: set[asyncio.Future[Any]] = {outcome_f, stop_wait}
+                await asyncio.wait(waits, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
                 if stop_wait.done() and not outcome_f.done():
                     await self.transport.stop(cid)
                     raise ApplicationError(

@@ -3,6 +3,13 @@
 It polls the shared queue ``connector`` (hold-a-session tasks, any live
 connector may take one) and its own ``connector.<id>`` (sends, logouts,
 simulator controls for the sessions it holds).
+
+Start: migrate the project tables (and, for neonize, the whatsmeow store,
+once and serially), then start the session workflow of every company that has
+stored credentials (idempotent: a running workflow is left alone).
+SIGTERM (SPEC S9): close every connection without logout and fail the holds
+as "connector shutting down", so Temporal hands the sessions to the next
+connector at once; SIGKILL is caught by the hold's heartbeat timeout instead.
 """
 
 from __future__ import annotations
@@ -10,15 +17,26 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
 from temporalio import activity
+from temporalio.client import Client
 from temporalio.worker import Worker
 
+from connector.activities import ConnectorActivities
+from connector.devices import DeviceDirectory
+from connector.transport import Transport
 from domain.settings import Settings
 from infra.process import stop_event_on_signals
+from infra.redis import EventPublisher, redis_client
+from infra.sessions import ensure_session_started
 from infra.temporal import connect_temporal
+from storage import Database, migrate
 
 log = logging.getLogger("waorch.connector")
+
+# Hold activities are long-lived and mostly idle: one slot per held session.
+MAX_SESSIONS_PER_CONNECTOR = 5000
 
 
 @dataclass
@@ -38,12 +56,91 @@ class ConnectorControl:
         return ConnectorInfo(s.connector_id, s.wa_transport, s.connector_own_queue)
 
 
-async def run_connector(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    client = await connect_temporal(settings, identity=f"connector@{settings.connector_id}")
-    stop = stop or stop_event_on_signals()
+async def build_transport(settings: Settings, devices: DeviceDirectory) -> Transport:
+    if settings.wa_transport == "simulator":
+        from connector.simulator import SimulatorTransport
+
+        return SimulatorTransport(
+            devices,
+            qr_first_timeout_s=settings.qr_first_timeout_s,
+            qr_next_timeout_s=settings.qr_next_timeout_s,
+            qr_total_timeout_s=settings.qr_total_timeout_s,
+        )
+    from connector.neonize_store import ensure_store_schema
+    from connector.neonize_transport import NeonizeTransport
+
+    await ensure_store_schema(settings.database_dsn)
+    return NeonizeTransport(settings.database_dsn, devices, settings=settings)
+
+
+def connector_workers(client: Client, settings: Settings, acts: ConnectorActivities) -> list[Worker]:
+    """The two workers of a connector: the shared hold queue and this connector's own queue."""
     control = ConnectorControl(settings)
-    own = Worker(client, task_queue=settings.connector_own_queue, activities=[control.describe_connector])
-    log.info("connector started id=%s transport=%s", settings.connector_id, settings.wa_transport)
-    async with own:
-        await stop.wait()
-    log.info("connector stopped id=%s", settings.connector_id)
+    shared = Worker(
+        client,
+        task_queue=settings.temporal_connector_queue,
+        activities=acts.shared_queue_activities(),
+        max_concurrent_activities=MAX_SESSIONS_PER_CONNECTOR,
+        graceful_shutdown_timeout=timedelta(seconds=5),
+    )
+    own = Worker(
+        client,
+        task_queue=settings.connector_own_queue,
+        activities=[*acts.own_queue_activities(), control.describe_connector],
+        max_concurrent_activities=200,
+        graceful_shutdown_timeout=timedelta(seconds=5),
+    )
+    return [shared, own]
+
+
+async def resume_stored_sessions(client: Client, settings: Settings, devices: DeviceDirectory) -> int:
+    """Start the session workflow of every company with stored credentials (idempotent)."""
+    companies = await devices.companies_with_devices()
+    sem = asyncio.Semaphore(20)
+
+    async def one(cid: str) -> None:
+        async with sem:
+            try:
+                await ensure_session_started(client, settings, cid)
+            except Exception as exc:
+                log.warning("could not start session company_id=%s error=%s", cid, exc)
+
+    await asyncio.gather(*(one(c) for c in companies))
+    if companies:
+        log.info("sessions ensured for stored devices count=%d", len(companies))
+    return len(companies)
+
+
+async def run_connector(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    stop = stop or stop_event_on_signals()
+    client = await connect_temporal(settings, identity=f"connector@{settings.connector_id}")
+    db = Database(settings.database_dsn, max_size=settings.db_pool_max)
+    await migrate(db)
+    redis = redis_client(settings)
+    devices = DeviceDirectory(db)
+    transport = await build_transport(settings, devices)
+    acts = ConnectorActivities(
+        settings, client, transport, devices, EventPublisher(redis, settings.events_channel)
+    )
+    workers = connector_workers(client, settings, acts)
+    tasks = [asyncio.create_task(w.run()) for w in workers]
+    log.info(
+        "connector started id=%s transport=%s own_queue=%s",
+        settings.connector_id, settings.wa_transport, settings.connector_own_queue,
+    )
+    try:
+        await resume_stored_sessions(client, settings, devices)
+        stopped = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        for task in done:
+            if task is not stopped and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        log.info("connector stopping id=%s held=%d", settings.connector_id, len(acts.held))
+        await acts.shutdown()
+        await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await db.close()
+        await redis.aclose()
+        log.info("connector stopped id=%s", settings.connector_id)

@@ -69,6 +69,7 @@ SESSION_STATE_KEY = SearchAttributeKey.for_keyword(SEARCH_ATTRIBUTE_SESSION_STAT
 # A hold lasts as long as the connection: bounded by heartbeats, not by a run time.
 HOLD_START_TO_CLOSE = timedelta(days=3650)
 HISTORY_KEEP = 30
+RELEASE_WAIT = timedelta(seconds=10)
 WAITING_STATES = frozenset({SessionState.REPLACED, SessionState.LOGGED_OUT, SessionState.FAILED})
 
 
@@ -226,8 +227,15 @@ class SessionWorkflow:
             lambda: handle.done() or self._pause or self._logout or self._remove or self._restart_hold
         )
         if not handle.done():
-            await self._release_holder(logout=self._logout or self._remove)
-            handle.cancel()
+            if await self._release_holder(logout=self._logout or self._remove):
+                # The holder closed the connection: its hold is completing. Cancelling an
+                # activity that has completed meanwhile would be a command on a dead activity.
+                try:
+                    await workflow.wait_condition(handle.done, timeout=RELEASE_WAIT)
+                except TimeoutError:
+                    pass
+            if not handle.done():
+                handle.cancel()
         lost = False
         try:
             outcome = await handle
@@ -248,13 +256,16 @@ class SessionWorkflow:
             self._st.pairing_code = None
         return outcome, lost
 
-    async def _release_holder(self, *, logout: bool) -> None:
-        """Ask the connector that holds the session to close it now (a cancel waits for a heartbeat)."""
+    async def _release_holder(self, *, logout: bool) -> bool:
+        """Ask the connector that holds the session to close it now (a cancel waits for a heartbeat).
+
+        Returns whether the holder had the connection and closed it.
+        """
         queue = self._st.holder_queue
         if not queue:
-            return
+            return False
         try:
-            await workflow.execute_activity(
+            released: bool = await workflow.execute_activity(
                 ACTIVITY_LOGOUT_DEVICE if logout else ACTIVITY_RELEASE_SESSION,
                 self._inp.company_id,
                 task_queue=queue,
@@ -262,8 +273,10 @@ class SessionWorkflow:
                 schedule_to_close_timeout=timedelta(seconds=30),
                 retry_policy=RetryPolicy(maximum_attempts=2),
             )
+            return released
         except ActivityError as err:
             workflow.logger.warning("release failed company_id=%s error=%s", self._inp.company_id, err.cause)
+            return False
 
     async def _after_hold(self, result: tuple[HoldOutcome, bool]) -> None:
         outcome, lost = result

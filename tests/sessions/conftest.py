@@ -3,6 +3,8 @@ both in the test's event loop, so a test drives the simulated phone directly."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -24,7 +26,7 @@ from connector.activities import ConnectorActivities
 from connector.devices import DeviceDirectory
 from connector.main import connector_workers
 from connector.simulator import SimulatorTransport
-from domain.session import SessionAlert, SessionStatus
+from domain.session import SessionAlert, SessionStatus, session_workflow_id
 from domain.settings import Settings
 from domain.states import SessionState
 from infra.redis import EventPublisher
@@ -51,8 +53,10 @@ class SessionStack:
     alerts: list[SessionAlert]
     search_attributes: bool
     events: list[dict[str, Any]] = field(default_factory=list)
+    companies: set[str] = field(default_factory=set)
 
     async def initialize(self, company_id: str, pairing_phone: str | None = None):
+        self.companies.add(company_id)
         return await initialize_session(
             self.client, self.settings, company_id, pairing_phone, search_attributes=self.search_attributes
         )
@@ -71,14 +75,19 @@ class SessionStack:
         try:
             await wait_until(ok, timeout, interval=0.05)
         except TimeoutError:
-            raise AssertionError(f"{company_id}: condition not met; status {await self.status(company_id)}")
+            st = await self.status(company_id)
+            raise AssertionError(f"{company_id}: condition not met; status {st}") from None
         return await self.status(company_id)
 
     async def wait_state(self, company_id: str, state: SessionState, timeout: float = 15.0) -> SessionStatus:
         return await self.wait_for(company_id, lambda s: s.state is state, timeout)
 
     async def skip(self, seconds: float) -> None:
-        """Advance Temporal time (time-skipping server only)."""
+        """Advance Temporal time (time-skipping server only).
+
+        The server cannot skip while an activity runs, so callers skip to just
+        before a timer that would start a hold, and let the rest pass in real time.
+        """
         assert self.env is not None
         await self.env.sleep(seconds)
 
@@ -92,6 +101,7 @@ async def session_stack(
     *,
     env: WorkflowEnvironment | None,
     search_attributes: bool,
+    extra_workflows: tuple[type, ...] = (),
     **overrides: Any,
 ) -> AsyncIterator[SessionStack]:
     client = pydantic_client(client)
@@ -124,7 +134,7 @@ async def session_stack(
     core = Worker(
         client,
         task_queue=settings.temporal_core_queue,
-        workflows=[SessionWorkflow],
+        workflows=[SessionWorkflow, *extra_workflows],
         activities=[record_alert, session_acts.delete_credentials, session_acts.publish_session_event],
     )
     stack = SessionStack(env, client, settings, sim, connector, db, alerts, search_attributes)
@@ -132,11 +142,10 @@ async def session_stack(
     await pubsub.subscribe(settings.events_channel)
 
     async def collect() -> None:
-        async for msg in pubsub.listen():
-            if msg.get("type") == "message":
-                stack.events.append(json.loads(msg["data"]))
-
-    import asyncio
+        with contextlib.suppress(aioredis.ConnectionError, asyncio.CancelledError):
+            async for msg in pubsub.listen():
+                if msg.get("type") == "message":
+                    stack.events.append(json.loads(msg["data"]))
 
     collector = asyncio.create_task(collect())
     async with AsyncExitStack() as stack_cm:
@@ -146,8 +155,18 @@ async def session_stack(
         try:
             yield stack
         finally:
+            # The time-skipping server does not skip while any activity is pending, and
+            # terminating a workflow whose hold is running leaks that lock for good:
+            # pause each session first (its hold ends cleanly), then terminate it.
+            for cid in stack.companies:
+                with contextlib.suppress(Exception):
+                    if await session_status(client, cid) is not None:
+                        await client.get_workflow_handle(session_workflow_id(cid)).signal("pause")
+                        await stack.wait_state(cid, SessionState.PAUSED, timeout=10)
+                        await client.get_workflow_handle(session_workflow_id(cid)).terminate("test over")
             await connector.shutdown(timeout=5)
     collector.cancel()
+    await asyncio.gather(collector, return_exceptions=True)
     await pubsub.aclose()
 
 
@@ -155,9 +174,10 @@ async def session_stack(
 async def ts_stack(ts_env, make_settings, db, redis_client) -> AsyncIterator[Callable[..., Any]]:
     """A factory: ``async with ts_stack(**settings_overrides) as s`` on the time-skipping server."""
 
-    def make(**overrides: Any):
+    def make(extra_workflows: tuple[type, ...] = (), **overrides: Any):
         return session_stack(
-            ts_env.client, make_settings, db, redis_client, env=ts_env, search_attributes=False, **overrides
+            ts_env.client, make_settings, db, redis_client, env=ts_env, search_attributes=False,
+            extra_workflows=extra_workflows, **overrides,
         )
 
     yield make
