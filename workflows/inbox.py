@@ -9,15 +9,15 @@ run in parallel.
 
 Per message: ``handle_incoming`` (webhook, callable or echo; first a local
 activity, then, if that fails, an activity retried by Temporal with backoff for
-the retry window) → when the handler
-answers with a reply, the company's send rate limit (the API's limiter) and
-the connector's ``send_message`` activity on the holder's queue, attempted
-once exactly as ``SendMessage`` does it (a retry after a lost answer could send
-twice). Not a ``SendMessage`` child workflow: measured with ``bench/inbox.py``,
-a child per reply cost 3× the server work of the whole message (0.40 of the
-bare round trip instead of 1.16). The WhatsApp id is claimed in Redis for a day
-(the chain of runs that claimed it may handle it; any other run drops it), so a
-redelivery after the inbox went idle is not handled, nor replied to, twice.
+the retry window) → when the handler answers with a reply, the company's send
+rate limit (the API's limiter) and the connector's ``send_message`` activity on
+the holder's queue, attempted once exactly as ``SendMessage`` does it (a retry
+after a lost answer could send twice). Not a ``SendMessage`` child workflow:
+measured with ``bench/inbox.py`` (3 companies × 2 chats), a child per reply
+gave 0.40 of the bare round trip's throughput, the activity 1.16. The WhatsApp
+id is claimed in Redis for a day (the chain of runs that claimed it may handle
+it; any other run drops it), so a redelivery after the inbox went idle is not
+handled, nor replied to, twice.
 
 A handler that keeps failing past the window does not block the chat and is
 not lost: an alert goes out and a ``FailedInboxMessage`` workflow holding the

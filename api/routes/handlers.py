@@ -2,7 +2,7 @@
 
 ``PUT /api/companies/{id}/handler`` with ``{"type": "webhook"|"callable"|"echo"|"none"|"default",
 "url", "secret", "callable", "eventWebhookUrl"}``; ``GET`` shows it. The secret
-signs webhook bodies (``X-Signature-256``) and is never returned, only whether
+signs webhook and event-webhook bodies (``X-Signature-256``) and is never returned, only whether
 one is set and its last four characters. ``default`` clears the company's own
 choice: the settings' ``INBOX_DEFAULT_HANDLER`` applies. The inbox reads the row
 for every message, so a change applies to the next one.

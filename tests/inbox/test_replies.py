@@ -9,7 +9,10 @@ from datetime import UTC, datetime
 import pytest
 from temporalio.common import WorkflowIDConflictPolicy
 
+from cli.embedded import wait_until
 from domain.session import INBOX_WORKFLOW, SIGNAL_INBOX_MESSAGE, InboxWorkflowInput, IncomingMessage, inbox_workflow_id
+from tests.inbox.test_inbox import summary
+from workflows.inbox import InboxSummary
 
 CHAT = "79995550000@s.whatsapp.net"
 
@@ -44,3 +47,21 @@ async def test_own_messages_are_not_answered(make_inbox):
         await s.wait(lambda: len(s.outbox()) >= 1, 20, "the echo")
         await asyncio.sleep(0.3)
         assert [(e.text, e.quoted) for e in s.outbox()] == [("echo: a customer writes", theirs)]
+
+
+@pytest.mark.timeout(60)
+async def test_company_without_a_handler_gets_the_settings_default(make_inbox):
+    async with make_inbox(inbox_default_handler="echo") as s:
+        mid = await s.inject("no handler configured", chat=CHAT)
+        await s.wait(lambda: len(s.outbox()) >= 1, 20, "the default echo")
+        assert [(e.text, e.quoted) for e in s.outbox()] == [("echo: no handler configured", mid)]
+        await s.set_handler("none")  # the company's own choice wins over the default
+        await s.inject("now silence", chat=CHAT)
+        last = await s.inject("still silence", chat=CHAT)
+
+        async def handled() -> bool:
+            info: InboxSummary = await summary(s, CHAT)
+            return bool(info.last_message_id == last)
+
+        await wait_until(handled, 20)
+        assert len(s.outbox()) == 1
