@@ -102,6 +102,8 @@ async def session_stack(
     env: WorkflowEnvironment | None,
     search_attributes: bool,
     extra_workflows: tuple[type, ...] = (),
+    transport: Any = None,
+    with_connector: bool = True,
     **overrides: Any,
 ) -> AsyncIterator[SessionStack]:
     client = pydantic_client(client)
@@ -129,7 +131,7 @@ async def session_stack(
         qr_next_timeout_s=settings.qr_next_timeout_s,
         qr_total_timeout_s=settings.qr_total_timeout_s,
     )
-    connector = ConnectorActivities(settings, client, sim, devices, events)
+    connector = ConnectorActivities(settings, client, transport(devices) if transport else sim, devices, events)
     session_acts = SessionActivities(db, events)
     core = Worker(
         client,
@@ -150,7 +152,7 @@ async def session_stack(
     collector = asyncio.create_task(collect())
     async with AsyncExitStack() as stack_cm:
         await stack_cm.enter_async_context(core)
-        for w in connector_workers(client, settings, connector):
+        for w in connector_workers(client, settings, connector) if with_connector else []:
             await stack_cm.enter_async_context(w)
         try:
             yield stack
@@ -174,10 +176,10 @@ async def session_stack(
 async def ts_stack(ts_env, make_settings, db, redis_client) -> AsyncIterator[Callable[..., Any]]:
     """A factory: ``async with ts_stack(**settings_overrides) as s`` on the time-skipping server."""
 
-    def make(extra_workflows: tuple[type, ...] = (), **overrides: Any):
+    def make(extra_workflows: tuple[type, ...] = (), transport: Any = None, **overrides: Any):
         return session_stack(
             ts_env.client, make_settings, db, redis_client, env=ts_env, search_attributes=False,
-            extra_workflows=extra_workflows, **overrides,
+            extra_workflows=extra_workflows, transport=transport, **overrides,
         )
 
     yield make

@@ -1,0 +1,180 @@
+"""Restarts are invisible (SPEC S1, S9, O3, O8): a real dev server, real connector processes.
+
+The session workflows run in-process here; the connections live in connector
+subprocesses. Companies are "already paired" (device rows in PostgreSQL), so
+every (re)connection must come from the stored credentials — a QR anywhere is
+a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from contextlib import AsyncExitStack
+
+import pytest
+
+from cli.embedded import TemporalDevConfig, TemporalDevServer, free_port, wait_until
+from domain.session import SessionStatus
+from domain.states import SessionState
+from infra.sessions import initialize_session, list_sessions, session_status
+from tests.sessions.conftest import pydantic_client, session_stack
+from tests.sessions.procs import ConnectorProcess
+
+pytestmark = pytest.mark.slow
+
+BAD_STATES = {SessionState.QR, SessionState.LOGGED_OUT, SessionState.FAILED, SessionState.REPLACED}
+
+
+async def seed_paired(db, companies: list[str]) -> None:
+    for cid in companies:
+        jid = f"7999{random.randrange(10**9):09d}:1@s.whatsapp.net"
+        await db.execute("INSERT INTO sim_devices (company_id, jid, phone) VALUES ($1, $2, $3)", cid, jid,
+                         jid.split(":")[0])
+        await db.execute("INSERT INTO companies (company_id, device_jid) VALUES ($1, $2)", cid, jid)
+
+
+async def statuses(client, companies: list[str]) -> list[SessionStatus]:
+    out = await asyncio.gather(*(session_status(client, c) for c in companies))
+    assert all(s is not None for s in out)
+    return [s for s in out if s is not None]
+
+
+async def all_connected(client, companies: list[str], timeout: float, holders: set[str] | None = None) -> None:
+    async def ok() -> bool:
+        sts = await statuses(client, companies)
+        assert not [s for s in sts if s.state in BAD_STATES], [(s.company_id, s.state) for s in sts]
+        return all(s.state is SessionState.CONNECTED and (holders is None or s.holder_queue in holders)
+                   for s in sts)
+
+    await wait_until(ok, timeout, interval=0.2)
+
+
+def assert_clean_history(sts: list[SessionStatus]) -> None:
+    for st in sts:
+        assert st.qr_sequence == 0, st
+        states = {h.split(" ", 1)[1] for h in st.history}
+        assert states <= {"starting", "connecting", "connected"}, st.history
+
+
+@pytest.fixture
+def companies() -> list[str]:
+    return [f"company_{uuid.uuid4().int % 10**9}" for _ in range(4)]
+
+
+async def test_concurrent_initialize_is_one_session_with_search_attributes(dev_env, make_settings, db, redis_client):
+    digits = str(random.randrange(10**8, 10**9))
+    async with session_stack(dev_env.client, make_settings, db, redis_client, env=None,
+                             search_attributes=True) as s:
+        a, b = await asyncio.gather(s.initialize(digits), s.initialize(f" company_{digits} "))
+        cid = f"company_{digits}"
+        s.companies.add(cid)
+        assert a.state is SessionState.QR and b.state is SessionState.QR
+        assert s.sim.dials[cid] == 1 and s.sim.held == [cid]  # one connection
+        runs = [w async for w in s.client.list_workflows(f'WorkflowId = "session-{cid}"')]
+        assert len(runs) == 1
+        await s.sim.scan(cid)
+        await s.wait_state(cid, SessionState.CONNECTED)
+
+        async def listed() -> bool:
+            return (cid, SessionState.CONNECTED) in await list_sessions(s.client)
+
+        await wait_until(listed, 15, interval=0.2)
+        found = [w async for w in s.client.list_workflows(f'CompanyId = "{cid}" AND SessionState = "connected"')]
+        assert [w.id for w in found] == [f"session-{cid}"]
+
+
+async def test_connector_sigkill_then_sigterm_sessions_come_back_without_qr(
+    dev_env, make_settings, db, redis_client, tmp_path, companies
+):
+    client = pydantic_client(dev_env.client)
+    await seed_paired(db, companies)
+    async with AsyncExitStack() as stack:
+        s = await stack.enter_async_context(
+            session_stack(dev_env.client, make_settings, db, redis_client, env=None, search_attributes=True,
+                          hold_heartbeat_timeout_s=3, with_connector=False)
+        )
+        s.companies.update(companies)
+        target = dev_env.client.service_client.config.target_host
+        first = ConnectorProcess(s.settings, "c1-" + uuid.uuid4().hex[:6], tmp_path, target).start()
+        stack.callback(first.stop)
+        await asyncio.gather(*(initialize_session(client, s.settings, c) for c in companies))
+        await all_connected(client, companies, 30, {first.queue})
+
+        first.kill()  # SIGKILL: the heartbeat timeout (3 s) hands the sessions back
+        second = ConnectorProcess(s.settings, "c2-" + uuid.uuid4().hex[:6], tmp_path, target).start()
+        stack.callback(second.stop)
+        await all_connected(client, companies, 40, {second.queue})
+
+        assert second.terminate() == 0, second.log()  # SIGTERM: closes without logout
+        assert await db.fetchval("SELECT count(*) FROM sim_devices WHERE company_id = ANY($1)", companies) == 4
+        sts = await statuses(client, companies)
+        assert all(st.state is SessionState.CONNECTING for st in sts), [st.state for st in sts]
+        third = ConnectorProcess(s.settings, "c3-" + uuid.uuid4().hex[:6], tmp_path, target).start()
+        stack.callback(third.stop)
+        await all_connected(client, companies, 40, {third.queue})
+        sts = await statuses(client, companies)
+        assert_clean_history(sts)
+        assert not [e for e in s.events if e["type"] == "qr"]
+
+
+async def test_two_connectors_each_session_held_once_and_failover(
+    dev_env, make_settings, db, redis_client, tmp_path, companies
+):
+    client = pydantic_client(dev_env.client)
+    await seed_paired(db, companies)
+    async with AsyncExitStack() as stack:
+        s = await stack.enter_async_context(
+            session_stack(dev_env.client, make_settings, db, redis_client, env=None, search_attributes=True,
+                          hold_heartbeat_timeout_s=3, with_connector=False)
+        )
+        s.companies.update(companies)
+        target = dev_env.client.service_client.config.target_host
+        one = ConnectorProcess(s.settings, "a-" + uuid.uuid4().hex[:6], tmp_path, target).start()
+        two = ConnectorProcess(s.settings, "b-" + uuid.uuid4().hex[:6], tmp_path, target).start()
+        stack.callback(one.stop)
+        stack.callback(two.stop)
+        await asyncio.sleep(2)  # both polling
+        await asyncio.gather(*(initialize_session(client, s.settings, c) for c in companies))
+        await all_connected(client, companies, 30, {one.queue, two.queue})
+        held_events = [e for e in s.events if e["type"] == "connected"]
+        assert sorted(e["companyId"] for e in held_events) == sorted(companies)  # one connection each
+        sts = await statuses(client, companies)
+        victim = one if any(st.holder_queue == one.queue for st in sts) else two
+        survivor = two if victim is one else one
+        victim.kill()
+        await all_connected(client, companies, 40, {survivor.queue})
+        assert_clean_history(await statuses(client, companies))
+
+
+async def test_temporal_dev_server_restart_keeps_sessions(make_settings, db, redis_client, tmp_path, companies):
+    config = TemporalDevConfig(port=free_port(), ui_port=free_port(), db_filename="temporal.db",
+                               search_attributes={"CompanyId": "Keyword", "SessionState": "Keyword"},
+                               sqlite_pragmas={"journal_mode": "wal"})
+    server = TemporalDevServer(config, tmp_path / "temporal", ui=False)
+    await asyncio.to_thread(server.start)
+    try:
+        from temporalio.client import Client
+
+        raw = await Client.connect(server.address)
+        await seed_paired(db, companies)
+        async with AsyncExitStack() as stack:
+            s = await stack.enter_async_context(
+                session_stack(raw, make_settings, db, redis_client, env=None, search_attributes=True,
+                              hold_heartbeat_timeout_s=3, with_connector=False)
+            )
+            s.companies.update(companies)
+            conn = ConnectorProcess(s.settings, "r-" + uuid.uuid4().hex[:6], tmp_path, server.address).start()
+            stack.callback(conn.stop)
+            await asyncio.gather(*(initialize_session(s.client, s.settings, c) for c in companies))
+            await all_connected(s.client, companies, 30, {conn.queue})
+
+            await asyncio.to_thread(server.stop)
+            await asyncio.to_thread(server.start)
+            await asyncio.sleep(5)  # workers and the connector find the server again
+            await all_connected(s.client, companies, 60, {conn.queue})
+            assert_clean_history(await statuses(s.client, companies))
+            assert conn.proc is not None and conn.proc.poll() is None, conn.log()
+    finally:
+        await asyncio.to_thread(server.stop)
