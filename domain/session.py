@@ -233,6 +233,7 @@ class SessionWorkflowInput:
     pairing_phone: str | None = None
     # Carried through continue-as-new.
     carried: SessionStatus | None = None
+    down_since: datetime | None = None  # a grace period still running (SPEC H4)
 
 
 @dataclass

@@ -107,7 +107,7 @@ class SessionWorkflow:
         # Grace-period alerts (SPEC H4).
         self._down_since: datetime | None = None
         self._down_episode = 0
-        self._alerts_pending = 0
+        self._alerts_sending = 0
         self._alert_tasks: set[asyncio.Task[None]] = set()
         self._finished = False
 
@@ -116,6 +116,8 @@ class SessionWorkflow:
     @workflow.run
     async def run(self, inp: SessionWorkflowInput) -> SessionStatus:
         self._publish_state(force=True)
+        if inp.down_since is not None and self._st.state is not SessionState.CONNECTED:
+            self._start_down_episode(since=inp.down_since)  # the grace period goes on across runs
         while True:
             if self._remove:
                 await self._do_remove()
@@ -163,13 +165,17 @@ class SessionWorkflow:
                 await self._event("reconnecting", attempt=str(self._st.attempt))
             if (
                 workflow.info().is_continue_as_new_suggested()
-                and self._alerts_pending == 0
+                and self._alerts_sending == 0
                 and not self._any_request()
             ):
                 await workflow.wait_condition(workflow.all_handlers_finished)
-                if not self._any_request():
+                if not self._any_request() and self._alerts_sending == 0:
+                    # A grace timer still sleeping is not lost: its start goes with the new run.
                     workflow.continue_as_new(
-                        dataclasses.replace(self._inp, carried=self._st, pairing_phone=self._pairing_phone)
+                        dataclasses.replace(
+                            self._inp, carried=self._st, pairing_phone=self._pairing_phone,
+                            down_since=self._down_since,
+                        )
                     )
             outcome = await self._hold()
             await self._after_hold(outcome)
@@ -379,12 +385,11 @@ class SessionWorkflow:
 
     # ------------------------------------------------------------------ alerts and events
 
-    def _start_down_episode(self) -> None:
+    def _start_down_episode(self, since: datetime | None = None) -> None:
         if self._down_since is not None:
             return
-        self._down_since = workflow.now()
+        self._down_since = since or workflow.now()
         self._down_episode += 1
-        self._alerts_pending += 1
         task = asyncio.create_task(self._grace_alert(self._down_episode))
         self._alert_tasks.add(task)
         task.add_done_callback(self._alert_tasks.discard)
@@ -395,15 +400,18 @@ class SessionWorkflow:
         self._down_episode += 1
 
     async def _grace_alert(self, episode: int) -> None:
-        try:
-            await workflow.sleep(timedelta(seconds=self._inp.alert_grace_s))
-            if self._down_episode == episode and self._down_since is not None:
+        assert self._down_since is not None
+        elapsed = (workflow.now() - self._down_since).total_seconds()
+        await workflow.sleep(timedelta(seconds=max(self._inp.alert_grace_s - elapsed, 0.001)))
+        if self._down_episode == episode and self._down_since is not None:
+            self._alerts_sending += 1
+            try:
                 await self._alert(
                     f"WhatsApp session of {self._inp.company_id} down since {self._down_since:%H:%M:%S} UTC "
                     f"({self._st.last_error or 'disconnected'})", "warning",
                 )
-        finally:
-            self._alerts_pending -= 1
+            finally:
+                self._alerts_sending -= 1
 
     async def _alert(self, text: str, severity: str) -> None:
         await workflow.execute_activity(

@@ -169,7 +169,7 @@ async def session_stack(
             await connector.shutdown(timeout=5)
     collector.cancel()
     await asyncio.gather(collector, return_exceptions=True)
-    await pubsub.aclose()
+    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
 @pytest.fixture

@@ -22,9 +22,10 @@ from domain.session import (
 )
 from domain.states import SessionState
 from infra.sessions import logout_session, remove_session, session_status, signal_session
+from tests.sessions.conftest import SessionStack
 
 
-async def connect(s, company_id: str) -> SessionStatus:
+async def connect(s: SessionStack, company_id: str) -> SessionStatus:
     first = await s.initialize(company_id)
     assert first.state is SessionState.QR
     await s.sim.scan(company_id)

@@ -178,3 +178,27 @@ async def test_temporal_dev_server_restart_keeps_sessions(make_settings, db, red
             assert conn.proc is not None and conn.proc.poll() is None, conn.log()
     finally:
         await asyncio.to_thread(server.stop)
+
+
+async def test_flapping_session_continues_as_new_and_keeps_its_state(dev_env, make_settings, db, redis_client):
+    # dev_env suggests continue-as-new after 50 history events.
+    cid = f"company_{uuid.uuid4().int % 10**9}"
+    async with session_stack(dev_env.client, make_settings, db, redis_client, env=None, search_attributes=True,
+                             backoff_base_s=0.05, backoff_cap_s=0.2, alert_grace_s=30) as s:
+        await s.initialize(cid)
+        jid = await s.sim.scan(cid)
+        await s.wait_state(cid, SessionState.CONNECTED)
+        handle = s.client.get_workflow_handle(f"session-{cid}")
+        first_run = (await handle.describe()).run_id
+        s.sim.flap(cid, times=12, interval_s=0.05)
+
+        async def flapped_and_settled() -> bool:
+            st = await s.status(cid)
+            return s.sim.dials[cid] >= 13 and st.state is SessionState.CONNECTED
+
+        await wait_until(flapped_and_settled, 60, interval=0.1)
+        desc = await handle.describe()
+        assert desc.run_id != first_run  # continued as new
+        st = await s.status(cid)
+        assert st.jid == jid and st.qr_sequence == 1
+        assert s.alerts == []  # every flap was shorter than the grace period
