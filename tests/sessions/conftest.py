@@ -160,12 +160,14 @@ async def session_stack(
             # The time-skipping server does not skip while any activity is pending, and
             # terminating a workflow whose hold is running leaks that lock for good:
             # pause each session first (its hold ends cleanly), then terminate it.
+            # (A real server has no such lock: there, terminate at once.)
             for cid in stack.companies:
                 with contextlib.suppress(Exception):
-                    if await session_status(client, cid) is not None:
+                    if env is not None and await session_status(client, cid) is not None:
                         await client.get_workflow_handle(session_workflow_id(cid)).signal("pause")
                         await stack.wait_state(cid, SessionState.PAUSED, timeout=10)
-                        await client.get_workflow_handle(session_workflow_id(cid)).terminate("test over")
+                with contextlib.suppress(Exception):
+                    await client.get_workflow_handle(session_workflow_id(cid)).terminate("test over")
             await connector.shutdown(timeout=5)
     collector.cancel()
     await asyncio.gather(collector, return_exceptions=True)

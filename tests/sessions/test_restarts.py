@@ -190,11 +190,11 @@ async def test_flapping_session_continues_as_new_and_keeps_its_state(dev_env, ma
         await s.wait_state(cid, SessionState.CONNECTED)
         handle = s.client.get_workflow_handle(f"session-{cid}")
         first_run = (await handle.describe()).run_id
-        s.sim.flap(cid, times=12, interval_s=0.05)
+        s.sim.flap(cid, times=6, interval_s=0.05)
 
         async def flapped_and_settled() -> bool:
             st = await s.status(cid)
-            return s.sim.dials[cid] >= 13 and st.state is SessionState.CONNECTED
+            return s.sim.dials[cid] >= 7 and st.state is SessionState.CONNECTED
 
         await wait_until(flapped_and_settled, 60, interval=0.1)
         desc = await handle.describe()
