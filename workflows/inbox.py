@@ -91,6 +91,17 @@ class InboxTuning:
 
 
 @dataclass
+class InboxEvent:
+    """One event (E1 shape) for the company's event webhook (E2)."""
+
+    company_id: str
+    type: str
+    event_id: str
+    timestamp: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class InboxRunInput:
     """The start argument. The connector gives only company and chat; continue-as-new carries the rest."""
 
@@ -102,6 +113,8 @@ class InboxRunInput:
     handled_before: int = 0
     duplicates_before: int = 0
     last_message_id: str | None = None
+    # Event-webhook deliveries still in flight at continue-as-new: the next run starts them again.
+    events: list[InboxEvent] = field(default_factory=list)
 
 
 @dataclass
@@ -132,17 +145,6 @@ class ReplySlot:
     allowed: bool
     holder_queue: str | None = None
     retry_after_s: float = 0.0
-
-
-@dataclass
-class InboxEvent:
-    """One event (E1 shape) for the company's event webhook (E2)."""
-
-    company_id: str
-    type: str
-    event_id: str
-    timestamp: str
-    data: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -177,7 +179,7 @@ class _MessageProcessing:
     def __init__(self, tuning: InboxTuning, claim: str) -> None:
         self.tuning = tuning
         self.claim = claim
-        self.event_tasks: list[asyncio.Future[Any]] = []
+        self.events: list[tuple[InboxEvent, asyncio.Future[Any]]] = []
 
     async def handle(self, msg: IncomingMessage, *, retry: bool = True) -> HandleOutcome:
         """The handler: first as a local activity (no task round trip: the common, healthy case), then,
@@ -267,27 +269,32 @@ class _MessageProcessing:
             return result
 
     def _event(self, company_id: str, kind: str, event_id: str, data: dict[str, Any]) -> None:
-        event = InboxEvent(company_id, kind, event_id, workflow.now().isoformat(), data)
-        self.event_tasks.append(
-            workflow.start_activity(
-                ACTIVITY_DELIVER_EVENT,
-                event,
-                start_to_close_timeout=timedelta(seconds=self.tuning.handler_attempt_timeout_s),
-                schedule_to_close_timeout=timedelta(seconds=self.tuning.retry_window_s),
-                retry_policy=RetryPolicy(
-                    initial_interval=timedelta(seconds=self.tuning.retry_initial_s),
-                    maximum_interval=timedelta(seconds=self.tuning.retry_max_interval_s),
-                ),
-                summary=f"{kind} event",
-            )
-        )
+        self.deliver(InboxEvent(company_id, kind, event_id, workflow.now().isoformat(), data))
 
-    async def drain_events(self) -> None:
-        """Wait for the event webhook deliveries started so far (before completing or continuing as new)."""
-        tasks, self.event_tasks = self.event_tasks, []
-        for done in await asyncio.gather(*tasks, return_exceptions=True):
-            if isinstance(done, BaseException):
-                workflow.logger.warning("event webhook delivery given up: %s", done)
+    def deliver(self, event: InboxEvent) -> None:
+        """Start one event-webhook delivery (E2); it runs beside the chat's messages, never blocking them."""
+        t = self.tuning
+        handle = workflow.start_activity(
+            ACTIVITY_DELIVER_EVENT,
+            event,
+            start_to_close_timeout=timedelta(seconds=t.handler_attempt_timeout_s),
+            schedule_to_close_timeout=timedelta(seconds=t.retry_window_s),
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(seconds=t.retry_initial_s),
+                maximum_interval=timedelta(seconds=t.retry_max_interval_s),
+            ),
+            summary=f"{event.type} event",
+        )
+        handle.add_done_callback(self._delivered)
+        self.events.append((event, handle))
+
+    def _delivered(self, done: asyncio.Future[Any]) -> None:
+        self.events = [(e, h) for e, h in self.events if h is not done]
+        if not done.cancelled() and done.exception() is not None:
+            workflow.logger.warning("event webhook delivery given up: %s", done.exception())
+
+    def undelivered(self) -> list[InboxEvent]:
+        return [e for e, h in self.events if not h.done()]
 
 
 def _not_sent(err: ActivityError) -> bool:
@@ -355,12 +362,16 @@ class InboxWorkflow:
         tuning = self._tuning
         info = workflow.info()
         processing = _MessageProcessing(tuning, f"{info.workflow_id}/{info.first_execution_run_id}")
+        for event in inp.events:
+            processing.deliver(event)
         while True:
             try:
                 await workflow.wait_condition(lambda: bool(self._pending), timeout=tuning.idle_s)
             except TimeoutError:
+                # Idle: done once the event deliveries are (messages arriving meanwhile are served first).
+                await workflow.wait_condition(lambda: bool(self._pending) or not processing.events)
                 if not self._pending:
-                    break  # idle: done. A later message starts a new run (signal-with-start).
+                    break  # a later message starts a new run (signal-with-start)
             while self._pending:
                 msg = self._pending[0]
                 await self._process(processing, msg)
@@ -374,14 +385,13 @@ class InboxWorkflow:
                 )
                 if (self._handled_this_run >= tuning.max_messages_per_run
                         or workflow.info().is_continue_as_new_suggested()):
-                    await processing.drain_events()
                     await workflow.wait_condition(workflow.all_handlers_finished)
                     del self._seen[: max(0, len(self._seen) - tuning.seen_ids)]
                     workflow.continue_as_new(
                         InboxRunInput(self._company_id, self._chat, list(self._pending), list(self._seen),
-                                      tuning, self._handled, self._duplicates, self._last)
+                                      tuning, self._handled, self._duplicates, self._last,
+                                      processing.undelivered())
                     )
-        await processing.drain_events()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.summary()
 
@@ -454,4 +464,4 @@ class FailedInboxMessageWorkflow:
             ) from None
         if outcome.reply:
             await processing.reply(inp.message, outcome)
-        await processing.drain_events()
+        await workflow.wait_condition(lambda: not processing.events)

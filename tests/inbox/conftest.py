@@ -192,8 +192,8 @@ class InboxStack:
 
 def inbox_settings(make_settings: Callable[..., Settings], client: Client, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
-        "inbox_webhook_connect_timeout_s": 1.0,
-        "inbox_webhook_timeout_s": 2.0,
+        "inbox_webhook_connect_timeout_s": 2.0,
+        "inbox_webhook_timeout_s": 5.0,
         "inbox_retry_initial_s": 0.2,
         "inbox_retry_max_interval_s": 1.0,
         "inbox_idle_s": 30.0,
@@ -240,7 +240,7 @@ async def connect(s: InboxStack) -> None:
         st = await session_status(s.client, s.company_id)
         return st is not None and st.state is SessionState.CONNECTED and bool(st.holder_queue)
 
-    await wait_until(connected, 20)
+    await wait_until(connected, 60)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from tests.api.conftest import ADMIN, ADMIN_KEY, serve_asgi
 from tests.inbox.conftest import SECRET
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(150)
 async def test_echo_handler_set_through_the_api_replies_and_inbox_completes_when_idle(make_inbox):
     async with make_inbox(api_admin_key=ADMIN_KEY, inbox_idle_s=1.0) as s, \
             serve_asgi(s.settings, s.client) as api:
@@ -19,7 +19,7 @@ async def test_echo_handler_set_through_the_api_replies_and_inbox_completes_when
         assert r.status_code == 200, r.text
         assert r.json()["handler"]["type"] == "echo"
         mid = await s.inject("hello there", chat="79991112233@s.whatsapp.net")
-        await s.wait(lambda: len(s.outbox()) >= 1, 20, "the echo")
+        await s.wait(lambda: len(s.outbox()) >= 1, 45, "the echo")
         (entry,) = s.outbox()
         assert (entry.to, entry.text, entry.quoted) == ("79991112233@s.whatsapp.net", "echo: hello there", mid)
 
@@ -34,17 +34,17 @@ async def test_echo_handler_set_through_the_api_replies_and_inbox_completes_when
             status: WorkflowExecutionStatus | None = (await handle.describe()).status
             return status is WorkflowExecutionStatus.COMPLETED
 
-        await wait_until(completed, 20, interval=0.2)  # idle → done; history expires with retention (M6)
+        await wait_until(completed, 45, interval=0.2)  # idle → done; history expires with retention (M6)
         # WhatsApp redelivers the first message after the inbox ended: a new run starts, and drops it
         # (the id is claimed by the first run); the next new message is answered.
         await s.inject("hello there", chat="79991112233@s.whatsapp.net", message_id=mid)
         again = await s.inject("again", chat="79991112233@s.whatsapp.net")
-        await s.wait(lambda: len(s.outbox()) >= 2, 20, "the second echo")
+        await s.wait(lambda: len(s.outbox()) >= 2, 45, "the second echo")
         await asyncio.sleep(0.3)  # a doubled echo would be here by now
         assert [(e.text, e.quoted) for e in s.outbox()] == [("echo: hello there", mid), ("echo: again", again)]
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(150)
 async def test_handler_endpoint_validates_and_never_returns_the_secret(make_inbox):
     async with make_inbox(api_admin_key=ADMIN_KEY, worker=False) as s, serve_asgi(s.settings, s.client) as api:
         cid = s.company_id

@@ -10,7 +10,7 @@ import pytest
 from tests.inbox.conftest import REPO, WORKER_MAIN, connect, core_worker, worker_env
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)
 async def test_worker_killed_mid_processing_resumes_nothing_lost_or_doubled(make_inbox, redis_client):
     async with make_inbox(worker=False) as s:
         proc = await asyncio.create_subprocess_exec(
