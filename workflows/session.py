@@ -208,6 +208,7 @@ class SessionWorkflow:
         self._hold_id = str(workflow.uuid4())
         self._hold_connected = False
         self._restart_hold = False
+        self._clear_wakers()  # this attempt is what relink / initialize / resume asked for
         if self._st.state not in (SessionState.STARTING, SessionState.CONNECTING):
             self._set_state(SessionState.CONNECTING)
         req = HoldRequest(

@@ -29,6 +29,11 @@ class ConnectorProcess:
             ENVIRONMENT="test",
             DATA_DIR=str(log_dir),
             LOG_LEVEL="INFO",
+            # The connector starts stored companies' workflows itself: same tunables as the test's.
+            HOLD_HEARTBEAT_TIMEOUT_S=str(settings.hold_heartbeat_timeout_s),
+            BACKOFF_BASE_S=str(settings.backoff_base_s),
+            BACKOFF_CAP_S=str(settings.backoff_cap_s),
+            ALERT_GRACE_S=str(settings.alert_grace_s),
         )
         self.env = env
         self.log_path = log_dir / f"connector-{connector_id}.log"

@@ -99,7 +99,8 @@ async def test_connector_sigkill_then_sigterm_sessions_come_back_without_qr(
         target = dev_env.client.service_client.config.target_host
         first = ConnectorProcess(s.settings, "c1-" + uuid.uuid4().hex[:6], tmp_path, target).start()
         stack.callback(first.stop)
-        await asyncio.gather(*(initialize_session(client, s.settings, c) for c in companies))
+        # Nobody calls initialize: the connector starts every stored company's session itself.
+        await wait_until(lambda: statuses(client, companies), 30, interval=0.2)
         await all_connected(client, companies, 30, {first.queue})
 
         first.kill()  # SIGKILL: the heartbeat timeout (3 s) hands the sessions back
