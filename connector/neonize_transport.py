@@ -103,6 +103,7 @@ class _Client:
         self.jid: str | None = None
         self.qr_sequence = 0
         self.stopping = False
+        self.deferred_stop = False
         self.qr_timer: asyncio.TimerHandle | None = None
 
     def resolve(self, outcome: HoldOutcome) -> None:
@@ -189,8 +190,18 @@ class NeonizeTransport:
 
         c = entry.client
 
+        def late(entry: _Client) -> bool:
+            """The attempt ended while dialling: stop the client now that stop() is quick."""
+            if not entry.deferred_stop:
+                return False
+            entry.deferred_stop = False
+            asyncio.run_coroutine_threadsafe(self._stop_client(entry), entry.loop)
+            return True
+
         def on_qr(_client: Any, data: bytes) -> None:
             entry.qr_sequence += 1
+            if late(entry):
+                return
             seq = entry.qr_sequence
             timeout = self.qr_first_timeout_s if seq == 1 else 20.0
             expires = datetime.now(UTC) + timedelta(seconds=timeout)
@@ -211,6 +222,8 @@ class NeonizeTransport:
                 jid, push_name = entry.jid or "", None
             entry.connected = True
             entry.jid = jid
+            if late(entry):
+                return
             if entry.qr_timer is not None:
                 entry.loop.call_soon_threadsafe(entry.qr_timer.cancel)
             entry.call(entry.listener.connected, jid, phone_from_jid(jid) if jid else None, push_name)
@@ -275,6 +288,12 @@ class NeonizeTransport:
     async def _stop_client(self, entry: _Client) -> None:
         if entry.stopping:
             return
+        if self._dialling(entry) and entry.thread is not None and entry.thread.is_alive():
+            # whatsmeow's stop() blocks until a running dial times out (15-60 s), holding the
+            # process-wide lock all that time. Leave the dial to fail by itself; if it succeeds
+            # instead, the first callback sees the attempt is over and stops the client then.
+            entry.deferred_stop = True
+            return
         entry.stopping = True
         async with _GO_LOCK:
             try:
@@ -288,9 +307,15 @@ class NeonizeTransport:
         entry = self._clients.get(company_id)
         if entry is None:
             return
+        del self._clients[company_id]
         if not entry.outcome.done():
             entry.outcome.set_result(HoldOutcome(HoldOutcomeKind.STOPPED, "stopped"))
         await self._stop_client(entry)
+
+    @staticmethod
+    def _dialling(entry: _Client) -> bool:
+        """No QR and no connection yet: the first dial is still running."""
+        return not entry.connected and entry.qr_sequence == 0
 
     async def logout(self, company_id: str) -> None:
         entry = self._clients.get(company_id)

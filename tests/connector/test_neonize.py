@@ -59,6 +59,23 @@ async def closing_proxy() -> AsyncIterator[str]:
 
 
 @pytest.fixture
+async def stalling_proxy() -> AsyncIterator[str]:
+    """An HTTP proxy that accepts and never answers: the dial hangs until whatsmeow gives up."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    for w in held:
+        w.close()
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.fixture
 async def store(db) -> DeviceDirectory:
     await ensure_store_schema(db._dsn)
     return DeviceDirectory(db)
@@ -97,3 +114,22 @@ async def test_dial_failure_becomes_backoff_not_crash(store, ts_stack, company_i
         assert st.attempt == 1 and st.next_retry_at is not None
         assert "dial failed" in (st.last_error or "")
         assert s.connector.transport.status(company_id) is None
+
+
+async def test_stop_during_a_stalled_dial_is_bounded(store, stalling_proxy, db):
+    transport = NeonizeTransport(db._dsn, store, proxy=stalling_proxy)
+    outcome = await transport.start("company_2", jid=None, pairing_phone=None, listener=Listener())
+    await asyncio.sleep(1)
+    assert not outcome.done()  # still dialling
+    started = time.monotonic()
+    await transport.stop("company_2")
+    elapsed = time.monotonic() - started
+    assert outcome.done() and outcome.result().kind is HoldOutcomeKind.STOPPED
+    # whatsmeow's stop() would block until the dial times out, holding the process-wide lock:
+    # a dialling client is left to fail by itself instead, and other clients are not held up.
+    assert elapsed < 2
+    assert transport.status("company_2") is None
+    other = await transport.start("company_3", jid=None, pairing_phone=None, listener=Listener())
+    await transport.stop("company_3")
+    assert other.done()
+    assert time.monotonic() - started < 4
