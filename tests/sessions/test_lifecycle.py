@@ -81,6 +81,18 @@ async def test_pairing_code_path(ts_stack, company_id):
         assert any(e["type"] == "pairing_code" for e in s.events if e["companyId"] == company_id)
 
 
+async def test_pairing_code_asked_while_a_qr_is_showing(ts_stack, company_id):
+    async with ts_stack() as s:
+        first = await s.initialize(company_id)
+        assert first.state is SessionState.QR and first.pairing_code is None
+        res = await s.initialize(company_id, pairing_phone="79997654321")
+        assert res.state is SessionState.QR and res.pairing_code
+        assert s.sim.held == [company_id]  # still one connection for the company
+        await s.sim.scan(company_id)
+        st = await s.wait_state(company_id, SessionState.CONNECTED)
+        assert st.phone == "79997654321"
+
+
 async def test_transient_drop_backs_off_exponentially_then_connects(ts_stack, company_id):
     async with ts_stack(backoff_base_s=60, backoff_cap_s=3600, backoff_max_attempts=10) as s:
         connected = await connect(s, company_id)
