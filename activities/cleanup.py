@@ -37,6 +37,7 @@ from temporalio.exceptions import ApplicationError
 from activities.jobs_common import heartbeat, report_failure
 from domain.settings import Settings
 from storage import Database
+from storage.whatsmeow import ensure_store_timestamps
 from workflows.jobs import JobInput
 
 log = logging.getLogger("waorch.cleanup")
@@ -45,23 +46,6 @@ STORE_TABLE_PREFIX = "whatsmeow_"
 # Scans, deletes and VACUUM on a big store can outlast the pool's 30 s command timeout.
 _LONG_S = 1800.0
 AGE_BUCKETS = (("<1d", 0, 1), ("1-7d", 1, 7), ("7-14d", 7, 14), ("14-30d", 14, 30), (">30d", 30, None))
-
-
-async def ensure_store_timestamps(conn: asyncpg.Connection) -> bool:
-    """Add ``first_seen`` where whatsmeow keeps no time; False when the store does not exist yet."""
-    if not await conn.fetchval("SELECT to_regclass('public.whatsmeow_message_secrets') IS NOT NULL"):
-        return False
-    has = await conn.fetchval(
-        """SELECT EXISTS (SELECT 1 FROM information_schema.columns
-           WHERE table_schema = 'public' AND table_name = 'whatsmeow_message_secrets' AND column_name = 'first_seen')"""
-    )
-    if not has:
-        await conn.execute(
-            "ALTER TABLE whatsmeow_message_secrets"
-            " ADD COLUMN IF NOT EXISTS first_seen timestamptz NOT NULL DEFAULT now()"
-        )
-        log.info("added first_seen to whatsmeow_message_secrets")
-    return True
 
 
 async def table_sizes(conn: asyncpg.Connection) -> dict[str, dict[str, int]]:

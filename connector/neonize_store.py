@@ -16,6 +16,8 @@ import sys
 
 import asyncpg
 
+from storage.whatsmeow import ensure_store_timestamps
+
 STORE_TABLES = (
     "whatsmeow_device", "whatsmeow_identity_keys", "whatsmeow_sessions", "whatsmeow_sender_keys",
     "whatsmeow_pre_keys", "whatsmeow_app_state_sync_keys", "whatsmeow_app_state_version",
@@ -24,6 +26,7 @@ STORE_TABLES = (
     "whatsmeow_retry_buffer", "whatsmeow_lid_map", "whatsmeow_nct_salt", "whatsmeow_version",
 )
 _ENV_DSN = "WAORCH_STORE_DSN"
+_MIGRATION_LOCK = 0x7761_6D73  # "wams"
 
 
 def neonize_dsn(dsn: str) -> str:
@@ -45,19 +48,30 @@ async def store_schema_version(dsn: str) -> int | None:
 
 
 async def ensure_store_schema(dsn: str, timeout: float = 60.0) -> int:
-    """Create or upgrade the whatsmeow tables in ``dsn``; return the schema version."""
+    """Create or upgrade the whatsmeow tables in ``dsn``; return the schema version.
+
+    A session advisory lock makes concurrent callers (two connectors starting at
+    once) migrate one after the other: whatsmeow's own migration is not safe to run
+    concurrently. The store then gets the ``first_seen`` column age-based cleanup needs.
+    """
     import asyncio
 
-    env = dict(os.environ, **{_ENV_DSN: neonize_dsn(dsn)})
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "connector.neonize_store", env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    version = await store_schema_version(dsn)
-    if version is None:
-        tail = out.decode(errors="replace")[-500:]
-        raise RuntimeError(f"whatsmeow store migration failed (exit {proc.returncode}): {tail}")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+        env = dict(os.environ, **{_ENV_DSN: neonize_dsn(dsn)})
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "connector.neonize_store", env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        version = await store_schema_version(dsn)
+        if version is None:
+            tail = out.decode(errors="replace")[-500:]
+            raise RuntimeError(f"whatsmeow store migration failed (exit {proc.returncode}): {tail}")
+        await ensure_store_timestamps(conn)
+    finally:
+        await conn.close()  # also releases the advisory lock
     return version
 
 

@@ -86,7 +86,8 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         "first_seen on whatsmeow message secrets (when the store already exists)",
         # whatsmeow keeps no timestamp on message secrets, so age-based cleanup (SPEC B3)
         # records one itself. The store may be created after this migration (by the
-        # connector): activities.cleanup.ensure_store_timestamps repeats this at each run.
+        # connector): storage.whatsmeow.ensure_store_timestamps repeats this when the
+        # store is created and at each cleanup.
         """
         DO $$
         BEGIN
