@@ -23,6 +23,7 @@ from activities.sessions import SessionActivities
 from domain.settings import Settings
 from infra.process import stop_event_on_signals
 from infra.redis import EventPublisher, redis_client
+from infra.sentry import sentry_interceptors
 from infra.temporal import connect_temporal
 from storage import Database, migrate
 from workflows import ALL_WORKFLOWS
@@ -61,6 +62,7 @@ def build_worker(deps: WorkerDeps) -> Worker:
         workflows=ALL_WORKFLOWS,
         activities=build_activities(deps),
         max_concurrent_activities=100,
+        interceptors=sentry_interceptors(),  # no-op list without SENTRY_DSN (SPEC H5)
     )
 
 

@@ -29,6 +29,7 @@ from connector.transport import Transport
 from domain.settings import Settings
 from infra.process import stop_event_on_signals
 from infra.redis import EventPublisher, redis_client
+from infra.sentry import sentry_interceptors
 from infra.sessions import ensure_session_started
 from infra.temporal import connect_temporal
 from storage import Database, migrate
@@ -76,12 +77,14 @@ async def build_transport(settings: Settings, devices: DeviceDirectory) -> Trans
 def connector_workers(client: Client, settings: Settings, acts: ConnectorActivities) -> list[Worker]:
     """The two workers of a connector: the shared hold queue and this connector's own queue."""
     control = ConnectorControl(settings)
+    interceptors = sentry_interceptors()  # no-op list without SENTRY_DSN (SPEC H5)
     shared = Worker(
         client,
         task_queue=settings.temporal_connector_queue,
         activities=acts.shared_queue_activities(),
         max_concurrent_activities=MAX_SESSIONS_PER_CONNECTOR,
         graceful_shutdown_timeout=timedelta(seconds=5),
+        interceptors=interceptors,
     )
     own = Worker(
         client,
@@ -89,6 +92,7 @@ def connector_workers(client: Client, settings: Settings, acts: ConnectorActivit
         activities=[*acts.own_queue_activities(), control.describe_connector],
         max_concurrent_activities=200,
         graceful_shutdown_timeout=timedelta(seconds=5),
+        interceptors=interceptors,
     )
     return [shared, own]
 
