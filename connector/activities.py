@@ -10,7 +10,9 @@ which the workflow and the API reach through ``SessionStatus.holder_queue``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +20,7 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
 
 from connector.devices import DeviceDirectory
 from connector.simulator import SimulatorError, SimulatorTransport
@@ -111,6 +114,30 @@ class _HoldListener:
         await self._acts.deliver_incoming(msg)
 
 
+class KeyedLocks:
+    """One FIFO lock per key, dropped when nobody holds or waits for it (no growth per chat)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
 class ConnectorActivities:
     def __init__(
         self,
@@ -127,6 +154,7 @@ class ConnectorActivities:
         self.events = events
         self._shutting_down = asyncio.Event()
         self._holds: dict[str, asyncio.Task[Any]] = {}
+        self._chat_order = KeyedLocks()
 
     @property
     def held(self) -> list[str]:
@@ -196,24 +224,53 @@ class ConnectorActivities:
         return outcome
 
     async def deliver_incoming(self, msg: IncomingMessage) -> None:
-        """Signal-with-start the chat's inbox workflow (ordered, de-duplicated there) and publish the event."""
-        await self.client.start_workflow(
-            INBOX_WORKFLOW,
-            InboxWorkflowInput(msg.company_id, msg.chat),
-            id=inbox_workflow_id(msg.company_id, msg.chat),
-            task_queue=self.settings.temporal_core_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            start_signal=SIGNAL_INBOX_MESSAGE,
-            start_signal_args=[msg],
-        )
-        await self.events.publish(
-            Event(
-                type=EventType.MESSAGE,
-                company_id=msg.company_id,
-                data={"messageId": msg.message_id, "chat": msg.chat, "sender": msg.sender,
-                      "text": msg.text, "messageType": msg.message_type},
-            )
-        )
+        """Signal-with-start the chat's inbox workflow (ordered, de-duplicated there) and publish the event.
+
+        Messages of one chat are handed over one at a time in arrival order: the
+        transports call this from their own threads/tasks, so without the per-chat
+        lock two messages could overtake each other on the way to Temporal. A
+        failed hand-off is retried (Temporal briefly unreachable) before it is
+        reported as an error event; WhatsApp has already acknowledged the message.
+        """
+        key = inbox_workflow_id(msg.company_id, msg.chat)
+        async with self._chat_order.hold(key):  # events of one chat leave in order too
+            if await self._signal_inbox(msg):
+                event = Event(
+                    type=EventType.MESSAGE, company_id=msg.company_id,
+                    data={"messageId": msg.message_id, "chat": msg.chat, "sender": msg.sender,
+                          "text": msg.text, "messageType": msg.message_type},
+                )
+            else:
+                event = Event(
+                    type=EventType.ERROR, company_id=msg.company_id,
+                    data={"reason": "incoming message not handed to Temporal", "messageId": msg.message_id,
+                          "chat": msg.chat},
+                )
+            await self.events.publish(event)
+
+    async def _signal_inbox(self, msg: IncomingMessage) -> bool:
+        delays = [0.2, 0.5, 1, 2, 5, 10, 15]  # ~34 s on top of the client's own RPC retries
+        for attempt in range(len(delays) + 1):
+            try:
+                await self.client.start_workflow(
+                    INBOX_WORKFLOW,
+                    InboxWorkflowInput(msg.company_id, msg.chat),
+                    id=inbox_workflow_id(msg.company_id, msg.chat),
+                    task_queue=self.settings.temporal_core_queue,
+                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                    start_signal=SIGNAL_INBOX_MESSAGE,
+                    start_signal_args=[msg],
+                )
+                return True
+            except RPCError as exc:
+                if attempt == len(delays):
+                    log.error("incoming message lost company_id=%s message_id=%s error=%s",
+                              msg.company_id, msg.message_id, exc.status.name)
+                    return False
+                log.warning("incoming message hand-off retry company_id=%s attempt=%d error=%s",
+                            msg.company_id, attempt + 1, exc.status.name)
+                await asyncio.sleep(delays[attempt])
+        return False
 
     # ------------------------------------------------------------------ own queue
 
