@@ -43,12 +43,11 @@ from typing import Any
 from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.common import RetryPolicy
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 with workflow.unsafe.imports_passed_through():
-    from cli.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, venv_binary, wait_until
+    from bench.common import bench_services, emit, percentile
+    from cli.embedded import free_port, terminate, wait_until
     from connector.simulator import SimulatorTransport
     from domain.session import SendResult
 
@@ -84,9 +83,6 @@ class TimedSimulator(SimulatorTransport):
         return result
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def stats(name: str, latencies_ms: list[float], elapsed: float, **extra: Any) -> dict[str, Any]:
@@ -102,8 +98,6 @@ def stats(name: str, latencies_ms: list[float], elapsed: float, **extra: Any) ->
     }
 
 
-def emit(line: dict[str, Any]) -> None:
-    print(json.dumps(line, ensure_ascii=False), flush=True)
 
 
 async def closed_loop(op: Callable[[int], Awaitable[None]], loops: int, seconds: float) -> tuple[list[float], float]:
@@ -121,13 +115,6 @@ async def closed_loop(op: Callable[[int], Awaitable[None]], loops: int, seconds:
     return latencies, time.perf_counter() - started
 
 
-def _stop_process(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -147,24 +134,9 @@ async def main(args: argparse.Namespace) -> int:
     from storage import Database, migrate
 
     root = Path(tempfile.mkdtemp(prefix="waorch-bench-inbox-"))
-    pg = EmbeddedPostgres(root / "pg", free_port())
-    redis_server = EmbeddedRedis(root / "redis", free_port())
-    await asyncio.to_thread(pg.start)
-    redis_server.start()
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=venv_binary("temporal"),
-        search_attributes=[],
-        dev_server_extra_args=[
-            "--search-attribute", "CompanyId=Keyword", "--search-attribute", "SessionState=Keyword",
-            "--dynamic-config-value", "system.forceSearchAttributesCacheRefreshOnRead=true",
-        ],
-        data_converter=pydantic_data_converter,
-    )
     chats = args.companies * args.chats
     async with contextlib.AsyncExitStack() as stack:
-        stack.push_async_callback(env.shutdown)
-        stack.callback(pg.stop, "immediate")
-        stack.callback(redis_server.stop)
+        pg, redis_server, env = await bench_services(stack, root)
         client: Client = env.client
 
         # --- 1. bare Temporal round trip, same server, same concurrency
@@ -201,7 +173,7 @@ async def main(args: argparse.Namespace) -> int:
         worker_proc = subprocess.Popen([sys.executable, "-m", "cli.main", "worker"], env=proc_env, stdout=log,
                                        stderr=subprocess.STDOUT, cwd=REPO)
         log.close()
-        stack.callback(_stop_process, worker_proc)
+        stack.callback(terminate, worker_proc)
 
         async def answer(request: Request) -> JSONResponse:
             body = json.loads(await request.body())

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import contextlib
 import importlib
-import json
 import logging
 import os
 import statistics
@@ -32,15 +31,14 @@ from typing import Any
 from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.common import RetryPolicy
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 # The sandbox re-imports this module for BenchBare: everything else passes through.
 with workflow.unsafe.imports_passed_through():
     import httpx
 
-    from cli.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, venv_binary, wait_port, wait_until
+    from bench.common import bench_services, emit, percentile
+    from cli.embedded import free_port, terminate, wait_port, wait_until
 
 ADMIN_KEY = "bench-admin-key-" + "x" * 16
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -65,11 +63,6 @@ class BenchBare:
         return result
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def sustained(
@@ -110,39 +103,15 @@ async def sustained(
     }
 
 
-def _stop_process(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
-def emit(line: dict[str, Any]) -> None:
-    print(json.dumps(line, ensure_ascii=False), flush=True)
 
 
 async def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING)
     root = Path(tempfile.mkdtemp(prefix="waorch-bench-"))
-    pg = EmbeddedPostgres(root / "pg", free_port())
-    redis_server = EmbeddedRedis(root / "redis", free_port())
-    await asyncio.to_thread(pg.start)
-    redis_server.start()
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=venv_binary("temporal"),
-        search_attributes=[],
-        dev_server_extra_args=[
-            "--search-attribute", "CompanyId=Keyword", "--search-attribute", "SessionState=Keyword",
-            "--dynamic-config-value", "system.forceSearchAttributesCacheRefreshOnRead=true",
-        ],
-        data_converter=pydantic_data_converter,
-    )
     async with contextlib.AsyncExitStack() as stack:
-        stack.push_async_callback(env.shutdown)
-        stack.callback(pg.stop, "immediate")
-        stack.callback(redis_server.stop)
+        pg, redis_server, env = await bench_services(stack, root)
         client: Client = env.client
         # --- bare: one workflow with one no-op activity, same server, same process
         bare_queue = f"bench-bare-{uuid.uuid4().hex[:6]}"
@@ -182,7 +151,7 @@ async def main(args: argparse.Namespace) -> int:
             proc = subprocess.Popen([sys.executable, "-m", "cli.main", command], env=proc_env, stdout=log,
                                     stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1])
             log.close()
-            stack.callback(_stop_process, proc)
+            stack.callback(terminate, proc)
         await asyncio.to_thread(wait_port, port, 60)
         http = await stack.enter_async_context(httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{port}", timeout=60,

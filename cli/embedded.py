@@ -83,7 +83,8 @@ def wait_port(port: int, timeout: float, proc: subprocess.Popen[Any] | None = No
     raise TimeoutError(f"{what or 'server'} did not open port {port} within {timeout:.0f}s")
 
 
-def _terminate(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+def terminate(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """SIGTERM, wait up to ``timeout``, then SIGKILL."""
     if proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)
@@ -202,7 +203,7 @@ class TemporalDevServer:
 
     def stop(self) -> None:
         if self.proc is not None:
-            _terminate(self.proc, 15)
+            terminate(self.proc, 15)
             self.proc = None
 
 
@@ -345,7 +346,7 @@ class EmbeddedRedis:
 
     def stop(self) -> None:
         if self.proc is not None:
-            _terminate(self.proc)
+            terminate(self.proc)
             self.proc = None
 
 

@@ -8,6 +8,7 @@ first, so ``962302`` and ``company_962302`` reach the same workflow (S1).
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from temporalio.client import Client, WithStartWorkflowOperation, WorkflowQueryRejectedError
 from temporalio.common import (
@@ -86,19 +87,22 @@ def _start_search_attributes(inp: SessionWorkflowInput) -> TypedSearchAttributes
     )
 
 
+def _start_options(settings: Settings, inp: SessionWorkflowInput) -> dict[str, Any]:
+    """How every start of a session workflow looks: the id is the lock, the running one wins."""
+    return {
+        "id": session_workflow_id(inp.company_id),
+        "task_queue": settings.temporal_core_queue,
+        "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
+        "search_attributes": _start_search_attributes(inp),
+        "static_summary": f"WhatsApp session of {inp.company_id}",
+    }
+
+
 def start_session_operation(settings: Settings, inp: SessionWorkflowInput) -> WithStartWorkflowOperation[
     object, object
 ]:
     """The idempotent start of a session workflow (the running one wins: SPEC S1)."""
-    return WithStartWorkflowOperation(
-        SESSION_WORKFLOW,
-        inp,
-        id=session_workflow_id(inp.company_id),
-        task_queue=settings.temporal_core_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        search_attributes=_start_search_attributes(inp),
-        static_summary=f"WhatsApp session of {inp.company_id}",
-    )
+    return WithStartWorkflowOperation(SESSION_WORKFLOW, inp, **_start_options(settings, inp))
 
 
 async def ensure_session_started(
@@ -106,15 +110,7 @@ async def ensure_session_started(
 ) -> str:
     """Start the session workflow if it is not running (idempotent); return its workflow id."""
     inp = session_workflow_input(settings, company_id, search_attributes=search_attributes)
-    handle = await client.start_workflow(
-        SESSION_WORKFLOW,
-        inp,
-        id=session_workflow_id(inp.company_id),
-        task_queue=settings.temporal_core_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        search_attributes=_start_search_attributes(inp),
-        static_summary=f"WhatsApp session of {inp.company_id}",
-    )
+    handle = await client.start_workflow(SESSION_WORKFLOW, inp, **_start_options(settings, inp))
     return handle.id
 
 

@@ -23,7 +23,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
-from cli.embedded import free_port, wait_until
+from cli.embedded import free_port, terminate, wait_until
 from domain.settings import Settings
 
 ADMIN_KEY = "test-admin-key-" + "x" * 16
@@ -159,12 +159,7 @@ def connector_process(settings: Settings, client: Client, log_path: Path) -> Any
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        terminate(proc, 20)
 
 
 @pytest.fixture
