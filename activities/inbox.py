@@ -134,6 +134,20 @@ def _reply_of(answer: object) -> str | None:
     return answer[:MAX_REPLY]
 
 
+def inbox_tuning_from(s: Settings) -> InboxTuning:
+    """The worker's inbox settings in the form workflows take them (they cannot read the environment)."""
+    return InboxTuning(
+        handler_attempt_timeout_s=s.inbox_webhook_connect_timeout_s + s.inbox_webhook_timeout_s + 2.0,
+        retry_window_s=s.inbox_retry_window_s,
+        retry_initial_s=s.inbox_retry_initial_s,
+        retry_max_interval_s=s.inbox_retry_max_interval_s,
+        reply_window_s=s.inbox_reply_window_s,
+        idle_s=s.inbox_idle_s,
+        max_messages_per_run=s.inbox_max_messages_per_run,
+        seen_ids=s.inbox_seen_ids,
+    )
+
+
 class InboxActivities:
     def __init__(self, settings: Settings, db: Database, redis: aioredis.Redis, client: Client) -> None:
         self._settings = settings
@@ -166,17 +180,7 @@ class InboxActivities:
 
     @activity.defn(name=ACTIVITY_INBOX_TUNING)
     async def inbox_tuning(self) -> InboxTuning:
-        s = self._settings
-        return InboxTuning(
-            handler_attempt_timeout_s=s.inbox_webhook_connect_timeout_s + s.inbox_webhook_timeout_s + 2.0,
-            retry_window_s=s.inbox_retry_window_s,
-            retry_initial_s=s.inbox_retry_initial_s,
-            retry_max_interval_s=s.inbox_retry_max_interval_s,
-            reply_window_s=s.inbox_reply_window_s,
-            idle_s=s.inbox_idle_s,
-            max_messages_per_run=s.inbox_max_messages_per_run,
-            seen_ids=s.inbox_seen_ids,
-        )
+        return inbox_tuning_from(self._settings)
 
     @activity.defn(name=ACTIVITY_HANDLE_INCOMING)
     async def handle_incoming(self, req: HandleRequest) -> HandleOutcome:

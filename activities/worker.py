@@ -15,6 +15,7 @@ from temporalio.worker import Worker
 
 from activities.backup import BackupActivities
 from activities.cleanup import CleanupActivities
+from activities.event_relay import EventRelay
 from activities.inbox import InboxActivities
 from activities.jobs_common import JobRecorder
 from activities.notify import Notifier
@@ -83,11 +84,14 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         from activities.jobs_common import JOB_METRICS
 
         metrics_server, _ = start_http_server(settings.worker_metrics_port, addr="127.0.0.1", registry=JOB_METRICS)
+    relay = EventRelay(settings, client, db)  # state events → company event webhooks (SPEC E2)
+    await relay.start()
     log.info("worker started task_queue=%s workflows=%d", settings.temporal_core_queue, len(ALL_WORKFLOWS))
     try:
         async with worker:
             await stop.wait()
     finally:
+        await relay.stop()
         if metrics_server is not None:
             metrics_server.shutdown()
         await db.close()
