@@ -33,6 +33,7 @@ from infra.sentry import sentry_interceptors
 from infra.sessions import ensure_session_started
 from infra.temporal import connect_temporal
 from storage import Database, migrate
+from workflows.send import SendMessageWorkflow
 
 log = logging.getLogger("waorch.connector")
 
@@ -89,6 +90,11 @@ def connector_workers(client: Client, settings: Settings, acts: ConnectorActivit
     own = Worker(
         client,
         task_queue=settings.connector_own_queue,
+        # SendMessage runs here, beside its one activity: Temporal then hands the activity
+        # straight to this worker (eager dispatch) instead of matching it across queues,
+        # which measured ~60 ms of p50 per send. The workflow code is deterministic and
+        # does no I/O; the worker process still runs every other workflow.
+        workflows=[SendMessageWorkflow],
         activities=[*acts.own_queue_activities(), control.describe_connector],
         max_concurrent_activities=200,
         graceful_shutdown_timeout=timedelta(seconds=5),

@@ -1,8 +1,9 @@
 """``SendMessage``: one outgoing message, at most once per idempotency key (SPEC M1, M3, S7).
 
 The API starts it with id ``send-<company>-<idempotency key>`` after checking
-the session is connected; the single activity runs on the queue of the
-connector that holds the session (``connector.<id>``). The activity is
+the session is connected, on the queue of the connector that holds the session
+(``connector.<id>``): that connector runs this workflow and its one activity,
+so the activity is dispatched eagerly instead of matched across queues. The activity is
 attempted once: a retry after a lost answer could send the message twice, so
 a failure is reported to the caller, who may retry with the same key (a failed
 run may be re-run, a completed one only returns its result).

@@ -16,6 +16,7 @@ import logging
 import re
 import time
 import uuid
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Response
@@ -45,6 +46,7 @@ log = logging.getLogger("waorch.api.send")
 router = APIRouter(prefix="/api/whatsapp", tags=["messages"])
 
 MAX_TEXT = 4096
+SEND_EXECUTION_TIMEOUT = timedelta(seconds=45)
 # The connector publishes ``message_sent`` when it has sent (it sees every send, also the
 # inbox replies); the API would only duplicate it.
 API_PUBLISHES_MESSAGE_SENT = False
@@ -150,7 +152,11 @@ async def send(
             SendMessageWorkflow.run,
             SendMessageInput(request=request, holder_queue=status.holder_queue),
             id=wf_id,
-            task_queue=ctx.settings.temporal_core_queue,
+            # On the holder's own queue (the connector runs SendMessage there): its activity is
+            # then dispatched eagerly. A holder that died meanwhile never picks it up, so the run
+            # is bounded and ends as a timeout (504), after which the same key may be retried.
+            task_queue=status.holder_queue,
+            execution_timeout=SEND_EXECUTION_TIMEOUT,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         )
