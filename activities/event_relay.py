@@ -10,21 +10,17 @@ to live subscribers: an event published while no worker runs is not relayed
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import json
 import logging
 import time
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 
 from activities.inbox import inbox_tuning_from
 from domain.settings import Settings
+from infra.redis import EventSubscription
 from storage import Database
 from workflows.company_events import (
     COMPANY_EVENTS_WORKFLOW,
@@ -41,41 +37,19 @@ INBOX_EVENT_TYPES = frozenset({"message", "message_sent"})
 URL_CACHE_S = 10.0
 
 
-class EventRelay:
+class EventRelay(EventSubscription):
+    name = "event-relay"
+
     def __init__(self, settings: Settings, client: Client, db: Database) -> None:
+        super().__init__(settings.redis_dsn, settings.events_channel)
         self._settings = settings
         self._client = client
         self._db = db
         self._urls: dict[str, tuple[float, bool]] = {}
-        self._redis = aioredis.from_url(
-            settings.redis_dsn, decode_responses=True, socket_connect_timeout=2, socket_timeout=None,
-            retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=-1),
-        )
-        self._task: asyncio.Task[None] | None = None
-        self.subscribed = asyncio.Event()
         self.relayed = 0
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="event-relay")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-        await self._redis.aclose()
-
-    async def _run(self) -> None:
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        try:
-            await pubsub.subscribe(self._settings.events_channel)
-            self.subscribed.set()
-            async for message in pubsub.listen():
-                if message.get("type") == "message":
-                    await self.relay(str(message["data"]))
-        finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+    async def on_event(self, raw: str) -> None:
+        await self.relay(raw)
 
     async def _has_webhook(self, company_id: str) -> bool:
         now = time.monotonic()

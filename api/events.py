@@ -10,17 +10,13 @@ The subscription has its own Redis connection with unlimited reconnects
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-
 from infra.metrics import EventCounters
+from infra.redis import EventSubscription
 
 log = logging.getLogger("waorch.api.events")
 
@@ -68,29 +64,15 @@ class Subscriber:
         return self.companies is None or company_id in self.companies
 
 
-class EventHub:
+class EventHub(EventSubscription):
+    name = "event-hub"
+
     def __init__(self, redis_dsn: str, channel: str, counters: EventCounters | None) -> None:
-        self._redis = aioredis.from_url(
-            redis_dsn, decode_responses=True, socket_connect_timeout=2, socket_timeout=None,
-            retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=-1),
-        )
-        self.channel = channel
+        super().__init__(redis_dsn, channel)
         self._counters = counters
         self._subscribers: set[Subscriber] = set()
-        self._task: asyncio.Task[None] | None = None
-        self.subscribed = asyncio.Event()
         self.received = 0
         self.connected = ConnectedCache()
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="event-hub")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-        await self._redis.aclose()
 
     def add(self, companies: frozenset[str] | None) -> Subscriber:
         sub = Subscriber(companies)
@@ -100,24 +82,7 @@ class EventHub:
     def remove(self, sub: Subscriber) -> None:
         self._subscribers.discard(sub)
 
-    async def _run(self) -> None:
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        try:
-            await pubsub.subscribe(self.channel)
-            self.subscribed.set()
-            log.info("events subscribed channel=%s", self.channel)
-            async for message in pubsub.listen():
-                if message.get("type") == "message":
-                    await self._dispatch(str(message["data"]))
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("event subscription ended channel=%s", self.channel)
-        finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-
-    async def _dispatch(self, raw: str) -> None:
+    async def on_event(self, raw: str) -> None:
         try:
             body: dict[str, Any] = json.loads(raw)
             company_id = str(body["companyId"])

@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.inbox import ACTIVITY_DELIVER_EVENT, InboxEvent, InboxTuning
+    from workflows.inbox import ACTIVITY_DELIVER_EVENT, InboxEvent, InboxTuning, handler_retry_options
 
 COMPANY_EVENTS_WORKFLOW = "CompanyEvents"
 SIGNAL_COMPANY_EVENT = "event"
@@ -80,15 +79,7 @@ class CompanyEventsWorkflow:
             workflow.set_current_details(f"delivering {event.type} ({len(self._pending)} waiting)")
             try:
                 await workflow.execute_activity(
-                    ACTIVITY_DELIVER_EVENT,
-                    event,
-                    start_to_close_timeout=timedelta(seconds=t.handler_attempt_timeout_s),
-                    schedule_to_close_timeout=timedelta(seconds=t.retry_window_s),
-                    retry_policy=RetryPolicy(
-                        initial_interval=timedelta(seconds=t.retry_initial_s),
-                        maximum_interval=timedelta(seconds=t.retry_max_interval_s),
-                    ),
-                    summary=f"{event.type} event",
+                    ACTIVITY_DELIVER_EVENT, event, **handler_retry_options(t), summary=f"{event.type} event",
                 )
                 self._delivered += 1
             except ActivityError as err:

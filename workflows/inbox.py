@@ -275,15 +275,7 @@ class _MessageProcessing:
         """Start one event-webhook delivery (E2); it runs beside the chat's messages, never blocking them."""
         t = self.tuning
         handle = workflow.start_activity(
-            ACTIVITY_DELIVER_EVENT,
-            event,
-            start_to_close_timeout=timedelta(seconds=t.handler_attempt_timeout_s),
-            schedule_to_close_timeout=timedelta(seconds=t.retry_window_s),
-            retry_policy=RetryPolicy(
-                initial_interval=timedelta(seconds=t.retry_initial_s),
-                maximum_interval=timedelta(seconds=t.retry_max_interval_s),
-            ),
-            summary=f"{event.type} event",
+            ACTIVITY_DELIVER_EVENT, event, **handler_retry_options(t), summary=f"{event.type} event",
         )
         handle.add_done_callback(self._delivered)
         self.events.append((event, handle))
@@ -295,6 +287,18 @@ class _MessageProcessing:
 
     def undelivered(self) -> list[InboxEvent]:
         return [e for e, h in self.events if not h.done()]
+
+
+def handler_retry_options(t: InboxTuning) -> dict[str, Any]:
+    """Timeouts and retries of a webhook call: one attempt bounded, retried with backoff for the window."""
+    return {
+        "start_to_close_timeout": timedelta(seconds=t.handler_attempt_timeout_s),
+        "schedule_to_close_timeout": timedelta(seconds=t.retry_window_s),
+        "retry_policy": RetryPolicy(
+            initial_interval=timedelta(seconds=t.retry_initial_s),
+            maximum_interval=timedelta(seconds=t.retry_max_interval_s),
+        ),
+    }
 
 
 def _not_sent(err: ActivityError) -> bool:
