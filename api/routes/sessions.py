@@ -202,12 +202,15 @@ async def qr(
             "sequence": st.qr_sequence, "qrDataUrl": qr_png_data_url(st.qr), "qrTerminal": qr_terminal_text(st.qr)}
 
 
+def _no_session(company_id: str) -> ApiError:
+    return ApiError(404, "session_not_found", f"company {company_id} has no session", companyId=company_id)
+
+
 async def _signal(ctx: AppContext, company_id: str, actor: str, name: str) -> dict[str, Any]:
     try:
         await signal_session(ctx.client, company_id, name)
     except SessionNotFound:
-        raise ApiError(404, "session_not_found", f"company {company_id} has no session",
-                       companyId=company_id) from None
+        raise _no_session(company_id) from None
     await audit(ctx, actor, company_id, name)
     return {"success": True, "companyId": company_id, "signal": name}
 
@@ -232,8 +235,7 @@ async def logout(ctx: CtxDep, company_id: CompanyDep, principal: PrincipalDep) -
     try:
         st = await logout_session(ctx.client, company_id)
     except SessionNotFound:
-        raise ApiError(404, "session_not_found", f"company {company_id} has no session",
-                       companyId=company_id) from None
+        raise _no_session(company_id) from None
     await audit(ctx, principal.name, company_id, "logout")
     return status_body(st)
 
@@ -243,7 +245,6 @@ async def remove(ctx: CtxDep, company_id: CompanyDep, principal: PrincipalDep) -
     try:
         st = await remove_session(ctx.client, company_id)
     except SessionNotFound:
-        raise ApiError(404, "session_not_found", f"company {company_id} has no session",
-                       companyId=company_id) from None
+        raise _no_session(company_id) from None
     await audit(ctx, principal.name, company_id, "remove")
     return status_body(st)
