@@ -32,6 +32,7 @@ from infra.sessions import (
 log = logging.getLogger("waorch.api.sessions")
 
 router = APIRouter(prefix="/api/whatsapp", tags=["sessions"])
+LIST_QUERY_TIMEOUT_S = 2.0
 
 # ``:path`` so that a company id carrying "/" or ".." reaches validation (422), not a 404.
 CID = "/sessions/{company_id:path}"
@@ -117,8 +118,10 @@ async def list_all(ctx: CtxDep, principal: PrincipalDep) -> dict[str, Any]:
     async def detail(cid: str, state: SessionState) -> dict[str, Any]:
         async with limit:
             try:
-                status = await session_status(ctx.client, cid)
-            except Exception:  # visibility still knows the state
+                # Bounded: a session whose worker is down answers no query, and one such
+                # session must not stall the whole list; visibility still knows its state.
+                status = await asyncio.wait_for(session_status(ctx.client, cid), LIST_QUERY_TIMEOUT_S)
+            except Exception:
                 status = None
         if status is None:
             return {"companyId": cid, "connected": state is SessionState.CONNECTED, "status": state.value,
