@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import subprocess
 import sys
 import uuid
@@ -25,6 +24,7 @@ from temporalio.testing import WorkflowEnvironment
 from api.app import create_app
 from cli.embedded import free_port, terminate, wait_until
 from domain.settings import Settings
+from tests.process_env import settings_env
 
 ADMIN_KEY = "test-admin-key-" + "x" * 16
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -129,31 +129,13 @@ async def run_connector_inprocess(settings: Settings) -> AsyncIterator[None]:
         await asyncio.wait_for(task, 30)
 
 
-def settings_env(settings: Settings, client: Client) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({
-        "ENVIRONMENT": "test",
-        "DATA_DIR": str(settings.data_dir),
-        "DATABASE_URL": settings.database_dsn,
-        "REDIS_URL": settings.redis_dsn,
-        "REDIS_PREFIX": settings.redis_prefix,
-        "TEMPORAL_ADDRESS": client.service_client.config.target_host,
-        "TEMPORAL_NAMESPACE": client.namespace,
-        "TEMPORAL_CORE_QUEUE": settings.temporal_core_queue,
-        "TEMPORAL_CONNECTOR_QUEUE": settings.temporal_connector_queue,
-        "CONNECTOR_ID": settings.connector_id,
-        "WA_TRANSPORT": "simulator",
-        "LOG_LEVEL": "WARNING",
-    })
-    return env
-
-
 @contextlib.contextmanager
 def connector_process(settings: Settings, client: Client, log_path: Path) -> Any:
     """The connector as its own OS process (``waorch connector``), as in production."""
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "connector"], cwd=REPO, env=settings_env(settings, client),
+            [sys.executable, "-m", "cli.main", "connector"], cwd=REPO,
+            env=settings_env(settings, client.service_client.config.target_host),
             stdout=log, stderr=subprocess.STDOUT,
         )
     try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -41,6 +40,7 @@ from domain.states import SessionState
 from infra.redis import EventPublisher
 from infra.sessions import initialize_session, session_status
 from storage import Database
+from tests.process_env import settings_env
 from workflows import ALL_WORKFLOWS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -253,21 +253,7 @@ async def make_inbox(dev_env, make_settings, db, redis_client) -> AsyncIterator[
 
 def worker_env(settings: Settings, client: Client) -> dict[str, str]:
     """Environment of a worker subprocess with the same settings as ``settings``."""
-    env = dict(os.environ)
-    for name, value in settings.model_dump(mode="json").items():
-        if value is None or isinstance(value, dict | list):
-            continue
-        env[name.upper()] = str(value)
-    env.update({
-        "DATABASE_URL": settings.database_dsn,
-        "REDIS_URL": settings.redis_dsn,
-        "TEMPORAL_ADDRESS": client.service_client.config.target_host,
-        "TEMPORAL_NAMESPACE": client.namespace,
-        "LOG_LEVEL": "WARNING",
-        "PYTHONPATH": str(REPO),
-    })
-    env.pop("API_ADMIN_KEY", None)
-    return env
+    return settings_env(settings, client.service_client.config.target_host)
 
 
 WORKER_MAIN = [sys.executable, "-c",

@@ -2,39 +2,23 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from domain.settings import Settings
+from tests.process_env import settings_env
 
 
 class ConnectorProcess:
     def __init__(self, settings: Settings, connector_id: str, log_dir: Path, temporal_target: str) -> None:
         self.connector_id = connector_id
         self.queue = f"{settings.temporal_connector_queue}.{connector_id}"
-        env = dict(os.environ)
-        env.update(
-            TEMPORAL_ADDRESS=temporal_target,
-            TEMPORAL_NAMESPACE=settings.temporal_namespace,
-            TEMPORAL_CORE_QUEUE=settings.temporal_core_queue,
-            TEMPORAL_CONNECTOR_QUEUE=settings.temporal_connector_queue,
-            DATABASE_URL=settings.database_dsn,
-            REDIS_URL=settings.redis_dsn,
-            REDIS_PREFIX=settings.redis_prefix,
-            CONNECTOR_ID=connector_id,
-            WA_TRANSPORT="simulator",
-            ENVIRONMENT="test",
-            DATA_DIR=str(log_dir),
-            LOG_LEVEL="INFO",
-            # The connector starts stored companies' workflows itself: same tunables as the test's.
-            HOLD_HEARTBEAT_TIMEOUT_S=str(settings.hold_heartbeat_timeout_s),
-            BACKOFF_BASE_S=str(settings.backoff_base_s),
-            BACKOFF_CAP_S=str(settings.backoff_cap_s),
-            ALERT_GRACE_S=str(settings.alert_grace_s),
-        )
+        # Every setting as the test's (the connector starts stored companies' workflows itself
+        # with the same tunables), only its own id and log dir differ.
+        env = settings_env(settings, temporal_target, CONNECTOR_ID=connector_id, DATA_DIR=str(log_dir),
+                           LOG_LEVEL="INFO")
         self.env = env
         self.log_path = log_dir / f"connector-{connector_id}.log"
         self.proc: subprocess.Popen[bytes] | None = None
