@@ -39,8 +39,8 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.jobs_common import PgTools, Target, ToolFailed, heartbeat, report_failure, run_tool, utcnow
+from domain.jobs import JobInput
 from domain.settings import Settings
-from workflows.jobs import JobInput
 
 log = logging.getLogger("waorch.backup")
 
@@ -183,7 +183,7 @@ def _candidate_bin_dirs() -> list[Path]:
     """Where a pg_dump may live: the embedded PostgreSQL's, Debian/Ubuntu's per-version dirs, PATH's."""
     dirs: list[Path] = []
     try:
-        from cli.embedded import pg_bin_dir
+        from storage.pg_tools import pg_bin_dir
 
         dirs.append(pg_bin_dir())
     except FileNotFoundError:

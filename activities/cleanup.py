@@ -35,10 +35,10 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.jobs_common import heartbeat, report_failure
+from domain.jobs import JobInput
 from domain.settings import Settings
 from storage import Database
 from storage.whatsmeow import ensure_store_timestamps
-from workflows.jobs import JobInput
 
 log = logging.getLogger("waorch.cleanup")
 

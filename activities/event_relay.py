@@ -19,16 +19,16 @@ from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 
 from activities.inbox import inbox_tuning_from
-from domain.settings import Settings
-from infra.redis import EventSubscription
-from storage import Database
-from workflows.company_events import (
+from domain.company_events import (
     COMPANY_EVENTS_WORKFLOW,
     SIGNAL_COMPANY_EVENT,
     CompanyEventsInput,
     company_events_workflow_id,
 )
-from workflows.inbox import InboxEvent
+from domain.inbox import InboxEvent
+from domain.settings import Settings
+from infra.redis import EventSubscription
+from storage import Database
 
 log = logging.getLogger("waorch.events.relay")
 

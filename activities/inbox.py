@@ -23,7 +23,6 @@ import importlib
 import inspect
 import json
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,32 +33,33 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
-from domain.session import ERROR_NOT_CONNECTED, IncomingMessage
+from domain.inbox import (
+    ACTIVITY_DELIVER_EVENT,
+    ACTIVITY_HANDLE_INCOMING,
+    ACTIVITY_INBOX_TUNING,
+    ACTIVITY_RESERVE_REPLY,
+    CALLABLE_PATH,
+    HandleOutcome,
+    HandleRequest,
+    InboxEvent,
+    InboxTuning,
+    IncomingMessage,
+    ReplyReservation,
+    ReplySlot,
+    message_event_id,
+)
+from domain.session import ERROR_NOT_CONNECTED
 from domain.settings import Settings
 from domain.states import SessionState
 from infra.metrics import counters_key
 from infra.ratelimit import RateLimiter
 from infra.sessions import session_status
 from storage import Database
-from workflows.inbox import (
-    ACTIVITY_DELIVER_EVENT,
-    ACTIVITY_HANDLE_INCOMING,
-    ACTIVITY_INBOX_TUNING,
-    ACTIVITY_RESERVE_REPLY,
-    HandleOutcome,
-    HandleRequest,
-    InboxEvent,
-    InboxTuning,
-    ReplyReservation,
-    ReplySlot,
-    message_event_id,
-)
 
 log = logging.getLogger("waorch.inbox")
 
 HANDLER_TYPES = ("none", "echo", "webhook", "callable")
 # package.module:function — checked before anything is imported.
-CALLABLE_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 SIGNATURE_HEADER = "X-Signature-256"
 EVENT_ID_HEADER = "X-Event-Id"
 MAX_REPLY = 4096

@@ -21,8 +21,8 @@ import sentry_sdk
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from temporalio import activity
 
+from domain.jobs import JobFinish, JobStart
 from storage import Database
-from workflows.jobs import JobFinish, JobStart
 
 log = logging.getLogger("waorch.jobs")
 
@@ -133,7 +133,7 @@ class PgTools:
     def from_setting(cls, bin_dir: Path | None) -> PgTools:
         if bin_dir is not None:
             return cls(bin_dir)
-        from cli.embedded import pg_bin_dir
+        from storage.pg_tools import pg_bin_dir
 
         return cls(pg_bin_dir())
 

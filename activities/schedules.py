@@ -23,8 +23,8 @@ from temporalio.client import (
     ScheduleUpdateInput,
 )
 
+from domain.jobs import JOB_WORKFLOW_TYPES, JobInput
 from domain.settings import Settings
-from workflows.jobs import JOB_WORKFLOWS, JobInput
 
 log = logging.getLogger("waorch.schedules")
 
@@ -51,7 +51,7 @@ def build_schedule(
 ) -> Schedule:
     return Schedule(
         action=ScheduleActionStartWorkflow(
-            JOB_WORKFLOWS[job.kind].run,  # type: ignore[attr-defined]
+            JOB_WORKFLOW_TYPES[job.kind],
             JobInput(dry_run=False, trigger="schedule"),
             id=f"{job.schedule_id}-scheduled",  # Temporal appends the scheduled time
             task_queue=settings.temporal_core_queue,

@@ -29,11 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import asyncpg
 
 from activities.backup import create_verified_backup, restore_test
+from bench.store_data import device_jid, fill_device
 from cli.embedded import EmbeddedPostgres, free_port
 from connector.neonize_store import ensure_store_schema
 from domain.settings import Settings
 from storage import Database, migrate
-from tests.jobs.store_data import device_jid, fill_device
 
 BACKUP_TARGET_S = 15.0
 RTO_TARGET_S = 12.0
@@ -67,7 +67,8 @@ async def via_temporal(settings: Settings, dsn: str) -> None:
     from activities.jobs_common import JobRecorder
     from activities.notify import Notifier
     from cli.embedded import venv_binary
-    from workflows.jobs import BackupWorkflow, JobInput, RestoreTestWorkflow
+    from domain.jobs import JobInput
+    from workflows.jobs import BackupWorkflow, RestoreTestWorkflow
 
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=venv_binary("temporal"), data_converter=pydantic_data_converter,

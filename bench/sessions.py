@@ -35,11 +35,11 @@ from temporalio.worker import Worker
 
 from activities.sessions import SessionActivities
 from cli.embedded import EmbeddedPostgres, EmbeddedRedis, TemporalDevConfig, TemporalDevServer, free_port
+from cli.processes import ConnectorProcess
 from domain.session import SessionAlert
 from domain.settings import Settings
 from infra.redis import EventPublisher, redis_client
 from storage import Database, migrate
-from tests.sessions.procs import ConnectorProcess
 from workflows.session import SessionWorkflow
 
 

@@ -30,6 +30,8 @@ from typing import Any
 
 import yaml
 
+from storage.pg_tools import pg_bin_dir, pg_program
+
 log = logging.getLogger("waorch.embedded")
 
 PG_SYSTEM_USER = "pgserver"
@@ -210,20 +212,6 @@ class TemporalDevServer:
 # --------------------------------------------------------------------------- PostgreSQL
 
 
-def _pg_bin(name: str) -> Path:
-    # Located without importing pgserver (its import has side effects we do not need).
-    import importlib.util
-
-    spec = importlib.util.find_spec("pgserver")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the pgserver wheel is not installed; pip install the project or set DATABASE_URL")
-    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin" / name
-
-
-def pg_bin_dir() -> Path:
-    return _pg_bin("pg_dump").parent
-
-
 class EmbeddedPostgres:
     """PostgreSQL 16 from the pgserver wheel, on ``127.0.0.1:port``, trust auth on loopback."""
 
@@ -268,13 +256,13 @@ class EmbeddedPostgres:
             self.pgdata.mkdir(parents=True, exist_ok=True)
         if not (self.pgdata / "PG_VERSION").exists():
             self._run([
-                str(_pg_bin("initdb")), "-D", str(self.pgdata), "--auth=trust",
+                str(pg_program("initdb")), "-D", str(self.pgdata), "--auth=trust",
                 "--encoding=UTF8", "--locale=C", "-U", "postgres",
             ])
 
     def is_running(self) -> bool:
         res = subprocess.run(
-            [str(_pg_bin("pg_ctl")), "status", "-D", str(self.pgdata)], capture_output=True, user=self._run_as
+            [str(pg_program("pg_ctl")), "status", "-D", str(self.pgdata)], capture_output=True, user=self._run_as
         )
         return res.returncode == 0
 
@@ -291,7 +279,7 @@ class EmbeddedPostgres:
             "-c max_connections=300 -c shared_buffers=128MB -c fsync=on -c log_min_messages=warning"
         )
         self._run([
-            str(_pg_bin("pg_ctl")), "start", "-D", str(self.pgdata), "-w", "-t", str(int(timeout)),
+            str(pg_program("pg_ctl")), "start", "-D", str(self.pgdata), "-w", "-t", str(int(timeout)),
             "-o", opts, "-l", str(self.pgdata / "server.log"),
         ], timeout=timeout + 10)
         wait_port(self.port, timeout, what="postgres")
@@ -299,7 +287,7 @@ class EmbeddedPostgres:
     def stop(self, mode: str = "fast") -> None:
         if self.is_running():
             subprocess.run(
-                [str(_pg_bin("pg_ctl")), "stop", "-D", str(self.pgdata), "-m", mode, "-w", "-t", "30"],
+                [str(pg_program("pg_ctl")), "stop", "-D", str(self.pgdata), "-m", mode, "-w", "-t", "30"],
                 capture_output=True, user=self._run_as, cwd="/",
             )
 
@@ -307,7 +295,7 @@ class EmbeddedPostgres:
         """``CREATE DATABASE`` if missing (name is checked by the caller: identifiers only)."""
         if not name.replace("_", "").isalnum():
             raise ValueError(f"database name {name!r} must be alphanumeric/underscore")
-        psql = [str(_pg_bin("psql")), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-tAc"]
+        psql = [str(pg_program("psql")), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-tAc"]
         exists = self._run([*psql, f"SELECT 1 FROM pg_database WHERE datname = '{name}'"]).stdout.strip()
         if exists != "1":
             self._run([*psql, f'CREATE DATABASE "{name}"'])

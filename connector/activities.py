@@ -26,6 +26,7 @@ from connector.devices import DeviceDirectory
 from connector.simulator import SimulatorError, SimulatorTransport
 from connector.transport import NotConnectedError, Transport
 from domain.events import Event, EventType
+from domain.inbox import INBOX_WORKFLOW, SIGNAL_INBOX_MESSAGE, InboxWorkflowInput, IncomingMessage, inbox_workflow_id
 from domain.session import (
     ACTIVITY_HOLD_SESSION,
     ACTIVITY_LOGOUT_DEVICE,
@@ -35,10 +36,8 @@ from domain.session import (
     ACTIVITY_SIMULATOR_OUTBOX,
     ERROR_CONNECTOR_SHUTDOWN,
     ERROR_NOT_CONNECTED,
-    INBOX_WORKFLOW,
     SIGNAL_CONNECTED,
     SIGNAL_DISCONNECTED,
-    SIGNAL_INBOX_MESSAGE,
     SIGNAL_PAIRING_CODE,
     SIGNAL_QR,
     ConnectedSignal,
@@ -46,15 +45,12 @@ from domain.session import (
     HoldOutcome,
     HoldOutcomeKind,
     HoldRequest,
-    InboxWorkflowInput,
-    IncomingMessage,
     OutboxEntry,
     PairingCodeSignal,
     QrSignal,
     SendRequest,
     SendResult,
     SimulatorCommand,
-    inbox_workflow_id,
 )
 from domain.settings import Settings
 from infra.redis import EventPublisher

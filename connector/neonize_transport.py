@@ -28,7 +28,8 @@ from connector.devices import DeviceDirectory
 from connector.neonize_store import neonize_dsn
 from connector.transport import LinkStatus, NotConnectedError, SessionListener
 from domain.addresses import phone_of as phone_from_jid
-from domain.session import HoldOutcome, HoldOutcomeKind, IncomingMessage, SendResult
+from domain.inbox import IncomingMessage
+from domain.session import HoldOutcome, HoldOutcomeKind, SendResult
 from domain.settings import Settings
 
 log = logging.getLogger("waorch.neonize")

@@ -25,7 +25,8 @@ from typing import Any
 
 from connector.devices import DeviceDirectory
 from connector.transport import LinkStatus, NotConnectedError, SessionListener
-from domain.session import HoldOutcome, HoldOutcomeKind, IncomingMessage, OutboxEntry, SendResult
+from domain.inbox import IncomingMessage
+from domain.session import HoldOutcome, HoldOutcomeKind, OutboxEntry, SendResult
 
 log = logging.getLogger("waorch.simulator")
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from domain.session import HoldOutcome, IncomingMessage, SendResult
+from domain.inbox import IncomingMessage
+from domain.session import HoldOutcome, SendResult
 
 
 class NotConnectedError(RuntimeError):

@@ -183,38 +183,6 @@ class OutboxEntry:
     quoted: str | None = None
 
 
-# Incoming messages (SPEC M4): the connector signals-with-start one inbox workflow per chat.
-INBOX_WORKFLOW = "InboxWorkflow"
-SIGNAL_INBOX_MESSAGE = "message"
-
-
-def inbox_workflow_id(company_id: str, chat: str) -> str:
-    return f"inbox-{company_id}-{chat}"
-
-
-@dataclass
-class InboxWorkflowInput:
-    """The start argument the connector gives an inbox workflow it signals-with-start."""
-
-    company_id: str
-    chat: str
-
-
-@dataclass
-class IncomingMessage:
-    company_id: str
-    message_id: str  # WhatsApp message id: the de-duplication key
-    chat: str  # chat JID, @lid/@g.us kept as they are
-    sender: str  # sender JID as WhatsApp gave it
-    timestamp: datetime
-    text: str | None = None
-    sender_phone: str | None = None
-    push_name: str | None = None
-    message_type: str = "text"
-    from_me: bool = False
-    metadata: dict[str, str] = field(default_factory=dict)
-
-
 # The workflow's own configuration: workflows cannot read the environment, so the
 # starter (infra.sessions.session_workflow_input) copies the settings in here.
 @dataclass

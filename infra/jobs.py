@@ -24,10 +24,10 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.schedules import job_schedules
+from domain.jobs import JOB_KINDS, JOB_WORKFLOW_TYPES, JobInput, JobResult
 from domain.settings import Settings
 from infra.metrics import JobFigures as MetricsJobFigures
 from storage import Database
-from workflows.jobs import JOB_KINDS, JOB_WORKFLOWS, JobInput, JobResult
 
 
 class UnknownJob(ValueError):
@@ -67,12 +67,13 @@ async def start_job(client: Client, settings: Settings, kind: str, *, dry_run: b
     workflow_id = manual_workflow_id(settings, kind)
     try:
         handle: WorkflowHandle[Any, JobResult] = await client.start_workflow(
-            JOB_WORKFLOWS[kind].run,  # type: ignore[attr-defined]
+            JOB_WORKFLOW_TYPES[kind],
             job,
             id=workflow_id,
             task_queue=settings.temporal_core_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            result_type=JobResult,
             static_summary=f"manual {kind}" + (" (dry run)" if job.dry_run else ""),
         )
     except WorkflowAlreadyStartedError:

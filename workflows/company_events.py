@@ -14,33 +14,21 @@ after an idle period and continues-as-new past a size, so history stays bounded.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
 from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.inbox import ACTIVITY_DELIVER_EVENT, InboxEvent, InboxTuning, handler_retry_options
-
-COMPANY_EVENTS_WORKFLOW = "CompanyEvents"
-SIGNAL_COMPANY_EVENT = "event"
-MAX_EVENTS_PER_RUN = 500
-SEEN_IDS = 500
-
-
-def company_events_workflow_id(company_id: str) -> str:
-    return f"events-{company_id}"
-
-
-@dataclass
-class CompanyEventsInput:
-    company_id: str
-    tuning: InboxTuning
-    pending: list[InboxEvent] = field(default_factory=list)
-    seen: list[str] = field(default_factory=list)
-    delivered_before: int = 0
-
+    from domain.company_events import (
+        COMPANY_EVENTS_WORKFLOW,
+        MAX_EVENTS_PER_RUN,
+        SEEN_IDS,
+        SIGNAL_COMPANY_EVENT,
+        CompanyEventsInput,
+    )
+    from domain.inbox import ACTIVITY_DELIVER_EVENT, InboxEvent
+    from workflows.inbox import handler_retry_options
 
 @workflow.defn(name=COMPANY_EVENTS_WORKFLOW, sandboxed=False)
 class CompanyEventsWorkflow:

@@ -30,7 +30,6 @@ seen ids, so its history stays small and expires with the namespace retention.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -46,123 +45,37 @@ from temporalio.exceptions import (
 from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
 with workflow.unsafe.imports_passed_through():
+    from domain.inbox import (
+        ACTIVITY_DELIVER_EVENT,
+        ACTIVITY_HANDLE_INCOMING,
+        ACTIVITY_INBOX_TUNING,
+        ACTIVITY_RESERVE_REPLY,
+        ERROR_HANDLER_FAILED,
+        FAILED_MESSAGE_WORKFLOW,
+        INBOX_WORKFLOW,
+        QUERY_INBOX,
+        SIGNAL_INBOX_MESSAGE,
+        FailedMessageInput,
+        HandleOutcome,
+        HandleRequest,
+        InboxEvent,
+        InboxRunInput,
+        InboxSummary,
+        InboxTuning,
+        IncomingMessage,
+        ReplyReservation,
+        ReplySlot,
+        failed_message_workflow_id,
+        message_event_id,
+    )
     from domain.session import (
         ACTIVITY_SEND_ALERT,
         ACTIVITY_SEND_MESSAGE,
         ERROR_NOT_CONNECTED,
-        INBOX_WORKFLOW,
-        SIGNAL_INBOX_MESSAGE,
-        IncomingMessage,
         SendRequest,
         SendResult,
         SessionAlert,
     )
-
-ACTIVITY_INBOX_TUNING = "inbox_tuning"  # None -> InboxTuning (local activity: settings of the worker)
-ACTIVITY_HANDLE_INCOMING = "handle_incoming"  # HandleRequest -> HandleOutcome (local activity)
-ACTIVITY_RESERVE_REPLY = "reserve_reply"  # ReplyReservation -> ReplySlot
-ACTIVITY_DELIVER_EVENT = "deliver_inbox_event"  # InboxEvent -> int (HTTP status; 0 = no event webhook)
-FAILED_MESSAGE_WORKFLOW = "FailedInboxMessage"
-QUERY_INBOX = "inbox"
-ERROR_HANDLER_FAILED = "InboxHandlerFailed"
-
-
-def failed_message_workflow_id(company_id: str, message_id: str) -> str:
-    return f"inbox-failed-{company_id}-{message_id}"
-
-
-def message_event_id(company_id: str, message_id: str) -> str:
-    """Stable id of the ``message`` event: the same on every retry and redelivery (X-Event-Id)."""
-    return f"message-{company_id}-{message_id}"
-
-
-@dataclass
-class InboxTuning:
-    """The worker's settings the workflow needs (workflows cannot read the environment)."""
-
-    handler_attempt_timeout_s: float = 17.0
-    retry_window_s: float = 3600.0
-    retry_initial_s: float = 1.0
-    retry_max_interval_s: float = 60.0
-    reply_window_s: float = 600.0
-    idle_s: float = 300.0
-    max_messages_per_run: int = 500
-    seen_ids: int = 2000
-
-
-@dataclass
-class InboxEvent:
-    """One event (E1 shape) for the company's event webhook (E2)."""
-
-    company_id: str
-    type: str
-    event_id: str
-    timestamp: str
-    data: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class InboxRunInput:
-    """The start argument. The connector gives only company and chat; continue-as-new carries the rest."""
-
-    company_id: str
-    chat: str
-    pending: list[IncomingMessage] = field(default_factory=list)
-    seen: list[str] = field(default_factory=list)
-    tuning: InboxTuning | None = None
-    handled_before: int = 0
-    duplicates_before: int = 0
-    last_message_id: str | None = None
-    # Event-webhook deliveries still in flight at continue-as-new: the next run starts them again.
-    events: list[InboxEvent] = field(default_factory=list)
-
-
-@dataclass
-class HandleRequest:
-    message: IncomingMessage
-    # Who may handle this WhatsApp id: "<workflow id>/<first run id>" of the inbox chain (kept
-    # through continue-as-new and retries); another chain finding the id claimed drops it.
-    claim: str
-
-
-@dataclass
-class HandleOutcome:
-    handler: str  # "webhook" | "callable" | "echo" | "none" | "duplicate" (claimed by another run)
-    reply: str | None = None
-    # Set when the reply's rate-limit slot and the holder queue were already taken in the same activity.
-    holder_queue: str | None = None
-    event_webhook: bool = False
-
-
-@dataclass
-class ReplyReservation:
-    company_id: str
-    message_id: str
-
-
-@dataclass
-class ReplySlot:
-    allowed: bool
-    holder_queue: str | None = None
-    retry_after_s: float = 0.0
-
-
-@dataclass
-class InboxSummary:
-    company_id: str
-    chat: str
-    handled: int
-    duplicates: int
-    pending: int
-    last_message_id: str | None = None
-
-
-@dataclass
-class FailedMessageInput:
-    message: IncomingMessage
-    error: str
-    tuning: InboxTuning
-    claim: str
 
 
 def _message_event(msg: IncomingMessage) -> dict[str, Any]:

@@ -9,7 +9,6 @@ them (activities.schedules); the API and the CLI start them on demand.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -17,44 +16,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
-JOB_KINDS = ("backup", "restore-test", "cleanup")
-
-# Failures that retrying cannot fix: a wrong pg_dump, a dump that does not match
-# its manifest, a restore whose counts differ, no backup to restore.
-NON_RETRYABLE = ["BackupRefused", "VerificationFailed", "RestoreMismatch", "NoVerifiedBackup", "ToolFailed"]
-
-
-@dataclass
-class JobInput:
-    dry_run: bool = False
-    verbose: bool = False
-    trigger: str = "schedule"  # "schedule" | "api" | "cli"
-
-
-@dataclass
-class JobStart:
-    kind: str
-    workflow_id: str
-    dry_run: bool
-
-
-@dataclass
-class JobFinish:
-    run_id: int
-    status: str  # "succeeded" | "failed"
-    details: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-
-
-@dataclass
-class JobResult:
-    kind: str
-    run_id: int
-    status: str
-    dry_run: bool
-    details: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-
+with workflow.unsafe.imports_passed_through():
+    from domain.jobs import NON_RETRYABLE, JobFinish, JobInput, JobResult, JobStart
 
 _QUICK = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 
@@ -146,8 +109,3 @@ class CleanupWorkflow:
         return await _run_job("cleanup", "run_cleanup", job, timeout=timedelta(hours=1))
 
 
-JOB_WORKFLOWS: dict[str, type] = {
-    "backup": BackupWorkflow,
-    "restore-test": RestoreTestWorkflow,
-    "cleanup": CleanupWorkflow,
-}

@@ -11,7 +11,6 @@ run may be re-run, a completed one only returns its result).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -19,21 +18,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from domain.session import ACTIVITY_SEND_MESSAGE, SendRequest, SendResult
-
-SEND_WORKFLOW = "SendMessage"
-
-
-def send_workflow_id(company_id: str, key: str) -> str:
-    return f"send-{company_id}-{key}"
-
-
-@dataclass
-class SendMessageInput:
-    request: SendRequest
-    holder_queue: str
-    timeout_s: float = 30.0
-
+    from domain.send import CONNECTOR_CALL_WORKFLOW, SEND_WORKFLOW, ConnectorCallInput, SendMessageInput
+    from domain.session import ACTIVITY_SEND_MESSAGE, SendResult
 
 # Not sandboxed: both workflows here only pass dataclasses to one activity, and a sandbox per
 # run is most of the worker's CPU for a send (measured with bench/send.py).
@@ -52,19 +38,6 @@ class SendMessageWorkflow:
             retry_policy=RetryPolicy(maximum_attempts=1),
         )
         return result
-
-
-CONNECTOR_CALL_WORKFLOW = "ConnectorCall"
-
-
-@dataclass
-class ConnectorCallInput:
-    """One activity of a connector's own queue, run for the API (simulator controls, outbox)."""
-
-    activity: str
-    queue: str
-    arg: Any
-    timeout_s: float = 15.0
 
 
 @workflow.defn(name=CONNECTOR_CALL_WORKFLOW, sandboxed=False)

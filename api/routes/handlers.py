@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
-from activities.inbox import CALLABLE_PATH
 from api.deps import AdminDep, CtxDep, parse_company_id
 from api.errors import ApiError
 from api.routes.sessions import audit
+from domain.inbox import CALLABLE_PATH
 
 router = APIRouter(prefix="/api/companies", tags=["handlers"])
 

@@ -21,9 +21,9 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 
 from api.deps import AppContext, CtxDep, extract_key, principal_for_key
 from api.errors import ApiError
+from domain.send import SEND_WORKFLOW
 from domain.states import SessionState
 from infra.sessions import list_sessions
-from workflows.send import SEND_WORKFLOW
 
 router = APIRouter(tags=["health"])
 

@@ -36,10 +36,10 @@ from api.deps import CompanyDep, CtxDep
 from api.errors import ApiError
 from domain.addresses import InvalidAddress, recipient_jid
 from domain.events import Event, EventType
+from domain.send import SEND_WORKFLOW, SendMessageInput, send_workflow_id
 from domain.session import ERROR_NOT_CONNECTED, SendRequest, SendResult
 from domain.states import SessionState
 from infra.sessions import session_status
-from workflows.send import SendMessageInput, SendMessageWorkflow, send_workflow_id
 
 log = logging.getLogger("waorch.api.send")
 
@@ -149,7 +149,7 @@ async def send(
     handle: WorkflowHandle[Any, SendResult]
     try:
         handle = await ctx.client.start_workflow(
-            SendMessageWorkflow.run,
+            SEND_WORKFLOW,
             SendMessageInput(request=request, holder_queue=status.holder_queue),
             id=wf_id,
             # On the holder's own queue (the connector runs SendMessage there): its activity is
@@ -157,6 +157,7 @@ async def send(
             # is bounded and ends as a timeout (504), after which the same key may be retried.
             task_queue=status.holder_queue,
             execution_timeout=SEND_EXECUTION_TIMEOUT,
+            result_type=SendResult,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         )

@@ -16,13 +16,13 @@ from temporalio.client import WorkflowFailureError
 from api.deps import CompanyDep, CtxDep
 from api.errors import ApiError
 from api.routes.sessions import require_status
+from domain.send import CONNECTOR_CALL_WORKFLOW, ConnectorCallInput
 from domain.session import (
     ACTIVITY_SIMULATOR_CONTROL,
     ACTIVITY_SIMULATOR_OUTBOX,
     OutboxEntry,
     SimulatorCommand,
 )
-from workflows.send import CONNECTOR_CALL_WORKFLOW, ConnectorCallInput
 
 router = APIRouter(prefix="/api/simulator", tags=["simulator"])
 

@@ -23,8 +23,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
 from cli.embedded import free_port, terminate, wait_until
+from cli.processes import settings_env
 from domain.settings import Settings
-from tests.process_env import settings_env
 
 ADMIN_KEY = "test-admin-key-" + "x" * 16
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}

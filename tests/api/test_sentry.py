@@ -15,10 +15,11 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
+from domain.send import SendMessageInput
 from domain.session import SendRequest
 from domain.settings import Settings
 from infra.sentry import close_sentry, init_sentry, sentry_enabled, sentry_interceptors
-from workflows.send import ConnectorCallWorkflow, SendMessageInput, SendMessageWorkflow
+from workflows.send import ConnectorCallWorkflow, SendMessageWorkflow
 
 pytestmark = pytest.mark.timeout(60)
 

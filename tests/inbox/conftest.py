@@ -30,6 +30,7 @@ from temporalio.worker import Worker
 from activities.inbox import InboxActivities
 from activities.worker import WorkerDeps, build_activities
 from cli.embedded import free_port, wait_until
+from cli.processes import settings_env
 from connector.activities import ConnectorActivities
 from connector.devices import DeviceDirectory
 from connector.main import connector_workers
@@ -40,7 +41,6 @@ from domain.states import SessionState
 from infra.redis import EventPublisher
 from infra.sessions import initialize_session, session_status
 from storage import Database
-from tests.process_env import settings_env
 from workflows import ALL_WORKFLOWS
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,10 +8,10 @@ import json
 import pytest
 
 from activities.event_relay import EventRelay
+from domain.company_events import company_events_workflow_id
 from domain.events import Event, EventType
 from infra.redis import EventPublisher
 from tests.inbox.test_inbox import signed
-from workflows.company_events import company_events_workflow_id
 
 
 @pytest.mark.timeout(120)

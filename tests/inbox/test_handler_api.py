@@ -26,7 +26,7 @@ async def test_echo_handler_set_through_the_api_replies_and_inbox_completes_when
         from temporalio.client import WorkflowExecutionStatus
 
         from cli.embedded import wait_until
-        from domain.session import inbox_workflow_id
+        from domain.inbox import inbox_workflow_id
 
         handle = s.client.get_workflow_handle(inbox_workflow_id(cid, "79991112233@s.whatsapp.net"))
 

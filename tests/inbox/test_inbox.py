@@ -12,9 +12,8 @@ import pytest
 from temporalio.client import WorkflowExecutionStatus
 
 from cli.embedded import wait_until
-from domain.session import inbox_workflow_id
+from domain.inbox import QUERY_INBOX, InboxSummary, failed_message_workflow_id, inbox_workflow_id
 from tests.inbox.conftest import SECRET, Delivery, InboxStack
-from workflows.inbox import QUERY_INBOX, InboxSummary, failed_message_workflow_id
 
 CHAT = "79990000001@s.whatsapp.net"
 

@@ -10,9 +10,15 @@ import pytest
 from temporalio.common import WorkflowIDConflictPolicy
 
 from cli.embedded import wait_until
-from domain.session import INBOX_WORKFLOW, SIGNAL_INBOX_MESSAGE, InboxWorkflowInput, IncomingMessage, inbox_workflow_id
+from domain.inbox import (
+    INBOX_WORKFLOW,
+    SIGNAL_INBOX_MESSAGE,
+    InboxSummary,
+    InboxWorkflowInput,
+    IncomingMessage,
+    inbox_workflow_id,
+)
 from tests.inbox.test_inbox import summary
-from workflows.inbox import InboxSummary
 
 CHAT = "79995550000@s.whatsapp.net"
 

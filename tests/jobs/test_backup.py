@@ -29,11 +29,12 @@ from activities.backup import (
     verify_backup,
 )
 from activities.jobs_common import PgTools
+from bench.store_data import device_jid, fill_device
+from domain.jobs import JobInput
 from infra.jobs import list_job_runs
 from storage import Database
 from tests.jobs.conftest import fake_pg_bin, running_worker
-from tests.jobs.store_data import device_jid, fill_device
-from workflows.jobs import BackupWorkflow, JobInput
+from workflows.jobs import BackupWorkflow
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -12,11 +12,12 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from activities.cleanup import cleanup_store
+from bench.store_data import add_privacy_tokens, device_jid, fill_device
+from domain.jobs import JobInput
 from infra.jobs import latest_job_figures, list_job_runs
 from storage import Database
 from tests.jobs.conftest import running_worker
-from tests.jobs.store_data import add_privacy_tokens, device_jid, fill_device
-from workflows.jobs import CleanupWorkflow, JobInput
+from workflows.jobs import CleanupWorkflow
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -15,12 +15,13 @@ from temporalio.client import WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.backup import create_verified_backup, manifest_path, scratch_name, scratch_prefix
+from bench.store_data import device_jid, fill_device
+from domain.jobs import JobInput
 from infra.jobs import job_metrics_provider, latest_job_figures, list_job_runs
 from storage import Database
 from tests.conftest import PgServer
 from tests.jobs.conftest import running_worker, scratch_databases_of
-from tests.jobs.store_data import device_jid, fill_device
-from workflows.jobs import JobInput, RestoreTestWorkflow
+from workflows.jobs import RestoreTestWorkflow
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from temporalio import workflow
 
-from domain.session import INBOX_WORKFLOW, SIGNAL_INBOX_MESSAGE, InboxWorkflowInput, IncomingMessage, inbox_workflow_id
+from domain.inbox import INBOX_WORKFLOW, SIGNAL_INBOX_MESSAGE, InboxWorkflowInput, IncomingMessage, inbox_workflow_id
 
 N = 40
 ORDER: list[str] = []

@@ -10,16 +10,8 @@ import pytest
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
-from domain.session import (
-    ERROR_NOT_CONNECTED,
-    INBOX_WORKFLOW,
-    SIGNAL_INBOX_MESSAGE,
-    InboxWorkflowInput,
-    IncomingMessage,
-    SendRequest,
-    SessionStatus,
-    inbox_workflow_id,
-)
+from domain.inbox import INBOX_WORKFLOW, SIGNAL_INBOX_MESSAGE, InboxWorkflowInput, IncomingMessage, inbox_workflow_id
+from domain.session import ERROR_NOT_CONNECTED, SendRequest, SessionStatus
 from domain.states import SessionState
 from infra.sessions import logout_session, remove_session, session_status, signal_session
 from tests.sessions.conftest import SessionStack

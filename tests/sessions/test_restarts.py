@@ -16,11 +16,11 @@ from contextlib import AsyncExitStack
 import pytest
 
 from cli.embedded import TemporalDevConfig, TemporalDevServer, free_port, wait_until
+from cli.processes import ConnectorProcess
 from domain.session import SessionStatus
 from domain.states import SessionState
 from infra.sessions import initialize_session, list_sessions, session_status
 from tests.sessions.conftest import pydantic_client, session_stack
-from tests.sessions.procs import ConnectorProcess
 
 pytestmark = pytest.mark.slow
 
