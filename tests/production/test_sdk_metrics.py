@@ -1,0 +1,54 @@
+"""Each process exports the Temporal SDK's own Prometheus metrics when TEMPORAL_SDK_METRICS_PORT is set."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from temporalio import activity, workflow
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+with workflow.unsafe.imports_passed_through():  # this module defines a workflow: keep the sandbox lean
+    import httpx
+
+    from cli.embedded import free_port
+    from domain.settings import Settings
+    from infra.temporal import connect_temporal
+
+
+@activity.defn(name="sdk_metrics_probe")
+async def probe_activity() -> str:
+    return "ok"
+
+
+@workflow.defn(name="SdkMetricsProbe")
+class ProbeWorkflow:
+    @workflow.run
+    async def run(self) -> str:
+        return await workflow.execute_activity(probe_activity, start_to_close_timeout=timedelta(seconds=10))
+
+
+def series(text: str, name: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(name)]
+
+
+async def test_a_workers_sdk_metrics_show_task_slots_and_schedule_to_start(dev_env: WorkflowEnvironment) -> None:
+    port = free_port()
+    settings = Settings(
+        _env_file=None, environment="test", temporal_address=dev_env.client.service_client.config.target_host,
+        temporal_namespace=dev_env.client.namespace, temporal_sdk_metrics_port=port,
+    )
+    client = await connect_temporal(settings)
+    queue = f"sdk-metrics-{uuid.uuid4()}"
+    async with Worker(client, task_queue=queue, workflows=[ProbeWorkflow], activities=[probe_activity]):
+        assert await client.execute_workflow(ProbeWorkflow.run, id=f"probe-{uuid.uuid4()}", task_queue=queue) == "ok"
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+
+    slots = [s for s in series(text, "temporal_worker_task_slots_available") if f'task_queue="{queue}"' in s]
+    assert any('worker_type="WorkflowWorker"' in s for s in slots), text[:2000]
+    assert any('worker_type="ActivityWorker"' in s for s in slots), text[:2000]
+    assert [s for s in series(text, "temporal_workflow_task_schedule_to_start_latency") if queue in s]
+    assert [s for s in series(text, "temporal_activity_schedule_to_start_latency") if queue in s]
+    assert [s for s in series(text, "temporal_num_pollers") if queue in s]
