@@ -3,6 +3,9 @@ TLS-terminating proxy (``temporal server start-dev`` cannot serve TLS itself).""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -80,3 +83,22 @@ async def test_unreadable_or_inconsistent_tls_settings_are_named(tmp_path: Any) 
         await connect_temporal(temporal_settings("127.0.0.1:1", "default", temporal_tls_ca=not_pem))
     with pytest.raises(ValueError, match="TEMPORAL_TLS_CERT and TEMPORAL_TLS_KEY go together"):
         temporal_settings("127.0.0.1:1", "default", temporal_tls_cert=not_pem)
+
+
+@pytest.mark.parametrize("command", ["worker", "connector"])
+async def test_a_process_with_refused_certificates_exits_78_naming_the_setting(
+    command: str, dev_env: WorkflowEnvironment, tls_proxy: Callable[..., Any], other_ca: ThrowawayCA, tmp_path: Any
+) -> None:
+    """Exit 78 is what the systemd units do not restart on (RestartPreventExitStatus=78)."""
+    proxy = await tls_proxy(dev_port(dev_env), alpn=("h2",))
+    env = {
+        "PATH": os.environ["PATH"], "TEMPORAL_ADDRESS": proxy.address, "TEMPORAL_TLS_CA": str(other_ca.cert_path),
+        "DATA_DIR": str(tmp_path), "WA_TRANSPORT": "simulator", "ENVIRONMENT": "test",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cli.main", command, env=env, cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 78, out.decode()
+    assert "TEMPORAL_TLS_CA" in out.decode() and "Traceback" not in out.decode()
