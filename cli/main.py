@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -65,7 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TemporalConfigError as exc:
         # Wrong certificates or key: no restart can fix it (systemd: RestartPreventExitStatus=78).
         logging.getLogger(f"waorch.{args.command}").error("cannot start: %s", exc)
-        return EXIT_CONFIG
+        # Exit without interpreter finalization: the SDK's core threads, left from the failed connect,
+        # can abort a finalizing interpreter (SIGABRT in PyGILState_Release) and hide the 78.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_CONFIG)
     if args.command == "api":
         return _run_api(settings)
     parser.error(f"unknown command {args.command}")

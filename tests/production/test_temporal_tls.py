@@ -102,3 +102,22 @@ async def test_a_process_with_refused_certificates_exits_78_naming_the_setting(
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 78, out.decode()
     assert "TEMPORAL_TLS_CA" in out.decode() and "Traceback" not in out.decode()
+
+
+async def test_the_api_key_goes_with_every_request_over_tls(
+    dev_env: WorkflowEnvironment, tls_proxy: Callable[..., Any], ca: ThrowawayCA
+) -> None:
+    """Temporal Cloud's API-key mode: TLS, and ``authorization: Bearer <key>`` on each call."""
+    key = f"cloud-key-{uuid.uuid4().hex}"
+    proxy = await tls_proxy(dev_port(dev_env), alpn=("h2",), bearer=key)
+    ns = dev_env.client.namespace
+    client = await connect_temporal(temporal_settings(proxy.address, ns, temporal_tls_ca=ca.cert_path,
+                                                      temporal_api_key=key))
+    assert await client.count_workflows(f"WorkflowId = 'nothing-{uuid.uuid4()}'") is not None
+    assert proxy.authorized_requests >= 2  # the connect's system-info call, then the query
+
+    with pytest.raises(RuntimeError):
+        client = await connect_temporal(temporal_settings(proxy.address, ns, temporal_tls_ca=ca.cert_path,
+                                                          temporal_api_key="someone-elses-key"), wait_s=2)
+        await client.count_workflows()
+    assert proxy.refused >= 1

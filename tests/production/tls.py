@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hpack
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -100,6 +101,10 @@ class ThrowawayCA:
         return issued
 
 
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_H2_HEADERS, _H2_CONTINUATION = 0x1, 0x9
+_H2_END_HEADERS, _H2_PADDED, _H2_PRIORITY = 0x4, 0x8, 0x20
+
 # PostgreSQL asks for TLS inside its own protocol: an 8-byte SSLRequest, answered 'S', then the handshake.
 _PG_SSL_REQUEST = (8).to_bytes(4, "big") + (80877103).to_bytes(4, "big")
 
@@ -110,7 +115,8 @@ class TlsProxy:
 
     ``client_ca`` makes it mTLS (a client certificate signed by that CA is required).
     ``alpn`` is what it offers (gRPC needs ``h2``). ``postgres`` speaks PostgreSQL's SSLRequest
-    first. Plaintext, a failed handshake or a refused certificate closes the connection;
+    first. ``bearer`` checks every gRPC request's ``authorization`` header (HTTP/2 frames decoded
+    with ``hpack``). Plaintext, a failed handshake or a refused certificate closes the connection;
     ``handshakes`` counts the TLS sessions that reached the server.
     """
 
@@ -119,9 +125,13 @@ class TlsProxy:
     client_ca: Path | None = None
     alpn: tuple[str, ...] = ()
     postgres: bool = False
+    # gRPC only: every request must carry ``authorization: Bearer <bearer>`` (what Temporal Cloud
+    # checks of an API key); a request without it ends the connection.
+    bearer: str | None = None
     port: int = 0
     handshakes: int = 0
     refused: int = 0
+    authorized_requests: int = 0
     _server: asyncio.Server | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -175,8 +185,8 @@ class TlsProxy:
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, OSError):
             writer.close()
             return
-        pipes = [asyncio.ensure_future(self._pipe(reader, up_writer)),
-                 asyncio.ensure_future(self._pipe(up_reader, writer))]
+        inbound = self._pipe(reader, up_writer) if self.bearer is None else self._grpc_pipe(reader, up_writer)
+        pipes = [asyncio.ensure_future(inbound), asyncio.ensure_future(self._pipe(up_reader, writer))]
         try:
             # Either side closing ends the connection (TLS has no half-close to pass on).
             await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
@@ -191,6 +201,38 @@ class TlsProxy:
         with contextlib.suppress(ConnectionError, ssl.SSLError, OSError):
             while data := await reader.read(65536):
                 writer.write(data)
+                await writer.drain()
+
+    async def _grpc_pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Forward an HTTP/2 client stream, reading the headers of each request on the way."""
+        decoder = hpack.Decoder()
+        block = b""
+        with contextlib.suppress(ConnectionError, ssl.SSLError, OSError, asyncio.IncompleteReadError):
+            preface = await reader.readexactly(len(_H2_PREFACE))
+            if preface != _H2_PREFACE:
+                self.refused += 1
+                return
+            writer.write(preface)
+            while True:
+                head = await reader.readexactly(9)
+                length, kind, flags = int.from_bytes(head[:3], "big"), head[3], head[4]
+                payload = await reader.readexactly(length)
+                if kind in (_H2_HEADERS, _H2_CONTINUATION):
+                    fragment = payload
+                    if kind == _H2_HEADERS:
+                        pad = fragment[0] if flags & _H2_PADDED else 0
+                        fragment = fragment[1 if flags & _H2_PADDED else 0:len(fragment) - pad]
+                        if flags & _H2_PRIORITY:
+                            fragment = fragment[5:]
+                    block += fragment
+                    if flags & _H2_END_HEADERS:
+                        headers = {str(k): str(v) for k, v in decoder.decode(block, raw=False)}
+                        block = b""
+                        if headers.get("authorization") != f"Bearer {self.bearer}":
+                            self.refused += 1
+                            return
+                        self.authorized_requests += 1
+                writer.write(head + payload)
                 await writer.drain()
 
     async def stop(self) -> None:
