@@ -66,20 +66,28 @@ async def test_asyncpg_follows_sslmode_and_sslrootcert(
 
 
 async def test_db_parts_carry_sslmode_and_root_cert(
-    database_dsn: str, tls_proxy: Callable[..., Any], ca: ThrowawayCA
+    database_dsn: str, tls_proxy: Callable[..., Any], ca: ThrowawayCA, other_ca: ThrowawayCA
 ) -> None:
     parts = urlsplit(database_dsn)
     proxy = await tls_proxy(parts.port, postgres=True)
-    settings = Settings(
-        _env_file=None, environment="test", db_host="localhost", db_port=proxy.port, db_user="postgres",
-        db_name=parts.path.lstrip("/"), db_sslmode="verify-full", db_sslrootcert=ca.cert_path,
-    )
-    db = Database(settings.database_dsn)
+
+    def settings(root: ThrowawayCA) -> Settings:
+        return Settings(
+            _env_file=None, environment="test", db_host="localhost", db_port=proxy.port, db_user="postgres",
+            db_name=parts.path.lstrip("/"), db_sslmode="verify-full", db_sslrootcert=root.cert_path,
+        )
+
+    db = Database(settings(ca).database_dsn)
     try:
         assert await db.fetchval("SELECT 1") == 1
     finally:
         await db.close()
     assert proxy.handshakes >= 1
+    # verify-full with a root the server's certificate does not chain to: refused.
+    bad = Database(settings(other_ca).database_dsn, retry=RetryPolicy(tries=0))
+    with pytest.raises(Exception, match="certificate verify failed"):
+        await bad.ping()
+    await bad.close()
 
 
 async def test_libpq_tools_get_the_urls_tls_parameters(
