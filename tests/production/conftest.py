@@ -27,8 +27,10 @@ async def tls_proxy(ca: ThrowawayCA) -> AsyncIterator[Callable[..., Any]]:
     """``await tls_proxy(upstream_port, **options)``: a started proxy, stopped after the test."""
     proxies: list[TlsProxy] = []
 
-    async def start(upstream_port: int, **options: Any) -> TlsProxy:
-        proxy = await TlsProxy(upstream_port, ca.issue(f"server{len(proxies)}"), **options).start()
+    async def start(
+        upstream_port: int, hosts: tuple[str, ...] = ("localhost", "127.0.0.1"), **options: Any
+    ) -> TlsProxy:
+        proxy = await TlsProxy(upstream_port, ca.issue(f"server{len(proxies)}", hosts=hosts), **options).start()
         proxies.append(proxy)
         return proxy
 

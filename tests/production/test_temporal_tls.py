@@ -121,3 +121,16 @@ async def test_the_api_key_goes_with_every_request_over_tls(
                                                           temporal_api_key="someone-elses-key"), wait_s=2)
         await client.count_workflows()
     assert proxy.refused >= 1
+
+
+async def test_server_name_verifies_a_certificate_issued_for_another_host(
+    dev_env: WorkflowEnvironment, tls_proxy: Callable[..., Any], ca: ThrowawayCA
+) -> None:
+    """TEMPORAL_TLS_SERVER_NAME: dialled by address, the frontend's certificate names temporal.internal."""
+    proxy = await tls_proxy(dev_port(dev_env), hosts=("temporal.internal",), alpn=("h2",))
+    ns = dev_env.client.namespace
+    client = await connect_temporal(temporal_settings(proxy.address, ns, temporal_tls_ca=ca.cert_path,
+                                                      temporal_tls_server_name="temporal.internal"))
+    assert await client.count_workflows(f"WorkflowId = 'nothing-{uuid.uuid4()}'") is not None
+    with pytest.raises(TemporalConfigError, match="TEMPORAL_TLS_SERVER_NAME"):
+        await connect_temporal(temporal_settings(proxy.address, ns, temporal_tls_ca=ca.cert_path))
