@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
+import pytest
 from temporalio import activity, workflow
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from cli.embedded import free_port
+from cli.embedded import free_port, port_open
 from domain.settings import Settings
 from infra.temporal import connect_temporal
+from tests.stack_harness import StackProcess
 
 
 @activity.defn(name="sdk_metrics_probe")
@@ -52,3 +56,22 @@ async def test_a_workers_sdk_metrics_show_task_slots_and_schedule_to_start(dev_e
     assert [s for s in series(text, "temporal_workflow_task_schedule_to_start_latency") if queue in s]
     assert [s for s in series(text, "temporal_activity_schedule_to_start_latency") if queue in s]
     assert [s for s in series(text, "temporal_num_pollers") if queue in s]
+
+
+@pytest.mark.timeout(180)
+async def test_waorch_up_gives_connector_worker_and_api_each_their_own_sdk_metrics_port(tmp_path: Path) -> None:
+    base = free_port()
+    while port_open(base + 1) or port_open(base + 2):
+        base = free_port()
+    stack = StackProcess(tmp_path / "data", TEMPORAL_SDK_METRICS_PORT=str(base))
+    try:
+        await asyncio.to_thread(stack.start)
+        async with httpx.AsyncClient(timeout=10) as http:
+            for port in (base, base + 1, base + 2):  # connector, worker, api
+                text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+                assert "temporal_request" in text, f"no SDK metrics on {port}"
+            worker = (await http.get(f"http://127.0.0.1:{base + 1}/metrics")).text
+            assert 'worker_type="WorkflowWorker"' in worker
+    finally:
+        if stack.proc is not None and stack.proc.poll() is None:
+            await asyncio.to_thread(stack.stop)
