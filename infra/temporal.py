@@ -1,8 +1,9 @@
 """The one way every process connects to Temporal.
 
-Everything that talks to Temporal (api, worker, connector, the launcher and the
-jobs started from the API) gets its client from :func:`connect_temporal`, so TLS,
-mTLS, the API key and the SDK's metrics are set in one place:
+Every process that talks to Temporal (api, worker, connector; the sessions, sends
+and jobs they start go through their clients) gets its client from
+:func:`connect_temporal`, so TLS, mTLS, the API key and the SDK's metrics are set
+in one place:
 
 - ``TEMPORAL_TLS_CA`` (server roots; unset → the system's), ``TEMPORAL_TLS_CERT`` +
   ``TEMPORAL_TLS_KEY`` (mTLS), ``TEMPORAL_TLS_SERVER_NAME`` (the name the server
