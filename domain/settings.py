@@ -38,8 +38,8 @@ class Settings(BaseSettings):
     temporal_core_queue: str = "wa-core"
     temporal_connector_queue: str = "connector"
     # Production Temporal (Temporal Cloud, a TLS-secured cluster). The same variables the `temporal`
-    # CLI reads. TLS is on when TEMPORAL_TLS is true, or unset and any TLS file or the API key is
-    # given; no TEMPORAL_TLS_CA → the system's trusted roots. CERT + KEY make it mTLS.
+    # CLI reads. TLS is on when TEMPORAL_TLS is true, or unset and any TEMPORAL_TLS_* setting or the API
+    # key is given; no TEMPORAL_TLS_CA → the system's trusted roots. CERT + KEY make it mTLS.
     temporal_tls: bool | None = None
     temporal_tls_cert: Path | None = None
     temporal_tls_key: Path | None = None
@@ -221,7 +221,8 @@ class Settings(BaseSettings):
     def temporal_uses_tls(self) -> bool:
         if self.temporal_tls is not None:
             return self.temporal_tls
-        return any(v is not None for v in (self.temporal_tls_cert, self.temporal_tls_ca, self.temporal_api_key))
+        tls_settings = (self.temporal_tls_cert, self.temporal_tls_ca, self.temporal_tls_server_name)
+        return any(v is not None for v in tls_settings) or self.temporal_api_key is not None
 
     @property
     def uses_embedded_temporal(self) -> bool:

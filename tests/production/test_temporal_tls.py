@@ -83,6 +83,8 @@ async def test_unreadable_or_inconsistent_tls_settings_are_named(tmp_path: Any) 
         await connect_temporal(temporal_settings("127.0.0.1:1", "default", temporal_tls_ca=not_pem))
     with pytest.raises(ValueError, match="TEMPORAL_TLS_CERT and TEMPORAL_TLS_KEY go together"):
         temporal_settings("127.0.0.1:1", "default", temporal_tls_cert=not_pem)
+    with pytest.raises(ValueError, match="TEMPORAL_TLS=false contradicts"):
+        temporal_settings("127.0.0.1:1", "default", temporal_tls=False, temporal_tls_ca=not_pem)
 
 
 @pytest.mark.parametrize("command", ["worker", "connector"])
