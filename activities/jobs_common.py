@@ -149,6 +149,21 @@ def parse_tool_version(output: str) -> tuple[int, str]:
     return int(match.group(1)), match.group(0).split()[-1]
 
 
+# libpq connection parameters of a URL's query string → the environment variable libpq reads for each.
+LIBPQ_ENV = {
+    "host": "PGHOST", "hostaddr": "PGHOSTADDR", "port": "PGPORT", "dbname": "PGDATABASE", "user": "PGUSER",
+    "password": "PGPASSWORD", "passfile": "PGPASSFILE", "service": "PGSERVICE", "options": "PGOPTIONS",
+    "application_name": "PGAPPNAME", "connect_timeout": "PGCONNECT_TIMEOUT", "client_encoding": "PGCLIENTENCODING",
+    "target_session_attrs": "PGTARGETSESSIONATTRS", "load_balance_hosts": "PGLOADBALANCEHOSTS",
+    "channel_binding": "PGCHANNELBINDING", "sslmode": "PGSSLMODE", "requiressl": "PGREQUIRESSL",
+    "sslnegotiation": "PGSSLNEGOTIATION", "sslcompression": "PGSSLCOMPRESSION", "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY", "sslcertmode": "PGSSLCERTMODE", "sslrootcert": "PGSSLROOTCERT", "sslcrl": "PGSSLCRL",
+    "sslcrldir": "PGSSLCRLDIR", "sslsni": "PGSSLSNI", "requirepeer": "PGREQUIREPEER",
+    "ssl_min_protocol_version": "PGSSLMINPROTOCOLVERSION", "ssl_max_protocol_version": "PGSSLMAXPROTOCOLVERSION",
+    "gssencmode": "PGGSSENCMODE", "krbsrvname": "PGKRBSRVNAME", "gsslib": "PGGSSLIB",
+}
+
+
 @dataclass(frozen=True)
 class Target:
     """A database as the libpq environment (PGHOST, PGPASSWORD, …): nothing secret in argv."""
@@ -168,9 +183,11 @@ class Target:
         }
         if parts.password:
             env["PGPASSWORD"] = unquote(parts.password)
+        # The URL's parameters (sslmode, sslrootcert, … as in DATABASE_URL) mean to pg_dump, pg_restore
+        # and psql what they mean to asyncpg: TLS settings reach every client of the database.
         for key, value in parse_qsl(parts.query):
-            if key == "sslmode":
-                env["PGSSLMODE"] = value
+            if key in LIBPQ_ENV:
+                env[LIBPQ_ENV[key]] = value
         return cls(env, env["PGDATABASE"])
 
     def with_database(self, name: str) -> Target:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -13,6 +15,7 @@ from infra.logs import setup_logging
 from infra.sentry import init_sentry
 
 OPERATOR_COMMANDS = frozenset({"sessions", "send", "jobs", "schedules", "keys"})
+EXIT_CONFIG = 78  # sysexits EX_CONFIG: the configuration cannot work; restarting will not help
 
 
 def _run_api(settings: Settings) -> int:
@@ -47,16 +50,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         from cli.stack import run_stack
 
         return asyncio.run(run_stack(settings))
-    if args.command == "worker":
-        from activities.worker import run_worker
+    from infra.temporal import TemporalConfigError  # not before: operator commands need no Temporal SDK
 
-        asyncio.run(run_worker(settings))
-        return 0
-    if args.command == "connector":
-        from connector.main import run_connector
+    try:
+        if args.command == "worker":
+            from activities.worker import run_worker
 
-        asyncio.run(run_connector(settings))
-        return 0
+            asyncio.run(run_worker(settings))
+            return 0
+        if args.command == "connector":
+            from connector.main import run_connector
+
+            asyncio.run(run_connector(settings))
+            return 0
+    except TemporalConfigError as exc:
+        # Wrong certificates or key: no restart can fix it (systemd: RestartPreventExitStatus=78).
+        logging.getLogger(f"waorch.{args.command}").error("cannot start: %s", exc)
+        # Exit without interpreter finalization: the SDK's core threads, left from the failed connect,
+        # can abort a finalizing interpreter (SIGABRT in PyGILState_Release) and hide the 78.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_CONFIG)
     if args.command == "api":
         return _run_api(settings)
     parser.error(f"unknown command {args.command}")

@@ -158,8 +158,11 @@ async def run_stack(settings: Settings) -> int:
                 else f"admin key: in {data / 'admin.key'} (mode 0600)"
             )
 
-        for name in CHILDREN:
-            child = Child(name, env, log_path=data / "logs" / f"{name}.log")
+        for offset, name in enumerate(CHILDREN):
+            child_env = dict(env)
+            if settings.temporal_sdk_metrics_port:  # one SDK metrics port each: connector, worker+1, api+2
+                child_env["TEMPORAL_SDK_METRICS_PORT"] = str(settings.temporal_sdk_metrics_port + offset)
+            child = Child(name, child_env, log_path=data / "logs" / f"{name}.log")
             child.start()
             stack.children.append(child)
 

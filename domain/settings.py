@@ -11,7 +11,7 @@ import socket
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,6 +37,19 @@ class Settings(BaseSettings):
     temporal_namespace: str = "default"
     temporal_core_queue: str = "wa-core"
     temporal_connector_queue: str = "connector"
+    # Production Temporal (Temporal Cloud, a TLS-secured cluster). The same variables the `temporal`
+    # CLI reads. TLS is on when TEMPORAL_TLS is true, or unset and any TEMPORAL_TLS_* setting or the API
+    # key is given; no TEMPORAL_TLS_CA → the system's trusted roots. CERT + KEY make it mTLS.
+    temporal_tls: bool | None = None
+    temporal_tls_cert: Path | None = None
+    temporal_tls_key: Path | None = None
+    temporal_tls_ca: Path | None = None
+    temporal_tls_server_name: str | None = None
+    temporal_api_key: SecretStr | None = None
+    # TEMPORAL_SDK_METRICS_PORT: this process serves the Temporal SDK's Prometheus metrics (task
+    # slots, poll and schedule-to-start latency) on TEMPORAL_SDK_METRICS_HOST:port; unset → off.
+    temporal_sdk_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    temporal_sdk_metrics_host: str = "127.0.0.1"
 
     # PostgreSQL. DATABASE_URL wins; else DB_* parts (password URL-encoded for you);
     # else the embedded server.
@@ -47,6 +60,12 @@ class Settings(BaseSettings):
     db_password: SecretStr = SecretStr("")
     db_name: str = "waorch"
     db_pool_max: int = Field(default=10, ge=1, le=200)
+    # TLS of the DB_* connection (libpq's sslmode, sslrootcert, sslcert, sslkey); with DATABASE_URL
+    # put them in its query string instead (…/waorch?sslmode=verify-full&sslrootcert=/etc/…/ca.pem).
+    db_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    db_sslrootcert: Path | None = None
+    db_sslcert: Path | None = None
+    db_sslkey: Path | None = None
 
     # Redis. Unset → embedded redis-server.
     redis_url: SecretStr | None = None
@@ -142,6 +161,10 @@ class Settings(BaseSettings):
             raise ValueError("API_ADMIN_KEY must be set in production")
         if self.api_admin_key is not None and len(self.api_admin_key.get_secret_value()) < 16:
             raise ValueError("API_ADMIN_KEY must be at least 16 characters")
+        if (self.temporal_tls_cert is None) != (self.temporal_tls_key is None):
+            raise ValueError("TEMPORAL_TLS_CERT and TEMPORAL_TLS_KEY go together (mTLS): set both or neither")
+        if self.temporal_tls is False and (self.temporal_tls_cert or self.temporal_tls_ca):
+            raise ValueError("TEMPORAL_TLS=false contradicts TEMPORAL_TLS_CERT / TEMPORAL_TLS_CA")
         return self
 
     @cached_property
@@ -163,9 +186,15 @@ class Settings(BaseSettings):
         if self.database_url is not None:
             return self.database_url.get_secret_value()
         if self.db_host:
-            return build_database_url(
+            url = build_database_url(
                 self.db_user, self.db_password.get_secret_value(), self.db_host, self.db_port, self.db_name
             )
+            tls = {
+                "sslmode": self.db_sslmode, "sslrootcert": self.db_sslrootcert,
+                "sslcert": self.db_sslcert, "sslkey": self.db_sslkey,
+            }
+            query = urlencode({k: str(v) for k, v in tls.items() if v is not None})
+            return f"{url}?{query}" if query else url
         return build_database_url("postgres", "", "127.0.0.1", self.postgres_port, self.db_name)
 
     @property
@@ -187,6 +216,13 @@ class Settings(BaseSettings):
     @property
     def uses_embedded_redis(self) -> bool:
         return self.redis_url is None
+
+    @property
+    def temporal_uses_tls(self) -> bool:
+        if self.temporal_tls is not None:
+            return self.temporal_tls
+        tls_settings = (self.temporal_tls_cert, self.temporal_tls_ca, self.temporal_tls_server_name)
+        return any(v is not None for v in tls_settings) or self.temporal_api_key is not None
 
     @property
     def uses_embedded_temporal(self) -> bool:
