@@ -5,11 +5,13 @@ connector may take one) and its own ``connector.<id>`` (sends, logouts,
 simulator controls for the sessions it holds).
 
 Start: migrate the project tables (and, for neonize, the whatsmeow store,
-once and serially), then start the session workflow of every company that has
-stored credentials (idempotent: a running workflow is left alone).
-SIGTERM (SPEC S9): close every connection without logout and fail the holds
-as "connector shutting down", so Temporal hands the sessions to the next
-connector at once; SIGKILL is caught by the hold's heartbeat timeout instead.
+once and serially), register this process's lease (connector/lease.py), adopt
+the holds that stopped or dead connectors left (a restarted connector takes
+its own back), and start the session workflow of every company that has
+stored credentials but no hold at all (idempotent: a running workflow is left
+alone). SIGTERM (SPEC S9): close every connection without logout and release
+the lease, so the holds go on at once on the next connector; a SIGKILLed
+connector's holds are adopted once its lease has expired in both stores.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ from workflows.send import SendMessageWorkflow
 
 log = logging.getLogger("waorch.connector")
 
-# Hold activities are long-lived and mostly idle: one slot per held session.
-MAX_SESSIONS_PER_CONNECTOR = 5000
+# hold_session only claims and starts a client, then returns: a few at once is plenty.
+HOLD_ACTIVITY_SLOTS = 100
 
 
 @dataclass
@@ -83,7 +85,7 @@ def connector_workers(client: Client, settings: Settings, acts: ConnectorActivit
         client,
         task_queue=settings.temporal_connector_queue,
         activities=acts.shared_queue_activities(),
-        max_concurrent_activities=MAX_SESSIONS_PER_CONNECTOR,
+        max_concurrent_activities=HOLD_ACTIVITY_SLOTS,
         graceful_shutdown_timeout=timedelta(seconds=5),
         interceptors=interceptors,
     )
@@ -104,8 +106,11 @@ def connector_workers(client: Client, settings: Settings, acts: ConnectorActivit
 
 
 async def resume_stored_sessions(client: Client, settings: Settings, devices: DeviceDirectory) -> int:
-    """Start the session workflow of every company with stored credentials (idempotent)."""
-    companies = await devices.companies_with_devices()
+    """Start the session workflow of every company with stored credentials and no hold (idempotent).
+
+    A company with a row in ``session_holds`` has a running workflow whose hold goes on (adopted);
+    the others are started here and hold as usual (a running workflow is left alone)."""
+    companies = await devices.companies_without_hold()
     sem = asyncio.Semaphore(20)
 
     async def one(cid: str) -> None:
@@ -132,6 +137,7 @@ async def run_connector(settings: Settings, stop: asyncio.Event | None = None) -
     acts = ConnectorActivities(
         settings, client, transport, devices, EventPublisher(redis, settings.events_channel)
     )
+    await acts.start()
     workers = connector_workers(client, settings, acts)
     tasks = [asyncio.create_task(w.run()) for w in workers]
     log.info(

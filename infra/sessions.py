@@ -70,7 +70,7 @@ def session_workflow_input(
         backoff_cap_s=settings.backoff_cap_s,
         backoff_max_attempts=settings.backoff_max_attempts,
         alert_grace_s=settings.alert_grace_s,
-        hold_heartbeat_timeout_s=settings.hold_heartbeat_timeout_s,
+        hold_start_timeout_s=settings.hold_start_timeout_s,
         search_attributes=search_attributes,
         pairing_phone=pairing_phone,
     )
