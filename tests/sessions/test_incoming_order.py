@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 
 from temporalio import workflow
 
-
 from domain.inbox import INBOX_WORKFLOW, SIGNAL_INBOX_MESSAGE, InboxWorkflowInput, IncomingMessage, inbox_workflow_id
 
 N = 40
