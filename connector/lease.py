@@ -149,7 +149,7 @@ class LeaseKeeper:
                 me.pool, me.connector_id,
             )
             if clash is not None:
-                if process_gone(clash["process"]):
+                if s.lease_local_process_check and process_gone(clash["process"]):
                     await conn.execute(
                         "UPDATE connector_leases SET dead_at = now(), dead_reason = $2 WHERE incarnation = $1 "
                         "AND dead_at IS NULL", clash["incarnation"], "process gone (restarted on the same host)",
@@ -319,7 +319,7 @@ class PeerWatch:
             inc = row["incarnation"]
             seen.add(inc)
             reason: str | None = None
-            if process_gone(row["process"]):
+            if self._s.lease_local_process_check and process_gone(row["process"]):
                 reason = "its process is gone"
             else:
                 try:

@@ -27,6 +27,7 @@ from temporalio.worker import Worker
 
 from connector.activities import ConnectorActivities
 from connector.devices import DeviceDirectory
+from connector.phone_side import serve_phone_side
 from connector.transport import Transport
 from domain.settings import Settings
 from infra.process import stop_event_on_signals
@@ -41,6 +42,7 @@ log = logging.getLogger("waorch.connector")
 
 # hold_session only claims and starts a client, then returns: a few at once is plenty.
 HOLD_ACTIVITY_SLOTS = 100
+_RESUME_LOCK = 0x7761_7273  # "wars": one connector starts stored companies' sessions at a time
 
 
 @dataclass
@@ -110,7 +112,19 @@ async def resume_stored_sessions(client: Client, settings: Settings, devices: De
 
     A company with a row in ``session_holds`` has a running workflow whose hold goes on (adopted);
     the others are started here and hold as usual (a running workflow is left alone)."""
-    companies = await devices.companies_without_hold()
+    async with devices.db.connection() as conn:
+        # One connector at a time (the others find the sessions started, or nothing to do).
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _RESUME_LOCK):
+            return 0
+        try:
+            companies = await devices.companies_without_hold()
+            await _start_sessions(client, settings, companies)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _RESUME_LOCK)
+    return len(companies)
+
+
+async def _start_sessions(client: Client, settings: Settings, companies: list[str]) -> None:
     sem = asyncio.Semaphore(20)
 
     async def one(cid: str) -> None:
@@ -123,7 +137,6 @@ async def resume_stored_sessions(client: Client, settings: Settings, devices: De
     await asyncio.gather(*(one(c) for c in companies))
     if companies:
         log.info("sessions ensured for stored devices count=%d", len(companies))
-    return len(companies)
 
 
 async def run_connector(settings: Settings, stop: asyncio.Event | None = None) -> None:
@@ -145,13 +158,14 @@ async def run_connector(settings: Settings, stop: asyncio.Event | None = None) -
         settings.connector_id, settings.wa_transport, settings.connector_own_queue,
     )
     try:
-        await resume_stored_sessions(client, settings, devices)
-        stopped = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
-        for task in done:
-            if task is not stopped and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+        async with serve_phone_side(transport, settings.phone_side_port):
+            await resume_stored_sessions(client, settings, devices)
+            stopped = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            for task in done:
+                if task is not stopped and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
     finally:
         log.info("connector stopping id=%s held=%d", settings.connector_id, len(acts.held))
         await acts.shutdown()

@@ -77,9 +77,14 @@ class Settings(BaseSettings):
     lease_renew_s: float = Field(default=1.0, gt=0)
     lease_ttl_s: float = Field(default=4.0, gt=0)
     lease_fence_s: float = Field(default=4.0, gt=0)
+    # A peer on this machine whose process is gone is declared dead at once (its sockets are closed);
+    # off, a SIGKILL is detected like one on another host, by the lease alone (bench/scale.py uses that).
+    lease_local_process_check: bool = True
     # A hold request waits this long for a live connector to take it before it counts as failed.
     hold_start_timeout_s: float = Field(default=60.0, ge=5)
     connector_max_sessions: int = Field(default=5000, ge=1)
+    # The simulated phone side on loopback HTTP (connector/phone_side.py): tests and fault runs only.
+    phone_side_port: int | None = None
     # Incoming messages spooled in PostgreSQL and not yet handed to Temporal: past this many a
     # connector stops taking new ones from WhatsApp until the spool drains (backpressure, not loss).
     spool_max_pending: int = Field(default=100_000, ge=10)
@@ -155,6 +160,8 @@ class Settings(BaseSettings):
             raise ValueError("LEASE_FENCE_S and LEASE_TTL_S must be at least twice LEASE_RENEW_S")
         if self.backoff_cap_s < self.backoff_base_s:
             raise ValueError("BACKOFF_CAP_S must be >= BACKOFF_BASE_S")
+        if self.environment == "production" and self.phone_side_port is not None:
+            raise ValueError("PHONE_SIDE_PORT is for tests and fault runs; it is refused in production")
         if self.environment == "production" and self.api_admin_key is None:
             raise ValueError("API_ADMIN_KEY must be set in production")
         if self.api_admin_key is not None and len(self.api_admin_key.get_secret_value()) < 16:
