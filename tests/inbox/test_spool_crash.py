@@ -95,7 +95,7 @@ async def test_500_messages_while_temporal_is_unreachable_then_sigkill_lose_noth
         await wait_until(all_delivered, 120, interval=0.2)
 
         async def spool_empty() -> bool:
-            return await db.fetchval("SELECT count(*) FROM incoming_spool") == 0
+            return bool(await db.fetchval("SELECT count(*) FROM incoming_spool") == 0)
 
         await wait_until(spool_empty, 30, interval=0.2)
 
