@@ -263,6 +263,9 @@ class ConnectorActivities:
             self.lost_peers.append(peer.incarnation)
             log.warning("connector lost connector_id=%s holds=%d reason=%s", peer.connector_id, peer.holds,
                         peer.reason)
+            for cid in await self.holds.of(peer.incarnation):
+                await self.publish(cid, EventType.DISCONNECTED, reason=f"connector {peer.connector_id} lost",
+                                   connector=peer.connector_id)
         await self._adopt()
         if self._ticks % VERIFY_EVERY_TICKS == 0:
             await self._verify()

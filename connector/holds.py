@@ -155,6 +155,12 @@ class HoldTable:
         return [HoldRow(r["company_id"], r["hold_id"], r["workflow_id"], r["jid"], r["pairing_phone"],
                         r["announced_queue"], _outcome(r["ended"])) for r in rows]
 
+    async def of(self, incarnation: str) -> list[str]:
+        """The companies a (dead) process held."""
+        rows = await self.db.fetch("SELECT company_id FROM session_holds WHERE pool = $1 AND holder = $2",
+                                   self.me.pool, incarnation)
+        return [r["company_id"] for r in rows]
+
     async def orphans(self) -> int:
         count: int = await self.db.fetchval(
             f"""SELECT count(*) FROM session_holds h LEFT JOIN connector_leases l ON l.incarnation = h.holder
