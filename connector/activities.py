@@ -25,7 +25,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -74,6 +75,7 @@ from domain.session import (
     SendRequest,
     SendResult,
     SimulatorCommand,
+    session_workflow_id,
 )
 from domain.settings import Settings
 from infra.redis import EventPublisher
@@ -89,6 +91,9 @@ _OUTCOME_EVENTS: dict[HoldOutcomeKind, EventType] = {
     HoldOutcomeKind.TEMP_BANNED: EventType.ERROR,
     HoldOutcomeKind.PAIRING_TIMEOUT: EventType.LOGGED_OUT,
 }
+# Starts a session workflow that already holds a connection: (company, hold id, jid, phone, holder queue,
+# holder) -> whether this call started it (False: it was running already).
+StartWithHold = Callable[[str, str, str, str | None, str, str], Awaitable[bool]]
 _SIGNAL_RETRY_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # then every 5 s until Temporal takes it
 VERIFY_EVERY_TICKS = 5
 ADOPT_BATCH = 200
@@ -130,6 +135,9 @@ class _Hold:
     # Why the connection was closed from this side; decides what the end reports.
     closing: str = ""  # "" | "request" (the workflow asked) | "shutdown" | "lost" (row no longer ours)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    # Set when the client connects: (jid, phone, push name). The resume of a session with no workflow
+    # waits for it before it starts the workflow (resume_without_workflow).
+    connected: asyncio.Future[tuple[str, str | None, str | None]] | None = None
 
 
 class _HoldListener:
@@ -155,6 +163,8 @@ class _HoldListener:
     async def connected(self, jid: str, phone: str | None, push_name: str | None) -> None:
         h, acts = self._hold, self._acts
         await acts.devices.remember(h.company_id, jid, phone, push_name)
+        if h.connected is not None and not h.connected.done():
+            h.connected.set_result((jid, phone, push_name))
         queue = acts.me.own_queue
         if h.announced_queue != queue:
             sig = ConnectedSignal(jid, queue, phone, push_name, h.hold_id, acts.me.incarnation)
@@ -401,6 +411,42 @@ class ConnectorActivities:
 
     async def publish(self, company_id: str, kind: EventType, **data: Any) -> None:
         await self.events.publish(Event(type=kind, company_id=company_id, data=data))
+
+    async def resume_without_workflow(self, company_id: str, jid: str, start: StartWithHold,
+                                      timeout: float = 60.0) -> bool:
+        """Connect a stored device whose company has no session workflow, then start the workflow
+        already holding that connection: one workflow start, where a start that holds costs a task,
+        an activity and a signal more (how thousands of sessions come back after Temporal lost its
+        data, or on a first deployment). Returns False when the caller should start the workflow the
+        usual way instead (the device did not connect, or the company is held or started elsewhere).
+        """
+        if not await self.transport.device_exists(jid):
+            return False
+        hold_id = f"resume-{uuid.uuid4()}"
+        workflow_id = session_workflow_id(company_id)
+        try:
+            await self.holds.claim(company_id, hold_id, workflow_id, jid, None)
+        except HeldElsewhereError:
+            return False
+        loop = asyncio.get_running_loop()
+        # The workflow does not exist yet: nothing to announce "connected" to; its start says it.
+        hold = _Hold(company_id, hold_id, workflow_id, announced_queue=self.me.own_queue,
+                     connected=loop.create_future())
+        await self._start_client(hold, jid=jid, pairing_phone=None)
+        assert hold.outcome is not None and hold.connected is not None
+        waits: list[asyncio.Future[Any]] = [hold.connected, hold.outcome]
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if hold.connected.done() and not hold.outcome.done():
+            jid_now, phone, _push = hold.connected.result()
+            if await start(company_id, hold_id, jid_now, phone, self.me.own_queue, self.me.incarnation):
+                with contextlib.suppress(Exception):
+                    await self.holds.announced(company_id, hold_id, self.me.own_queue)
+                return True
+        hold.closing = "request"  # not connected, or a workflow appeared meanwhile: hand it back
+        await self._stop_client(hold)
+        with contextlib.suppress(Exception):
+            await self.holds.delete(company_id, hold_id)
+        return False
 
     # ------------------------------------------------------------------ shared queue
 

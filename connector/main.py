@@ -33,7 +33,7 @@ from domain.settings import Settings
 from infra.process import stop_event_on_signals
 from infra.redis import EventPublisher, redis_client
 from infra.sentry import sentry_interceptors
-from infra.sessions import ensure_session_started
+from infra.sessions import ensure_session_started, running_session_companies, start_session_holding
 from infra.temporal import connect_temporal
 from storage import Database, migrate
 from workflows.send import SendMessageWorkflow
@@ -107,36 +107,50 @@ def connector_workers(client: Client, settings: Settings, acts: ConnectorActivit
     return [shared, own]
 
 
-async def resume_stored_sessions(client: Client, settings: Settings, devices: DeviceDirectory) -> int:
-    """Start the session workflow of every company with stored credentials and no hold (idempotent).
+async def resume_stored_sessions(client: Client, settings: Settings, acts: ConnectorActivities) -> int:
+    """Bring back every company with stored credentials and no hold; return how many.
 
-    A company with a row in ``session_holds`` has a running workflow whose hold goes on (adopted);
-    the others are started here and hold as usual (a running workflow is left alone)."""
-    async with devices.db.connection() as conn:
-        # One connector at a time (the others find the sessions started, or nothing to do).
+    A company with a row in ``session_holds`` has a workflow whose hold goes on (adopted), and one
+    whose workflow runs is that workflow's business (it may be waiting for a relink). The rest have
+    no workflow: this connector connects each from its credentials and starts its workflow already
+    holding the connection; one that does not connect gets its workflow started the usual way
+    (it holds, backs off, reports)."""
+    async with acts.devices.db.connection() as conn:
+        # One connector at a time (the others find the sessions held, or nothing to do).
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _RESUME_LOCK):
             return 0
         try:
-            companies = await devices.companies_without_hold()
-            await _start_sessions(client, settings, companies)
+            companies = await acts.devices.companies_without_hold()
+            running = await running_session_companies(client) if companies else set()
+            todo = [(c, jid) for c, jid in companies if running is None or c not in running]
+            await _bring_back(client, settings, acts, todo, direct=running is not None)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", _RESUME_LOCK)
-    return len(companies)
+    return len(todo)
 
 
-async def _start_sessions(client: Client, settings: Settings, companies: list[str]) -> None:
-    sem = asyncio.Semaphore(20)
+async def _bring_back(client: Client, settings: Settings, acts: ConnectorActivities,
+                      companies: list[tuple[str, str]], *, direct: bool) -> None:
+    sem = asyncio.Semaphore(50)
+    resumed = 0
 
-    async def one(cid: str) -> None:
+    async def start_holding(cid: str, hold_id: str, jid: str, phone: str | None, queue: str, holder: str) -> bool:
+        return await start_session_holding(client, settings, cid, hold_id, jid, phone, queue, holder)
+
+    async def one(cid: str, jid: str) -> None:
+        nonlocal resumed
         async with sem:
             try:
+                if direct and await acts.resume_without_workflow(cid, jid, start_holding):
+                    resumed += 1
+                    return
                 await ensure_session_started(client, settings, cid)
             except Exception as exc:
                 log.warning("could not start session company_id=%s error=%s", cid, exc)
 
-    await asyncio.gather(*(one(c) for c in companies))
+    await asyncio.gather(*(one(c, jid) for c, jid in companies))
     if companies:
-        log.info("sessions ensured for stored devices count=%d", len(companies))
+        log.info("sessions brought back count=%d connected_directly=%d", len(companies), resumed)
 
 
 async def run_connector(settings: Settings, stop: asyncio.Event | None = None) -> None:
@@ -159,7 +173,7 @@ async def run_connector(settings: Settings, stop: asyncio.Event | None = None) -
     )
     try:
         async with serve_phone_side(transport, settings.phone_side_port):
-            await resume_stored_sessions(client, settings, devices)
+            await resume_stored_sessions(client, settings, acts)
             stopped = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
