@@ -236,6 +236,8 @@ async def run_design(name: str, tree: Path, args: argparse.Namespace, pg: Embedd
         victim = procs[1]
         assert isinstance(victim, ConnectorProcess)
         theirs = {c for c, (conn, _) in holders.last.items() if conn == victim.connector_id}
+        emit(metric="spread", design=name, per_connector=[
+            sum(1 for conn, _ in holders.last.values() if conn == p.name) for p in procs[1:]])
         killed = time.monotonic()
         victim.kill()
 

@@ -155,6 +155,16 @@ class HoldTable:
         return [HoldRow(r["company_id"], r["hold_id"], r["workflow_id"], r["jid"], r["pairing_phone"],
                         r["announced_queue"], _outcome(r["ended"])) for r in rows]
 
+    async def live_connectors(self) -> int:
+        count: int = await self.db.fetchval(f"SELECT count(*) FROM connector_leases WHERE pool = $1 AND {_LIVE}",
+                                            self.me.pool)
+        return count
+
+    async def is_held(self, company_id: str) -> bool:
+        return bool(await self.db.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM session_holds WHERE pool = $1 AND company_id = $2)", self.me.pool, company_id
+        ))
+
     async def of(self, incarnation: str) -> list[str]:
         """The companies a (dead) process held."""
         rows = await self.db.fetch("SELECT company_id FROM session_holds WHERE pool = $1 AND holder = $2",

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import random
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -42,7 +44,6 @@ log = logging.getLogger("waorch.connector")
 
 # hold_session only claims and starts a client, then returns: a few at once is plenty.
 HOLD_ACTIVITY_SLOTS = 100
-_RESUME_LOCK = 0x7761_7273  # "wars": one connector starts stored companies' sessions at a time
 
 
 @dataclass
@@ -115,22 +116,21 @@ async def resume_stored_sessions(client: Client, settings: Settings, acts: Conne
     no workflow: this connector connects each from its credentials and starts its workflow already
     holding the connection; one that does not connect gets its workflow started the usual way
     (it holds, backs off, reports)."""
-    async with acts.devices.db.connection() as conn:
-        # One connector at a time (the others find the sessions held, or nothing to do).
-        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _RESUME_LOCK):
-            return 0
-        try:
-            companies = await acts.devices.companies_without_hold()
-            running = await running_session_companies(client) if companies else set()
-            todo = [(c, jid) for c, jid in companies if running is None or c not in running]
-            await _bring_back(client, settings, acts, todo, direct=running is not None)
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", _RESUME_LOCK)
+    companies = await acts.devices.companies_without_hold()
+    if not companies:
+        return 0
+    running = await running_session_companies(client)
+    todo = [(c, jid) for c, jid in companies if running is None or c not in running]
+    # Connectors starting together share the work: each takes about its share, in its own random
+    # order; a company is claimed once (session_holds), whoever gets there first.
+    random.shuffle(todo)
+    share = math.ceil(len(todo) / max(await acts.holds.live_connectors(), 1) * 1.05) + 5
+    await _bring_back(client, settings, acts, todo, direct=running is not None, share=share)
     return len(todo)
 
 
 async def _bring_back(client: Client, settings: Settings, acts: ConnectorActivities,
-                      companies: list[tuple[str, str]], *, direct: bool) -> None:
+                      companies: list[tuple[str, str]], *, direct: bool, share: int) -> None:
     sem = asyncio.Semaphore(50)
     resumed = 0
 
@@ -140,10 +140,14 @@ async def _bring_back(client: Client, settings: Settings, acts: ConnectorActivit
     async def one(cid: str, jid: str) -> None:
         nonlocal resumed
         async with sem:
+            if resumed >= share:
+                return  # the other connectors take the rest
             try:
                 if direct and await acts.resume_without_workflow(cid, jid, start_holding):
                     resumed += 1
                     return
+                if await acts.holds.is_held(cid):
+                    return  # another connector took it meanwhile
                 await ensure_session_started(client, settings, cid)
             except Exception as exc:
                 log.warning("could not start session company_id=%s error=%s", cid, exc)
@@ -173,6 +177,8 @@ async def run_connector(settings: Settings, stop: asyncio.Event | None = None) -
     )
     try:
         async with serve_phone_side(transport, settings.phone_side_port):
+            # Connectors started together see each other's leases first, so they share the resume.
+            await asyncio.sleep(2 * settings.lease_renew_s)
             await resume_stored_sessions(client, settings, acts)
             stopped = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
