@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from temporalio import activity
 
 from domain.events import Event, EventType
 from domain.session import (
     ACTIVITY_DELETE_CREDENTIALS,
+    ACTIVITY_END_HOLD,
     ACTIVITY_PUBLISH_EVENT,
     CredentialsDeletion,
+    ReleaseRequest,
     SessionEventRequest,
 )
 from infra.redis import EventPublisher
@@ -56,3 +60,16 @@ class SessionActivities:
     @activity.defn(name=ACTIVITY_PUBLISH_EVENT)
     async def publish_session_event(self, req: SessionEventRequest) -> None:
         await self._events.publish(Event(type=EventType(req.type), company_id=req.company_id, data=dict(req.data)))
+
+    @activity.defn(name=ACTIVITY_END_HOLD)
+    async def end_hold(self, req: ReleaseRequest) -> bool:
+        """Forget a hold whose connector the workflow could not reach, so no connector adopts it; a
+        holder that is alive sees its row gone and closes the connection (connector/holds.py)."""
+        status = await self._db.execute(
+            "DELETE FROM session_holds WHERE company_id = $1 AND hold_id = $2", req.company_id, req.hold_id
+        )
+        return status.endswith(" 1")
+
+    def activities(self) -> list[Callable[..., Any]]:
+        """Every worker-side activity of the session workflow (the worker and the tests register these)."""
+        return [self.delete_credentials, self.publish_session_event, self.end_hold]

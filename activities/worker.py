@@ -49,7 +49,7 @@ def build_activities(deps: WorkerDeps) -> list[Callable[..., Any]]:
     backup = BackupActivities(deps.settings)
     cleanup = CleanupActivities(deps.settings, deps.db)
     return [
-        notifier.send_alert, sessions.delete_credentials, sessions.publish_session_event,
+        notifier.send_alert, *sessions.activities(),
         jobs.record_job_start, jobs.record_job_finish, backup.run_backup, backup.run_restore_test,
         cleanup.run_cleanup,
         *InboxActivities(deps.settings, deps.db, deps.redis, deps.client).activities(),
@@ -63,6 +63,8 @@ def build_worker(deps: WorkerDeps) -> Worker:
         workflows=ALL_WORKFLOWS,
         activities=build_activities(deps),
         max_concurrent_activities=100,
+        # One session workflow per company: a workflow not in the cache is replayed on its next task.
+        max_cached_workflows=deps.settings.worker_max_cached_workflows,
         interceptors=sentry_interceptors(),  # no-op list without SENTRY_DSN (SPEC H5)
     )
 

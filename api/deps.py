@@ -13,6 +13,7 @@ from fastapi import Depends, Header, Path, Request
 from temporalio.client import Client
 
 from api.errors import ApiError
+from api.events import HolderLiveness
 from api.onboarding import InvalidOnboardingToken, is_onboarding_token, verify_token
 from domain.company import InvalidCompanyId, normalize_company_id
 from domain.settings import Settings
@@ -38,6 +39,7 @@ class AppContext:
     events: EventHub | None = None
     publisher: EventPublisher | None = None
     job_metrics: JobMetricsProvider | None = None
+    holders: HolderLiveness = field(default_factory=HolderLiveness)
     extra: dict[str, object] = field(default_factory=dict)
 
 

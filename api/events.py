@@ -17,6 +17,7 @@ from typing import Any
 
 from infra.metrics import EventCounters
 from infra.redis import EventSubscription
+from storage import Database
 
 log = logging.getLogger("waorch.api.events")
 
@@ -50,6 +51,34 @@ class ConnectedCache:
 
     def invalidate(self, company_id: str) -> None:
         self._entries.pop(company_id, None)
+
+
+class HolderLiveness:
+    """Whether the connector process holding a session still runs: one that stopped or was declared
+    dead has its holds adopted by another, and a send queued for it meanwhile would wait for a queue
+    nobody polls. Unknown (database slow or down) counts as alive; answers are kept ``ttl_s``."""
+
+    def __init__(self, ttl_s: float = 2.0, timeout_s: float = 0.3) -> None:
+        self.ttl_s = ttl_s
+        self.timeout_s = timeout_s
+        self._answers: dict[str, tuple[float, bool]] = {}
+
+    async def alive(self, db: Database, holder: str) -> bool:
+        now = asyncio.get_running_loop().time()
+        hit = self._answers.get(holder)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        try:
+            gone = await asyncio.wait_for(db.fetchval(
+                "SELECT dead_at IS NOT NULL OR released_at IS NOT NULL FROM connector_leases WHERE incarnation = $1",
+                holder,
+            ), self.timeout_s)
+        except Exception:
+            gone = None
+        if len(self._answers) > 1000:
+            self._answers.clear()
+        self._answers[holder] = (now + self.ttl_s, not gone)
+        return not gone
 
 
 @dataclass(eq=False)

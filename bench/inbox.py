@@ -197,6 +197,7 @@ async def main(args: argparse.Namespace) -> int:
         sim = TimedSimulator(devices)
         connector = ConnectorActivities(settings, client, sim, devices,
                                         EventPublisher(redis, settings.events_channel))
+        await connector.start()
         for w in connector_workers(client, settings, connector):
             await stack.enter_async_context(w)
         stack.push_async_callback(connector.shutdown, 5)

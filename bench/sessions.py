@@ -181,7 +181,7 @@ async def main() -> None:
         redis = redis_client(settings)
         acts = SessionActivities(db, EventPublisher(redis, settings.events_channel))
         async with Worker(client, task_queue=settings.temporal_core_queue, workflows=[SessionWorkflow],
-                          activities=[log_alert, acts.delete_credentials, acts.publish_session_event],
+                          activities=[log_alert, *acts.activities()],
                           max_concurrent_workflow_tasks=200):
             conn1 = ConnectorProcess(settings, "bench1", tmp, temporal.address).start()
             procs.append(conn1)

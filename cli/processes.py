@@ -32,28 +32,32 @@ def settings_env(settings: Settings, temporal_target: str, **overrides: str) -> 
     return env
 
 
-class ConnectorProcess:
-    """A real connector process (``python -m cli.main connector``) with the given settings."""
+class ServiceProcess:
+    """A real ``python -m cli.main <command>`` process (connector, worker, api) with the given settings."""
 
-    def __init__(self, settings: Settings, connector_id: str, log_dir: Path, temporal_target: str,
-                 **env_overrides: str) -> None:
-        self.connector_id = connector_id
-        self.queue = f"{settings.temporal_connector_queue}.{connector_id}"
-        # Every setting as the caller's (the connector starts stored companies' workflows itself
-        # with the same tunables), only its own id and log dir differ.
-        self.env = settings_env(settings, temporal_target, CONNECTOR_ID=connector_id, DATA_DIR=str(log_dir),
-                                LOG_LEVEL="INFO", **env_overrides)
-        self.log_path = log_dir / f"connector-{connector_id}.log"
+    def __init__(self, settings: Settings, command: str, name: str, log_dir: Path, temporal_target: str,
+                 *, cwd: Path = REPO, **env_overrides: str) -> None:
+        self.command = command
+        self.name = name
+        self.cwd = cwd
+        self.env = settings_env(settings, temporal_target, DATA_DIR=str(log_dir), LOG_LEVEL="INFO",
+                                PYTHONPATH=str(cwd), **env_overrides)
+        self.log_path = log_dir / f"{command}-{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> ConnectorProcess:
+    def start(self) -> ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cli.main", "connector"],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                [sys.executable, "-m", "cli.main", self.command],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd,
             )
         return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -72,3 +76,20 @@ class ConnectorProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-3000:]
+
+
+class ConnectorProcess(ServiceProcess):
+    """A real connector process (``python -m cli.main connector``) with the given settings."""
+
+    def __init__(self, settings: Settings, connector_id: str, log_dir: Path, temporal_target: str,
+                 *, cwd: Path = REPO, **env_overrides: str) -> None:
+        # Every setting as the caller's (the connector starts stored companies' workflows itself
+        # with the same tunables), only its own id and log dir differ.
+        super().__init__(settings, "connector", connector_id, log_dir, temporal_target, cwd=cwd,
+                         CONNECTOR_ID=connector_id, **env_overrides)
+        self.connector_id = connector_id
+        self.queue = f"{settings.temporal_connector_queue}.{connector_id}"
+
+    def start(self) -> ConnectorProcess:
+        super().start()
+        return self

@@ -1,10 +1,23 @@
-"""The connector's activities: hold a session, and the per-connector operations on it.
+"""The connector's activities, and the life of every connection it holds.
 
-``hold_session`` runs on the shared queue (any live connector may take a
-session); it lives as long as the connection, heartbeating, and turns the
-transport's callbacks into signals to the session workflow and events on
-Redis (SPEC E1). The other activities run on this connector's own queue,
-which the workflow and the API reach through ``SessionStatus.holder_queue``.
+``hold_session`` (shared queue ``connector``: any live connector may take it) claims the company
+in ``session_holds``, starts the transport's client and returns at once. The connection then lives
+on in this process and costs Temporal nothing while it is idle: no heartbeat, no pending activity.
+Liveness is the connector's lease instead (connector/lease.py). The transport's callbacks become
+signals to the session workflow (``qr``, ``pairing_code``, ``connected``, ``disconnected``) and
+events on Redis; how the connection ends becomes the ``hold_ended`` signal. The signals that move
+the session (``connected``, ``hold_ended``) are retried until Temporal takes them, so a Temporal
+outage delays them and loses none.
+
+Every second (:meth:`ConnectorActivities.tick`) a connector declares dead peers, adopts the holds of
+connectors that died or stopped (resuming each connection under the same hold id, and telling the
+workflow only when the queue that reaches it changed), and closes any connection whose row is no
+longer its own. That loop runs here, not in Temporal, because it is what keeps connections right
+while Temporal is unreachable.
+
+Incoming messages go through the spool (connector/spool.py): durable first, then handed to the
+chat's inbox workflow in order. The other activities run on this connector's own queue: send,
+release, logout and the transport's controls.
 """
 
 from __future__ import annotations
@@ -12,18 +25,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import redis.asyncio as aioredis
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from connector.devices import DeviceDirectory
+from connector.holds import HeldElsewhereError, HoldRow, HoldTable
+from connector.lease import Incarnation, LeaseKeeper, PeerWatch
 from connector.simulator import SimulatorError, SimulatorTransport
+from connector.spool import IncomingSpool
 from connector.transport import NotConnectedError, Transport
 from domain.events import Event, EventType
 from domain.inbox import INBOX_WORKFLOW, SIGNAL_INBOX_MESSAGE, InboxWorkflowInput, IncomingMessage, inbox_workflow_id
@@ -35,22 +54,28 @@ from domain.session import (
     ACTIVITY_SIMULATOR_CONTROL,
     ACTIVITY_SIMULATOR_OUTBOX,
     ERROR_CONNECTOR_SHUTDOWN,
+    ERROR_HELD_ELSEWHERE,
     ERROR_NOT_CONNECTED,
     SIGNAL_CONNECTED,
     SIGNAL_DISCONNECTED,
+    SIGNAL_HOLD_ENDED,
     SIGNAL_PAIRING_CODE,
     SIGNAL_QR,
     ConnectedSignal,
     DisconnectedSignal,
+    HoldEndedSignal,
     HoldOutcome,
     HoldOutcomeKind,
     HoldRequest,
+    HoldStarted,
     OutboxEntry,
     PairingCodeSignal,
     QrSignal,
+    ReleaseRequest,
     SendRequest,
     SendResult,
     SimulatorCommand,
+    session_workflow_id,
 )
 from domain.settings import Settings
 from infra.redis import EventPublisher
@@ -66,48 +91,12 @@ _OUTCOME_EVENTS: dict[HoldOutcomeKind, EventType] = {
     HoldOutcomeKind.TEMP_BANNED: EventType.ERROR,
     HoldOutcomeKind.PAIRING_TIMEOUT: EventType.LOGGED_OUT,
 }
-
-
-class _HoldListener:
-    """Transport callbacks of one hold attempt → workflow signals + Redis events."""
-
-    def __init__(self, acts: ConnectorActivities, req: HoldRequest) -> None:
-        self._acts = acts
-        self._req = req
-        self._wf = acts.client.get_workflow_handle(req.workflow_id)
-        self._queue = acts.settings.connector_own_queue
-
-    async def _signal(self, name: str, payload: Any) -> None:
-        try:
-            await self._wf.signal(name, payload)
-        except Exception as exc:  # the workflow may be gone; the connection must not crash for it
-            log.warning("signal failed company_id=%s signal=%s error=%s", self._req.company_id, name, exc)
-
-    async def _event(self, kind: EventType, **data: Any) -> None:
-        await self._acts.events.publish(Event(type=kind, company_id=self._req.company_id, data=data))
-
-    async def qr(self, code: str, sequence: int, expires_at: datetime | None) -> None:
-        await self._signal(SIGNAL_QR, QrSignal(code, sequence, self._queue, expires_at, self._req.hold_id))
-        await self._event(EventType.QR, qr=code, sequence=sequence,
-                          expiresAt=expires_at.isoformat() if expires_at else None)
-
-    async def pairing_code(self, code: str) -> None:
-        await self._signal(SIGNAL_PAIRING_CODE, PairingCodeSignal(code, self._queue, self._req.hold_id))
-        await self._event(EventType.PAIRING_CODE, pairingCode=code)
-
-    async def connected(self, jid: str, phone: str | None, push_name: str | None) -> None:
-        await self._acts.devices.remember(self._req.company_id, jid, phone, push_name)
-        await self._signal(
-            SIGNAL_CONNECTED, ConnectedSignal(jid, self._queue, phone, push_name, self._req.hold_id)
-        )
-        await self._event(EventType.CONNECTED, jid=jid, phone=phone, connector=self._acts.settings.connector_id)
-        log.info("connected company_id=%s jid=%s", self._req.company_id, jid)
-
-    async def disconnected(self, reason: str) -> None:
-        await self._signal(SIGNAL_DISCONNECTED, DisconnectedSignal(reason, self._req.hold_id))
-
-    async def message(self, msg: IncomingMessage) -> None:
-        await self._acts.deliver_incoming(msg)
+# Starts a session workflow that already holds a connection: (company, hold id, jid, phone, holder queue,
+# holder) -> whether this call started it (False: it was running already).
+StartWithHold = Callable[[str, str, str, str | None, str, str], Awaitable[bool]]
+_SIGNAL_RETRY_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # then every 5 s until Temporal takes it
+VERIFY_EVERY_TICKS = 5
+ADOPT_BATCH = 200
 
 
 class KeyedLocks:
@@ -134,6 +123,67 @@ class KeyedLocks:
         return len(self._locks)
 
 
+@dataclass
+class _Hold:
+    """One connection this process holds, under one hold attempt of the company's session."""
+
+    company_id: str
+    hold_id: str
+    workflow_id: str
+    announced_queue: str | None = None
+    outcome: asyncio.Future[HoldOutcome] | None = None
+    # Why the connection was closed from this side; decides what the end reports.
+    closing: str = ""  # "" | "request" (the workflow asked) | "shutdown" | "lost" (row no longer ours)
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    # Set when the client connects: (jid, phone, push name). The resume of a session with no workflow
+    # waits for it before it starts the workflow (resume_without_workflow).
+    connected: asyncio.Future[tuple[str, str | None, str | None]] | None = None
+
+
+class _HoldListener:
+    """Transport callbacks of one hold → workflow signals and Redis events."""
+
+    def __init__(self, acts: ConnectorActivities, hold: _Hold) -> None:
+        self._acts = acts
+        self._hold = hold
+
+    async def qr(self, code: str, sequence: int, expires_at: datetime | None) -> None:
+        h, acts = self._hold, self._acts
+        await acts.signal(h, SIGNAL_QR, QrSignal(code, sequence, acts.me.own_queue, expires_at, h.hold_id),
+                          durable=False)
+        await acts.publish(h.company_id, EventType.QR, qr=code, sequence=sequence,
+                           expiresAt=expires_at.isoformat() if expires_at else None)
+
+    async def pairing_code(self, code: str) -> None:
+        h, acts = self._hold, self._acts
+        await acts.signal(h, SIGNAL_PAIRING_CODE, PairingCodeSignal(code, acts.me.own_queue, h.hold_id),
+                          durable=False)
+        await acts.publish(h.company_id, EventType.PAIRING_CODE, pairingCode=code)
+
+    async def connected(self, jid: str, phone: str | None, push_name: str | None) -> None:
+        h, acts = self._hold, self._acts
+        await acts.devices.remember(h.company_id, jid, phone, push_name)
+        if h.connected is not None and not h.connected.done():
+            h.connected.set_result((jid, phone, push_name))
+        queue = acts.me.own_queue
+        if h.announced_queue != queue:
+            sig = ConnectedSignal(jid, queue, phone, push_name, h.hold_id, acts.me.incarnation)
+            if await acts.signal(h, SIGNAL_CONNECTED, sig, durable=True):
+                h.announced_queue = queue
+                with contextlib.suppress(Exception):
+                    await acts.holds.announced(h.company_id, h.hold_id, queue)
+        await acts.publish(h.company_id, EventType.CONNECTED, jid=jid, phone=phone,
+                           connector=acts.settings.connector_id)
+        log.info("connected company_id=%s jid=%s", h.company_id, jid)
+
+    async def disconnected(self, reason: str) -> None:
+        h = self._hold
+        await self._acts.signal(h, SIGNAL_DISCONNECTED, DisconnectedSignal(reason, h.hold_id), durable=False)
+
+    async def message(self, msg: IncomingMessage) -> None:
+        await self._acts.spool.put(msg)
+
+
 class ConnectorActivities:
     def __init__(
         self,
@@ -142,131 +192,318 @@ class ConnectorActivities:
         transport: Transport,
         devices: DeviceDirectory,
         events: EventPublisher,
+        *,
+        redis: aioredis.Redis | None = None,
+        me: Incarnation | None = None,
+        fence: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
         self.client = client
         self.transport = transport
         self.devices = devices
         self.events = events
+        self.redis = redis if redis is not None else events.client
+        self.me = me or Incarnation.new(settings)
+        self.lease = LeaseKeeper(settings, self.me, **({"fence": fence} if fence else {}))
+        self.watch = PeerWatch(settings, self.me)
+        self.holds = HoldTable(devices.db, self.me)
+        self.spool = IncomingSpool(
+            devices.db, self.me.incarnation, self.me.pool,
+            settings.data_dir / "spool" / f"{settings.connector_id}.jsonl",
+            max_pending=settings.spool_max_pending,
+        )
         self._shutting_down = asyncio.Event()
-        self._holds: dict[str, asyncio.Task[Any]] = {}
+        self._held: dict[str, _Hold] = {}
         self._chat_order = KeyedLocks()
+        self._background: list[asyncio.Task[None]] = []
+        self._ticks = 0
+        self.adopted = 0
+        self.lost_peers: list[str] = []
 
     @property
     def held(self) -> list[str]:
-        return sorted(self._holds)
+        return sorted(self._held)
+
+    # ------------------------------------------------------------------ process life
+
+    async def start(self) -> None:
+        """Register the lease, then adopt, watch peers and drain the spool in the background."""
+        await self.lease.register(self.settings.database_dsn, self.redis)
+        self._background = [
+            asyncio.create_task(self._tick_forever(), name="connector-tick"),
+            asyncio.create_task(self.spool.drain(self._hand_off, self._shutting_down), name="spool-drain"),
+        ]
 
     async def shutdown(self, timeout: float = 15.0) -> None:
-        """SIGTERM (SPEC S9): close every connection without logout and fail every hold
-        as "connector shutting down", so each session is re-held by the next connector."""
+        """SIGTERM (SPEC S9): close every connection without logout, keep their rows, release the lease:
+        the holds go on at the next connector (a successor with this CONNECTOR_ID tells Temporal nothing)."""
         self._shutting_down.set()
-        pending = [t for t in self._holds.values() if not t.done()]
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        holds = list(self._held.values())
+        for h in holds:
+            h.closing = "shutdown"
+        await asyncio.gather(*(self._stop_client(h) for h in holds), return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.transport.close(), timeout)
+        for h in holds:
+            await self.publish(h.company_id, EventType.DISCONNECTED, reason="connector shutting down",
+                               connector=self.settings.connector_id)
+        pending = [t for h in holds for t in h.tasks if not t.done()]
         if pending:
             await asyncio.wait(pending, timeout=timeout)
-        await self.transport.close()
+        if self.lease.registered and not self.lease.fenced:
+            await self.lease.release(self.settings.database_dsn, self.redis)
+
+    async def _tick_forever(self) -> None:
+        while not self._shutting_down.is_set():
+            try:
+                await self.tick()
+            except Exception as exc:  # a store is down: the next tick tries again
+                log.warning("liveness tick failed error=%s", type(exc).__name__)
+            waiter = asyncio.ensure_future(self._shutting_down.wait())
+            await asyncio.wait([waiter], timeout=self.settings.lease_renew_s)
+            waiter.cancel()
+
+    async def tick(self) -> None:
+        """One round of coordination: declare dead peers, adopt orphaned holds, check my rows."""
+        self._ticks += 1
+        for peer in await self.watch.check(self.devices.db, self.redis):
+            self.lost_peers.append(peer.incarnation)
+            log.warning("connector lost connector_id=%s holds=%d reason=%s", peer.connector_id, peer.holds,
+                        peer.reason)
+            for cid in await self.holds.of(peer.incarnation):
+                await self.publish(cid, EventType.DISCONNECTED, reason=f"connector {peer.connector_id} lost",
+                                   connector=peer.connector_id)
+        await self._adopt()
+        if self._ticks % VERIFY_EVERY_TICKS == 0:
+            await self._verify()
+
+    async def _adopt(self) -> None:
+        if self._shutting_down.is_set():
+            return
+        rows = await self.holds.adopt(held_now=len(self._held), capacity=self.settings.connector_max_sessions,
+                                      batch=ADOPT_BATCH)
+        if not rows:
+            return
+        self.adopted += len(rows)
+        log.info("holds adopted count=%d", len(rows))
+        sem = asyncio.Semaphore(50)
+
+        async def one(row: HoldRow) -> None:
+            async with sem:
+                try:
+                    await self._resume_adopted(row)
+                except Exception as exc:
+                    log.warning("adopted hold failed company_id=%s error=%s", row.company_id, exc)
+
+        await asyncio.gather(*(one(r) for r in rows))
+
+    async def _resume_adopted(self, row: HoldRow) -> None:
+        hold = _Hold(row.company_id, row.hold_id, row.workflow_id, announced_queue=row.announced_queue)
+        if row.ended is not None:
+            # Its holder died after the connection ended and before the workflow heard of it.
+            self._watch(hold, self._report_end(hold, row.ended))
+            return
+        jid = row.jid
+        if jid and not await self.transport.device_exists(jid):
+            self._watch(hold, self._report_end(hold, HoldOutcome(HoldOutcomeKind.LOGGED_OUT, "device gone")))
+            return
+        await self._start_client(hold, jid=jid, pairing_phone=row.pairing_phone)
+
+    async def _verify(self) -> None:
+        """Close every connection whose row is no longer this process's (the workflow gave it up)."""
+        mine = await self.holds.mine()
+        for cid, hold in list(self._held.items()):
+            if mine.get(cid) != hold.hold_id and hold.outcome is not None and not hold.outcome.done():
+                log.warning("hold no longer ours, closing company_id=%s hold_id=%s", cid, hold.hold_id)
+                hold.closing = "lost"
+                await self._stop_client(hold)
+
+    # ------------------------------------------------------------------ one hold
+
+    async def _start_client(self, hold: _Hold, *, jid: str | None, pairing_phone: str | None) -> None:
+        old = self._held.get(hold.company_id)
+        if old is not None and old is not hold:
+            old.closing = old.closing or "lost"
+            await self._stop_client(old)
+        self._held[hold.company_id] = hold
+        try:
+            hold.outcome = await self.transport.start(
+                hold.company_id, jid=jid, pairing_phone=pairing_phone, listener=_HoldListener(self, hold)
+            )
+        except Exception:
+            if self._held.get(hold.company_id) is hold:
+                del self._held[hold.company_id]
+            raise
+        self._watch(hold, self._await_end(hold, hold.outcome))
+
+    def _watch(self, hold: _Hold, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        hold.tasks.add(task)
+        task.add_done_callback(hold.tasks.discard)
+
+    async def _stop_client(self, hold: _Hold) -> None:
+        if self._held.get(hold.company_id) is hold:
+            await self.transport.stop(hold.company_id)
+
+    async def _await_end(self, hold: _Hold, outcome_f: asyncio.Future[HoldOutcome]) -> None:
+        outcome = await outcome_f
+        if self._held.get(hold.company_id) is hold:
+            del self._held[hold.company_id]
+        log.info("hold end company_id=%s outcome=%s detail=%s closing=%s", hold.company_id, outcome.kind.value,
+                 outcome.detail, hold.closing or "-")
+        if hold.closing in ("shutdown", "lost"):
+            return  # the row stays for the adopter, or is already someone else's
+        kind = _OUTCOME_EVENTS.get(outcome.kind)
+        if kind is not None:
+            await self.publish(hold.company_id, kind, reason=outcome.detail, outcome=outcome.kind.value)
+        if hold.closing == "request":
+            await self._delete_row(hold)  # the workflow asked; it does not wait to hear it
+            return
+        await self._report_end(hold, outcome)
+
+    async def _report_end(self, hold: _Hold, outcome: HoldOutcome) -> None:
+        """Mark the row ended, tell the workflow (until it hears), then delete the row."""
+        with contextlib.suppress(Exception):
+            await self.holds.mark_ended(hold.company_id, hold.hold_id, outcome)
+        if await self.signal(hold, SIGNAL_HOLD_ENDED, HoldEndedSignal(hold.hold_id, outcome), durable=True):
+            await self._delete_row(hold)
+
+    async def _delete_row(self, hold: _Hold) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self.holds.delete(hold.company_id, hold.hold_id)
+                return
+            except Exception as exc:  # PostgreSQL down: the row must not outlive the hold for long
+                if self._shutting_down.is_set():
+                    return
+                log.warning("hold row not deleted yet company_id=%s error=%s", hold.company_id, type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def signal(self, hold: _Hold, name: str, payload: Any, *, durable: bool) -> bool:
+        """Signal the hold's workflow; ``durable`` ones are retried until Temporal takes them.
+
+        Returns False when the workflow is gone (nothing to tell) or, for a non-durable signal,
+        Temporal could not be reached right now.
+        """
+        handle = self.client.get_workflow_handle(hold.workflow_id)
+        attempt = 0
+        while True:
+            try:
+                await handle.signal(name, payload)
+                return True
+            except RPCError as exc:
+                if exc.status == RPCStatusCode.NOT_FOUND:
+                    return False
+                if not durable or self._shutting_down.is_set():
+                    log.warning("signal not delivered company_id=%s signal=%s error=%s", hold.company_id, name,
+                                exc.status.name)
+                    return False
+            except Exception as exc:
+                log.warning("signal failed company_id=%s signal=%s error=%s", hold.company_id, name, exc)
+                return False
+            await asyncio.sleep(_SIGNAL_RETRY_S[min(attempt, len(_SIGNAL_RETRY_S) - 1)])
+            attempt += 1
+
+    async def publish(self, company_id: str, kind: EventType, **data: Any) -> None:
+        await self.events.publish(Event(type=kind, company_id=company_id, data=data))
+
+    async def resume_without_workflow(self, company_id: str, jid: str, start: StartWithHold,
+                                      timeout: float = 60.0) -> bool:
+        """Connect a stored device whose company has no session workflow, then start the workflow
+        already holding that connection: one workflow start, where a start that holds costs a task,
+        an activity and a signal more (how thousands of sessions come back after Temporal lost its
+        data, or on a first deployment). Returns False when the caller should start the workflow the
+        usual way instead (the device did not connect, or the company is held or started elsewhere).
+        """
+        if not await self.transport.device_exists(jid):
+            return False
+        hold_id = f"resume-{uuid.uuid4()}"
+        workflow_id = session_workflow_id(company_id)
+        try:
+            await self.holds.claim(company_id, hold_id, workflow_id, jid, None)
+        except HeldElsewhereError:
+            return False
+        loop = asyncio.get_running_loop()
+        # The workflow does not exist yet: nothing to announce "connected" to; its start says it.
+        hold = _Hold(company_id, hold_id, workflow_id, announced_queue=self.me.own_queue,
+                     connected=loop.create_future())
+        await self._start_client(hold, jid=jid, pairing_phone=None)
+        assert hold.outcome is not None and hold.connected is not None
+        waits: list[asyncio.Future[Any]] = [hold.connected, hold.outcome]
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if hold.connected.done() and not hold.outcome.done():
+            jid_now, phone, _push = hold.connected.result()
+            if await start(company_id, hold_id, jid_now, phone, self.me.own_queue, self.me.incarnation):
+                with contextlib.suppress(Exception):
+                    await self.holds.announced(company_id, hold_id, self.me.own_queue)
+                return True
+        hold.closing = "request"  # not connected, or a workflow appeared meanwhile: hand it back
+        await self._stop_client(hold)
+        with contextlib.suppress(Exception):
+            await self.holds.delete(company_id, hold_id)
+        return False
 
     # ------------------------------------------------------------------ shared queue
 
     @activity.defn(name=ACTIVITY_HOLD_SESSION)
-    async def hold_session(self, req: HoldRequest) -> HoldOutcome:
+    async def hold_session(self, req: HoldRequest) -> HoldStarted:
+        """Claim the company for this process and start its client; return at once (see module doc)."""
         cid = req.company_id
         if self._shutting_down.is_set():
             raise ApplicationError("connector shutting down", type=ERROR_CONNECTOR_SHUTDOWN, non_retryable=True)
-        current = asyncio.current_task()
-        assert current is not None
-        self._holds[cid] = current
-        try:
-            return await self._hold(req)
-        finally:
-            if self._holds.get(cid) is current:
-                del self._holds[cid]
-
-    async def _hold(self, req: HoldRequest) -> HoldOutcome:
-        cid = req.company_id
+        if len(self._held) >= self.settings.connector_max_sessions and cid not in self._held:
+            raise ApplicationError("connector at its session limit", type=ERROR_CONNECTOR_SHUTDOWN,
+                                   non_retryable=True)
         jid = await self.devices.device_jid(cid) or req.jid
         if jid and not await self.transport.device_exists(jid):
             log.warning("stored device missing from the store company_id=%s jid=%s: pairing anew", cid, jid)
             jid = None
-        log.info("hold start company_id=%s resume=%s", cid, bool(jid))
-        outcome_f = await self.transport.start(
-            cid, jid=jid, pairing_phone=req.pairing_phone, listener=_HoldListener(self, req)
-        )
-        hb = activity.info().heartbeat_timeout
-        interval = max(0.5, hb.total_seconds() / 3) if hb else 5.0
-        stop_wait: asyncio.Future[Any] = asyncio.ensure_future(self._shutting_down.wait())
         try:
-            while not outcome_f.done():
-                activity.heartbeat()
-                waits: set[asyncio.Future[Any]] = {outcome_f, stop_wait}
-                await asyncio.wait(waits, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
-                if stop_wait.done() and not outcome_f.done():
-                    await self.transport.stop(cid)
-                    raise ApplicationError(
-                        "connector shutting down", type=ERROR_CONNECTOR_SHUTDOWN, non_retryable=True
-                    )
-        except asyncio.CancelledError:
-            # Cancelled by the workflow (pause, logout, remove) or by worker shutdown: close, keep credentials.
-            await asyncio.shield(self.transport.stop(cid))
+            await self.holds.claim(cid, req.hold_id, req.workflow_id, jid, req.pairing_phone)
+        except HeldElsewhereError as exc:
+            raise ApplicationError(str(exc), exc.holder, type=ERROR_HELD_ELSEWHERE, non_retryable=True) from None
+        log.info("hold start company_id=%s resume=%s hold_id=%s", cid, bool(jid), req.hold_id)
+        hold = _Hold(cid, req.hold_id, req.workflow_id)
+        try:
+            await self._start_client(hold, jid=jid, pairing_phone=req.pairing_phone)
+        except Exception:
+            with contextlib.suppress(Exception):
+                await self.holds.delete(cid, req.hold_id)
             raise
-        finally:
-            stop_wait.cancel()
-        outcome = outcome_f.result()
-        log.info("hold end company_id=%s outcome=%s detail=%s", cid, outcome.kind.value, outcome.detail)
-        kind = _OUTCOME_EVENTS.get(outcome.kind)
-        if kind is not None:
-            await self.events.publish(
-                Event(type=kind, company_id=cid, data={"reason": outcome.detail, "outcome": outcome.kind.value})
-            )
-        return outcome
+        return HoldStarted(holder_queue=self.me.own_queue, holder=self.me.incarnation)
+
+    # ------------------------------------------------------------------ incoming messages
 
     async def deliver_incoming(self, msg: IncomingMessage) -> None:
-        """Signal-with-start the chat's inbox workflow (ordered, de-duplicated there) and publish the event.
+        """Durable first (the spool), then handed to Temporal in chat order by the spool's drain."""
+        await self.spool.put(msg)
 
-        Messages of one chat are handed over one at a time in arrival order: the
-        transports call this from their own threads/tasks, so without the per-chat
-        lock two messages could overtake each other on the way to Temporal. A
-        failed hand-off is retried (Temporal briefly unreachable) before it is
-        reported as an error event; WhatsApp has already acknowledged the message.
-        """
+    async def _hand_off(self, msg: IncomingMessage) -> bool:
+        """Signal-with-start the chat's inbox workflow (ordered, de-duplicated there); publish the event."""
         key = inbox_workflow_id(msg.company_id, msg.chat)
-        async with self._chat_order.hold(key):  # events of one chat leave in order too
-            if await self._signal_inbox(msg):
-                event = Event(
-                    type=EventType.MESSAGE, company_id=msg.company_id,
-                    data={"messageId": msg.message_id, "chat": msg.chat, "sender": msg.sender,
-                          "text": msg.text, "messageType": msg.message_type},
-                )
-            else:
-                event = Event(
-                    type=EventType.ERROR, company_id=msg.company_id,
-                    data={"reason": "incoming message not handed to Temporal", "messageId": msg.message_id,
-                          "chat": msg.chat},
-                )
-            await self.events.publish(event)
-
-    async def _signal_inbox(self, msg: IncomingMessage) -> bool:
-        delays = [0.2, 0.5, 1, 2, 5, 10, 15]  # ~34 s on top of the client's own RPC retries
-        for attempt in range(len(delays) + 1):
+        async with self._chat_order.hold(key):
             try:
                 await self.client.start_workflow(
                     INBOX_WORKFLOW,
                     InboxWorkflowInput(msg.company_id, msg.chat),
-                    id=inbox_workflow_id(msg.company_id, msg.chat),
+                    id=key,
                     task_queue=self.settings.temporal_core_queue,
                     id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                     start_signal=SIGNAL_INBOX_MESSAGE,
                     start_signal_args=[msg],
                 )
-                return True
             except RPCError as exc:
-                if attempt == len(delays):
-                    log.error("incoming message lost company_id=%s message_id=%s error=%s",
-                              msg.company_id, msg.message_id, exc.status.name)
-                    return False
-                log.warning("incoming message hand-off retry company_id=%s attempt=%d error=%s",
-                            msg.company_id, attempt + 1, exc.status.name)
-                await asyncio.sleep(delays[attempt])
-        return False
+                log.warning("incoming message hand-off failed company_id=%s message_id=%s error=%s",
+                            msg.company_id, msg.message_id, exc.status.name)
+                return False
+            await self.publish(msg.company_id, EventType.MESSAGE, messageId=msg.message_id, chat=msg.chat,
+                               sender=msg.sender, text=msg.text, messageType=msg.message_type)
+        return True
 
     # ------------------------------------------------------------------ own queue
 
@@ -276,24 +513,30 @@ class ConnectorActivities:
             result = await self.transport.send(req.company_id, req.to, req.text, req.quoted)
         except NotConnectedError as exc:
             raise ApplicationError(str(exc), type=ERROR_NOT_CONNECTED, non_retryable=True) from exc
-        await self.events.publish(
-            Event(type=EventType.MESSAGE_SENT, company_id=req.company_id,
-                  data={"messageId": result.message_id, "to": req.to})
-        )
+        await self.publish(req.company_id, EventType.MESSAGE_SENT, messageId=result.message_id, to=req.to)
         return result
 
+    def _requested(self, req: ReleaseRequest) -> _Hold | None:
+        hold = self._held.get(req.company_id)
+        if hold is None or (req.hold_id and hold.hold_id != req.hold_id):
+            return None
+        hold.closing = "request"
+        return hold
+
     @activity.defn(name=ACTIVITY_RELEASE_SESSION)
-    async def release_session(self, company_id: str) -> bool:
-        if self.transport.status(company_id) is None:
+    async def release_session(self, req: ReleaseRequest) -> bool:
+        hold = self._requested(req)
+        if hold is None:
             return False
-        await self.transport.stop(company_id)
+        await self._stop_client(hold)
         return True
 
     @activity.defn(name=ACTIVITY_LOGOUT_DEVICE)
-    async def logout_device(self, company_id: str) -> bool:
-        if self.transport.status(company_id) is None:
+    async def logout_device(self, req: ReleaseRequest) -> bool:
+        hold = self._requested(req)
+        if hold is None:
             return False
-        await self.transport.logout(company_id)
+        await self.transport.logout(req.company_id)
         return True
 
     @activity.defn(name=ACTIVITY_SIMULATOR_CONTROL)

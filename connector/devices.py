@@ -36,8 +36,12 @@ class DeviceDirectory:
             "UPDATE companies SET device_jid = NULL, updated_at = now() WHERE company_id = $1", company_id
         )
 
-    async def companies_with_devices(self) -> list[str]:
+    async def companies_without_hold(self) -> list[tuple[str, str]]:
+        """(company id, device jid) of every company with a stored device and no session hold."""
         rows = await self.db.fetch(
-            "SELECT company_id FROM companies WHERE device_jid IS NOT NULL AND removed_at IS NULL ORDER BY 1"
+            """SELECT c.company_id, c.device_jid FROM companies c
+               WHERE c.device_jid IS NOT NULL AND c.removed_at IS NULL
+                 AND NOT EXISTS (SELECT 1 FROM session_holds h WHERE h.company_id = c.company_id)
+               ORDER BY 1"""
         )
-        return [r["company_id"] for r in rows]
+        return [(r["company_id"], r["device_jid"]) for r in rows]

@@ -5,17 +5,21 @@ connector may take one) and its own ``connector.<id>`` (sends, logouts,
 simulator controls for the sessions it holds).
 
 Start: migrate the project tables (and, for neonize, the whatsmeow store,
-once and serially), then start the session workflow of every company that has
-stored credentials (idempotent: a running workflow is left alone).
-SIGTERM (SPEC S9): close every connection without logout and fail the holds
-as "connector shutting down", so Temporal hands the sessions to the next
-connector at once; SIGKILL is caught by the hold's heartbeat timeout instead.
+once and serially), register this process's lease (connector/lease.py), adopt
+the holds that stopped or dead connectors left (a restarted connector takes
+its own back), and start the session workflow of every company that has
+stored credentials but no hold at all (idempotent: a running workflow is left
+alone). SIGTERM (SPEC S9): close every connection without logout and release
+the lease, so the holds go on at once on the next connector; a SIGKILLed
+connector's holds are adopted once its lease has expired in both stores.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import random
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -25,20 +29,21 @@ from temporalio.worker import Worker
 
 from connector.activities import ConnectorActivities
 from connector.devices import DeviceDirectory
+from connector.phone_side import serve_phone_side
 from connector.transport import Transport
 from domain.settings import Settings
 from infra.process import stop_event_on_signals
 from infra.redis import EventPublisher, redis_client
 from infra.sentry import sentry_interceptors
-from infra.sessions import ensure_session_started
+from infra.sessions import ensure_session_started, running_session_companies, start_session_holding
 from infra.temporal import connect_temporal
 from storage import Database, migrate
 from workflows.send import SendMessageWorkflow
 
 log = logging.getLogger("waorch.connector")
 
-# Hold activities are long-lived and mostly idle: one slot per held session.
-MAX_SESSIONS_PER_CONNECTOR = 5000
+# hold_session only claims and starts a client, then returns: a few at once is plenty.
+HOLD_ACTIVITY_SLOTS = 100
 
 
 @dataclass
@@ -83,7 +88,7 @@ def connector_workers(client: Client, settings: Settings, acts: ConnectorActivit
         client,
         task_queue=settings.temporal_connector_queue,
         activities=acts.shared_queue_activities(),
-        max_concurrent_activities=MAX_SESSIONS_PER_CONNECTOR,
+        max_concurrent_activities=HOLD_ACTIVITY_SLOTS,
         graceful_shutdown_timeout=timedelta(seconds=5),
         interceptors=interceptors,
     )
@@ -103,22 +108,53 @@ def connector_workers(client: Client, settings: Settings, acts: ConnectorActivit
     return [shared, own]
 
 
-async def resume_stored_sessions(client: Client, settings: Settings, devices: DeviceDirectory) -> int:
-    """Start the session workflow of every company with stored credentials (idempotent)."""
-    companies = await devices.companies_with_devices()
-    sem = asyncio.Semaphore(20)
+async def resume_stored_sessions(client: Client, settings: Settings, acts: ConnectorActivities) -> int:
+    """Bring back every company with stored credentials and no hold; return how many.
 
-    async def one(cid: str) -> None:
+    A company with a row in ``session_holds`` has a workflow whose hold goes on (adopted), and one
+    whose workflow runs is that workflow's business (it may be waiting for a relink). The rest have
+    no workflow: this connector connects each from its credentials and starts its workflow already
+    holding the connection; one that does not connect gets its workflow started the usual way
+    (it holds, backs off, reports)."""
+    companies = await acts.devices.companies_without_hold()
+    if not companies:
+        return 0
+    running = await running_session_companies(client)
+    todo = [(c, jid) for c, jid in companies if running is None or c not in running]
+    # Connectors starting together share the work: each takes about its share, in its own random
+    # order; a company is claimed once (session_holds), whoever gets there first.
+    random.shuffle(todo)
+    share = math.ceil(len(todo) / max(await acts.holds.live_connectors(), 1) * 1.05) + 5
+    await _bring_back(client, settings, acts, todo, direct=running is not None, share=share)
+    return len(todo)
+
+
+async def _bring_back(client: Client, settings: Settings, acts: ConnectorActivities,
+                      companies: list[tuple[str, str]], *, direct: bool, share: int) -> None:
+    sem = asyncio.Semaphore(50)
+    resumed = 0
+
+    async def start_holding(cid: str, hold_id: str, jid: str, phone: str | None, queue: str, holder: str) -> bool:
+        return await start_session_holding(client, settings, cid, hold_id, jid, phone, queue, holder)
+
+    async def one(cid: str, jid: str) -> None:
+        nonlocal resumed
         async with sem:
+            if resumed >= share:
+                return  # the other connectors take the rest
             try:
+                if direct and await acts.resume_without_workflow(cid, jid, start_holding):
+                    resumed += 1
+                    return
+                if await acts.holds.is_held(cid):
+                    return  # another connector took it meanwhile
                 await ensure_session_started(client, settings, cid)
             except Exception as exc:
                 log.warning("could not start session company_id=%s error=%s", cid, exc)
 
-    await asyncio.gather(*(one(c) for c in companies))
+    await asyncio.gather(*(one(c, jid) for c, jid in companies))
     if companies:
-        log.info("sessions ensured for stored devices count=%d", len(companies))
-    return len(companies)
+        log.info("sessions brought back count=%d connected_directly=%d", len(companies), resumed)
 
 
 async def run_connector(settings: Settings, stop: asyncio.Event | None = None) -> None:
@@ -132,6 +168,7 @@ async def run_connector(settings: Settings, stop: asyncio.Event | None = None) -
     acts = ConnectorActivities(
         settings, client, transport, devices, EventPublisher(redis, settings.events_channel)
     )
+    await acts.start()
     workers = connector_workers(client, settings, acts)
     tasks = [asyncio.create_task(w.run()) for w in workers]
     log.info(
@@ -139,13 +176,16 @@ async def run_connector(settings: Settings, stop: asyncio.Event | None = None) -
         settings.connector_id, settings.wa_transport, settings.connector_own_queue,
     )
     try:
-        await resume_stored_sessions(client, settings, devices)
-        stopped = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
-        for task in done:
-            if task is not stopped and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+        async with serve_phone_side(transport, settings.phone_side_port):
+            # Connectors started together see each other's leases first, so they share the resume.
+            await asyncio.sleep(2 * settings.lease_renew_s)
+            await resume_stored_sessions(client, settings, acts)
+            stopped = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            for task in done:
+                if task is not stopped and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
     finally:
         log.info("connector stopping id=%s held=%d", settings.connector_id, len(acts.held))
         await acts.shutdown()

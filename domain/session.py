@@ -20,6 +20,7 @@ SIGNAL_QR = "qr"
 SIGNAL_PAIRING_CODE = "pairing_code"
 SIGNAL_CONNECTED = "connected"
 SIGNAL_DISCONNECTED = "disconnected"
+SIGNAL_HOLD_ENDED = "hold_ended"  # the connection of one hold attempt is over (HoldEndedSignal)
 # Signals an operator sends (API, Temporal UI, `temporal workflow signal`, CLI).
 SIGNAL_RELINK = "relink"
 SIGNAL_PAUSE = "pause"
@@ -30,18 +31,21 @@ UPDATE_LOGOUT = "logout"
 UPDATE_REMOVE = "remove"
 QUERY_STATUS = "status"
 
-# Activities of the connector. hold_session runs on the shared queue "connector";
-# the others on the holder's own queue "connector.<id>" (SessionStatus.holder_queue).
-ACTIVITY_HOLD_SESSION = "hold_session"
+# Activities of the connector. hold_session runs on the shared queue "connector": it claims the
+# session for one connector and starts its client, then returns (the connection lives on in that
+# connector; how it ends comes back as the hold_ended signal). The others run on the holder's own
+# queue "connector.<id>" (SessionStatus.holder_queue).
+ACTIVITY_HOLD_SESSION = "hold_session"  # HoldRequest -> HoldStarted; HeldElsewhere if a live connector holds it
 ACTIVITY_SEND_MESSAGE = "send_message"  # SendRequest -> SendResult; NotConnected if not held here
 ACTIVITY_SIMULATOR_CONTROL = "simulator_control"  # SimulatorCommand -> dict (simulator transport only)
 ACTIVITY_SIMULATOR_OUTBOX = "simulator_outbox"  # company_id -> list[OutboxEntry]
-ACTIVITY_LOGOUT_DEVICE = "logout_device"  # company_id -> bool (holder's queue: unlink the device at WhatsApp)
-ACTIVITY_RELEASE_SESSION = "release_session"  # company_id -> bool (holder's queue: close without logout)
+ACTIVITY_LOGOUT_DEVICE = "logout_device"  # ReleaseRequest -> bool (holder's queue: unlink the device at WhatsApp)
+ACTIVITY_RELEASE_SESSION = "release_session"  # ReleaseRequest -> bool (holder's queue: close without logout)
 # Worker-side activities of the session workflow (core queue).
 ACTIVITY_DELETE_CREDENTIALS = "delete_credentials"  # CredentialsDeletion -> int (rows deleted)
 ACTIVITY_SEND_ALERT = "send_alert"  # activities.notify.Alert-shaped SessionAlert -> channel
 ACTIVITY_PUBLISH_EVENT = "publish_session_event"  # SessionEventRequest -> None
+ACTIVITY_END_HOLD = "end_hold"  # ReleaseRequest -> bool: forget a hold whose connector cannot be reached
 
 # Search attributes of session workflows (registered on the dev server by temporal-dev.yaml).
 SEARCH_ATTRIBUTE_COMPANY_ID = "CompanyId"
@@ -50,6 +54,7 @@ SEARCH_ATTRIBUTE_SESSION_STATE = "SessionState"
 # ApplicationError types raised across processes.
 ERROR_NOT_CONNECTED = "NotConnected"
 ERROR_CONNECTOR_SHUTDOWN = "ConnectorShutdown"  # hold_session failed because its connector is stopping
+ERROR_HELD_ELSEWHERE = "HeldElsewhere"  # hold_session: a live connector holds the company (details: HeldElsewhere)
 
 
 def session_workflow_id(company_id: str) -> str:
@@ -76,9 +81,36 @@ class HoldRequest:
     jid: str | None = None
     new_device: bool = False
     pairing_phone: str | None = None
-    # Identifies one hold attempt; signals carry it back so a stale attempt
-    # (a connector that lost its heartbeat but still runs) cannot move the state.
+    # Identifies one hold attempt; signals carry it back so a stale attempt cannot move the state.
+    # A connector that adopts the hold of a dead one keeps its id: the hold goes on, elsewhere.
     hold_id: str = ""
+    # The workflow's previous hold, which it knows is over: a connector still listed for it is
+    # not "holding elsewhere".
+    previous_hold_id: str = ""
+
+
+@dataclass
+class HoldStarted:
+    """``hold_session``'s answer: which connector now holds the session (its client is starting)."""
+
+    holder_queue: str
+    holder: str  # the connector process (incarnation) whose lease covers the hold
+
+
+@dataclass
+class HeldElsewhere:
+    """Details of the ``HeldElsewhere`` error: a live connector still holds the company."""
+
+    holder_queue: str
+    hold_id: str
+
+
+@dataclass
+class ReleaseRequest:
+    """Close (or log out) one company's connection on its holder, if it is still this hold."""
+
+    company_id: str
+    hold_id: str = ""  # empty: whatever hold the connector has for the company
 
 
 @dataclass
@@ -111,6 +143,13 @@ class ConnectedSignal:
     phone: str | None = None
     push_name: str | None = None
     hold_id: str = ""
+    holder: str = ""  # incarnation of the connector holding it (changes when a hold is adopted)
+
+
+@dataclass
+class HoldEndedSignal:
+    hold_id: str
+    outcome: HoldOutcome
 
 
 @dataclass
@@ -141,6 +180,8 @@ class SessionStatus:
     jid: str | None = None
     phone: str | None = None
     holder_queue: str | None = None
+    holder: str | None = None  # connector incarnation whose lease covers the connection
+    hold_id: str | None = None
     attempt: int = 0
     next_retry_at: datetime | None = None
     last_error: str | None = None
@@ -194,7 +235,8 @@ class SessionWorkflowInput:
     backoff_cap_s: float = 300.0
     backoff_max_attempts: int = 20
     alert_grace_s: float = 10.0
-    hold_heartbeat_timeout_s: float = 20.0
+    # How long a hold request may wait for a live connector to take it and start the client.
+    hold_start_timeout_s: float = 60.0
     initialize_wait_s: float = 30.0
     # False on servers without the CompanyId/SessionState attributes (the time-skipping test server).
     search_attributes: bool = True

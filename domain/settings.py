@@ -6,7 +6,6 @@ they never appear in a repr, a log line or a traceback.
 
 from __future__ import annotations
 
-import os
 import socket
 from functools import cached_property
 from pathlib import Path
@@ -84,11 +83,32 @@ class Settings(BaseSettings):
 
     # WhatsApp.
     wa_transport: Literal["neonize", "simulator"] = "neonize"
-    connector_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    # Stable across restarts (the default is the host name): a restarted connector takes its own sessions
+    # back on the same queue without telling Temporal. Two live connectors may not share one id.
+    connector_id: str = Field(default_factory=socket.gethostname)
     qr_first_timeout_s: float = Field(default=60.0, gt=0)
     qr_next_timeout_s: float = Field(default=20.0, gt=0)
     qr_total_timeout_s: float = Field(default=160.0, gt=0)
-    hold_heartbeat_timeout_s: float = Field(default=20.0, ge=2)
+    # Connector liveness (README "Connector liveness"): each connector renews a lease in PostgreSQL and
+    # in Redis every LEASE_RENEW_S; a lease lives LEASE_TTL_S in each store; a connector that renewed in
+    # neither store for LEASE_FENCE_S exits (its sockets close); a peer takes its sessions over once
+    # the lease has been expired in both stores for LEASE_FENCE_S + 1.5 s.
+    lease_renew_s: float = Field(default=1.0, gt=0)
+    lease_ttl_s: float = Field(default=4.0, gt=0)
+    lease_fence_s: float = Field(default=4.0, gt=0)
+    # A peer on this machine whose process is gone is declared dead at once (its sockets are closed);
+    # off, a SIGKILL is detected like one on another host, by the lease alone (bench/scale.py uses that).
+    lease_local_process_check: bool = True
+    # A hold request waits this long for a live connector to take it before it counts as failed.
+    hold_start_timeout_s: float = Field(default=60.0, ge=5)
+    connector_max_sessions: int = Field(default=5000, ge=1)
+    # The simulated phone side on loopback HTTP (connector/phone_side.py): tests and fault runs only.
+    phone_side_port: int | None = None
+    # Incoming messages spooled in PostgreSQL and not yet handed to Temporal: past this many a
+    # connector stops taking new ones from WhatsApp until the spool drains (backpressure, not loss).
+    spool_max_pending: int = Field(default=100_000, ge=10)
+    # Session workflows the worker keeps in memory (each one not cached is replayed on its next task).
+    worker_max_cached_workflows: int = Field(default=10_000, ge=100)
 
     # Reconnection (SPEC S3) and alerts (SPEC H4).
     backoff_base_s: float = Field(default=1.0, gt=0)
@@ -155,8 +175,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        if self.lease_fence_s < 2 * self.lease_renew_s or self.lease_ttl_s < 2 * self.lease_renew_s:
+            raise ValueError("LEASE_FENCE_S and LEASE_TTL_S must be at least twice LEASE_RENEW_S")
         if self.backoff_cap_s < self.backoff_base_s:
             raise ValueError("BACKOFF_CAP_S must be >= BACKOFF_BASE_S")
+        if self.environment == "production" and self.phone_side_port is not None:
+            raise ValueError("PHONE_SIDE_PORT is for tests and fault runs; it is refused in production")
         if self.environment == "production" and self.api_admin_key is None:
             raise ValueError("API_ADMIN_KEY must be set in production")
         if self.api_admin_key is not None and len(self.api_admin_key.get_secret_value()) < 16:

@@ -32,6 +32,10 @@ class EventPublisher:
         self._client = client
         self._channel = channel
 
+    @property
+    def client(self) -> aioredis.Redis:
+        return self._client
+
     async def publish(self, event: Event) -> bool:
         try:
             await self._client.publish(self._channel, event.to_json())

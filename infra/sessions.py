@@ -7,7 +7,7 @@ first, so ``962302`` and ``company_962302`` reach the same workflow (S1).
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio.client import Client, WithStartWorkflowOperation, WorkflowQueryRejectedError
@@ -18,6 +18,7 @@ from temporalio.common import (
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
 )
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from domain.company import normalize_company_id
@@ -70,7 +71,7 @@ def session_workflow_input(
         backoff_cap_s=settings.backoff_cap_s,
         backoff_max_attempts=settings.backoff_max_attempts,
         alert_grace_s=settings.alert_grace_s,
-        hold_heartbeat_timeout_s=settings.hold_heartbeat_timeout_s,
+        hold_start_timeout_s=settings.hold_start_timeout_s,
         search_attributes=search_attributes,
         pairing_phone=pairing_phone,
     )
@@ -112,6 +113,37 @@ async def ensure_session_started(
     inp = session_workflow_input(settings, company_id, search_attributes=search_attributes)
     handle = await client.start_workflow(SESSION_WORKFLOW, inp, **_start_options(settings, inp))
     return handle.id
+
+
+async def start_session_holding(
+    client: Client, settings: Settings, company_id: str, hold_id: str, jid: str, phone: str | None,
+    holder_queue: str, holder: str,
+) -> bool:
+    """Start a company's session workflow already connected, under a hold a connector has open
+    (connector.activities.resume_without_workflow). False when the workflow was running already."""
+    inp = session_workflow_input(settings, company_id)
+    now = datetime.now(UTC)
+    inp.carried = SessionStatus(
+        company_id=inp.company_id, state=SessionState.CONNECTED, since=now, jid=jid, phone=phone,
+        holder_queue=holder_queue, holder=holder, hold_id=hold_id,
+        history=[f"{now:%Y-%m-%dT%H:%M:%S}Z {SessionState.CONNECTED.value}"],
+    )
+    options = _start_options(settings, inp) | {"id_conflict_policy": WorkflowIDConflictPolicy.FAIL}
+    try:
+        await client.start_workflow(SESSION_WORKFLOW, inp, **options)
+    except WorkflowAlreadyStartedError:
+        return False
+    return True
+
+
+async def running_session_companies(client: Client) -> set[str] | None:
+    """Companies whose session workflow runs, from visibility; None where the server cannot list
+    (the time-skipping test server)."""
+    query = f'WorkflowType = "{SESSION_WORKFLOW}" AND ExecutionStatus = "Running"'
+    try:
+        return {wf.id.removeprefix("session-") async for wf in client.list_workflows(query)}
+    except RPCError:
+        return None
 
 
 async def initialize_session(

@@ -104,6 +104,62 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         # companies.handler is "none" | "echo" | "webhook" | "callable" (NULL: the settings' default).
         "ALTER TABLE companies ADD COLUMN IF NOT EXISTS handler_callable text;",
     ),
+    (
+        100,
+        "connector leases, session holds, incoming spool",
+        # A pool is the connectors of one deployment (Temporal namespace + connector queue): they
+        # adopt each other's holds and spooled messages, never another pool's.
+        # connector_leases: one row per connector process (incarnation), renewed every second
+        # (README "Connector liveness"); session_holds: which process holds which company's
+        # connection, under which hold attempt of the session workflow (at most one row per
+        # company: the database-level half of SPEC S1); incoming_spool: incoming messages made
+        # durable before the transport's callback returns, deleted once Temporal has them.
+        """
+        CREATE TABLE connector_leases (
+            incarnation   text PRIMARY KEY,
+            pool          text NOT NULL,
+            connector_id  text NOT NULL,
+            own_queue     text NOT NULL,
+            host          text NOT NULL,
+            process       text NOT NULL,
+            started_at    timestamptz NOT NULL DEFAULT now(),
+            renewed_at    timestamptz NOT NULL DEFAULT now(),
+            expires_at    timestamptz NOT NULL,
+            released_at   timestamptz,
+            dead_at       timestamptz,
+            dead_reason   text
+        );
+        CREATE INDEX connector_leases_live ON connector_leases (pool, expires_at)
+            WHERE dead_at IS NULL AND released_at IS NULL;
+        CREATE TABLE session_holds (
+            pool             text NOT NULL,
+            company_id       text NOT NULL,
+            hold_id          text NOT NULL,
+            holder           text NOT NULL,
+            workflow_id      text NOT NULL,
+            jid              text,
+            pairing_phone    text,
+            announced_queue  text,
+            ended            jsonb,
+            since            timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (pool, company_id)
+        );
+        CREATE INDEX session_holds_holder ON session_holds (holder);
+        CREATE TABLE incoming_spool (
+            id           bigserial PRIMARY KEY,
+            owner        text NOT NULL,
+            company_id   text NOT NULL,
+            chat         text NOT NULL,
+            message_id   text NOT NULL,
+            payload      jsonb NOT NULL,
+            received_at  timestamptz NOT NULL DEFAULT now(),
+            attempts     integer NOT NULL DEFAULT 0,
+            last_error   text
+        );
+        CREATE INDEX incoming_spool_owner ON incoming_spool (owner, id);
+        CREATE INDEX incoming_spool_chat ON incoming_spool (company_id, chat, id);
+        """,
+    ),
 ]
 
 

@@ -302,6 +302,10 @@ class InboxWorkflow:
                 )
                 if (self._handled_this_run >= tuning.max_messages_per_run
                         or workflow.info().is_continue_as_new_suggested()):
+                    # Commit the handlers' local-activity results in a workflow task of their own first:
+                    # a task that also carries continue-as-new is rejected when a message arrives during
+                    # it, and its local activities (the webhook) would then run a second time.
+                    await workflow.sleep(timedelta(milliseconds=10))
                     await workflow.wait_condition(workflow.all_handlers_finished)
                     del self._seen[: max(0, len(self._seen) - tuning.seen_ids)]
                     workflow.continue_as_new(

@@ -1,11 +1,16 @@
 """SessionWorkflow: the single owner of one company's WhatsApp session (SPEC S1-S11, H4).
 
-The connection itself lives inside one ``hold_session`` activity attempt on the
-shared connector queue; this workflow decides what happens when an attempt
-ends: durable exponential backoff with jitter, waiting for a relink after
-440, deleting credentials after a logout, waiting out a temporary ban.
-Handlers only record requests; the run loop is the one place that acts on
-them, so no two coroutines ever drive the session at once.
+A *hold* is one attempt at a connection: the short ``hold_session`` activity on the shared
+connector queue claims the company for one connector process and starts its client; the
+connection then lives in that process, costing Temporal nothing while idle. The connector reports
+what happens by signal (``qr``, ``pairing_code``, ``connected``, ``disconnected``) and how the hold
+ended (``hold_ended``). If its process dies, another connector adopts the hold under the same id
+(connector/holds.py) and, when the queue that reaches it changed, says ``connected`` again.
+
+This workflow decides what happens when a hold ends: durable exponential backoff with jitter,
+waiting for a relink after 440, deleting credentials after a logout, waiting out a temporary ban.
+Handlers only record requests; the run loop is the one place that acts on them, so no two
+coroutines ever drive the session at once.
 """
 
 from __future__ import annotations
@@ -19,25 +24,27 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
-    CancelledError,
 )
 from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from domain.session import (
         ACTIVITY_DELETE_CREDENTIALS,
+        ACTIVITY_END_HOLD,
         ACTIVITY_HOLD_SESSION,
         ACTIVITY_LOGOUT_DEVICE,
         ACTIVITY_PUBLISH_EVENT,
         ACTIVITY_RELEASE_SESSION,
         ACTIVITY_SEND_ALERT,
         ERROR_CONNECTOR_SHUTDOWN,
+        ERROR_HELD_ELSEWHERE,
         QUERY_STATUS,
         SEARCH_ATTRIBUTE_COMPANY_ID,
         SEARCH_ATTRIBUTE_SESSION_STATE,
         SESSION_WORKFLOW,
         SIGNAL_CONNECTED,
         SIGNAL_DISCONNECTED,
+        SIGNAL_HOLD_ENDED,
         SIGNAL_PAIRING_CODE,
         SIGNAL_PAUSE,
         SIGNAL_QR,
@@ -49,13 +56,17 @@ with workflow.unsafe.imports_passed_through():
         ConnectedSignal,
         CredentialsDeletion,
         DisconnectedSignal,
+        HeldElsewhere,
+        HoldEndedSignal,
         HoldOutcome,
         HoldOutcomeKind,
         HoldRequest,
+        HoldStarted,
         InitializeRequest,
         InitializeResult,
         PairingCodeSignal,
         QrSignal,
+        ReleaseRequest,
         SessionAlert,
         SessionEventRequest,
         SessionStatus,
@@ -66,10 +77,8 @@ with workflow.unsafe.imports_passed_through():
 COMPANY_ID_KEY = SearchAttributeKey.for_keyword(SEARCH_ATTRIBUTE_COMPANY_ID)
 SESSION_STATE_KEY = SearchAttributeKey.for_keyword(SEARCH_ATTRIBUTE_SESSION_STATE)
 
-# A hold lasts as long as the connection: bounded by heartbeats, not by a run time.
-HOLD_START_TO_CLOSE = timedelta(days=3650)
 HISTORY_KEEP = 30
-RELEASE_WAIT = timedelta(seconds=10)
+RELEASE_TIMEOUT = timedelta(seconds=30)
 WAITING_STATES = frozenset({SessionState.REPLACED, SessionState.LOGGED_OUT, SessionState.FAILED})
 
 
@@ -84,7 +93,9 @@ def backoff_delay_s(attempt: int, base_s: float, cap_s: float, rnd: float) -> fl
     return float(raw * (0.75 + 0.25 * rnd))
 
 
-@workflow.defn(name=SESSION_WORKFLOW)
+# Not sandboxed: it imports only domain/ (passed through anyway) and does no I/O, and a sandbox per
+# run is most of the worker's CPU once there are thousands of sessions (bench/scale.py).
+@workflow.defn(name=SESSION_WORKFLOW, sandboxed=False)
 class SessionWorkflow:
     @workflow.init
     def __init__(self, inp: SessionWorkflowInput) -> None:
@@ -101,9 +112,12 @@ class SessionWorkflow:
         self._remove = False
         self._init = False
         self._restart_hold = False
-        # The current hold attempt.
-        self._hold_id = ""
-        self._hold_connected = False
+        # The current hold attempt: its id (also in self._st.hold_id) and how it ended, once it has.
+        self._hold_id = self._st.hold_id or ""
+        self._hold_ended: HoldOutcome | None = None
+        self._hold_connected = self._st.state is SessionState.CONNECTED and bool(self._hold_id)
+        # Connectors that said "connected" for a hold this workflow no longer has: to be closed.
+        self._stale_holders: list[tuple[str, str]] = []
         # Grace-period alerts (SPEC H4).
         self._down_since: datetime | None = None
         self._down_episode = 0
@@ -163,22 +177,38 @@ class SessionWorkflow:
                 self._clear_wakers()
                 self._set_state(SessionState.CONNECTING)
                 await self._event("reconnecting", attempt=str(self._st.attempt))
-            if (
-                workflow.info().is_continue_as_new_suggested()
-                and self._alerts_sending == 0
-                and not self._any_request()
-            ):
-                await workflow.wait_condition(workflow.all_handlers_finished)
-                if not self._any_request() and self._alerts_sending == 0:
-                    # A grace timer still sleeping is not lost: its start goes with the new run.
-                    workflow.continue_as_new(
-                        dataclasses.replace(
-                            self._inp, carried=self._st, pairing_phone=self._pairing_phone,
-                            down_since=self._down_since,
-                        )
-                    )
-            outcome = await self._hold()
+            await self._continue_as_new_if_suggested()
+            if not self._hold_id:
+                started = await self._start_hold()
+                if isinstance(started, tuple):
+                    await self._after_hold(started)
+                    continue
+            outcome = await self._wait_hold()
+            if outcome is None:
+                continue  # continue-as-new is due while the hold goes on: the next run waits for it
             await self._after_hold(outcome)
+
+    def _may_continue_as_new(self) -> bool:
+        return (
+            workflow.info().is_continue_as_new_suggested()
+            and self._alerts_sending == 0
+            and not self._any_request()
+            and self._hold_ended is None
+            and not self._stale_holders
+        )
+
+    async def _continue_as_new_if_suggested(self) -> None:
+        if self._may_continue_as_new():
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            if self._may_continue_as_new():
+                # A grace timer still sleeping is not lost: its start goes with the new run; so
+                # does a hold that is still on (its id and holder are in the carried status).
+                workflow.continue_as_new(
+                    dataclasses.replace(
+                        self._inp, carried=self._st, pairing_phone=self._pairing_phone,
+                        down_since=self._down_since,
+                    )
+                )
 
     def _any_request(self) -> bool:
         return any(
@@ -203,9 +233,11 @@ class SessionWorkflow:
 
     # ------------------------------------------------------------------ one hold attempt
 
-    async def _hold(self) -> tuple[HoldOutcome, bool]:
-        """Run one ``hold_session`` attempt; returns its outcome and whether the connector was lost."""
-        self._hold_id = str(workflow.uuid4())
+    async def _start_hold(self) -> HoldStarted | tuple[HoldOutcome, bool]:
+        """Ask any live connector to hold the session; returns who holds it, or how the ask failed
+        (the outcome, and whether to try again at once)."""
+        hold_id = str(workflow.uuid4())
+        self._hold_ended = None
         self._hold_connected = False
         self._restart_hold = False
         self._clear_wakers()  # this attempt is what relink / initialize / resume asked for
@@ -217,67 +249,86 @@ class SessionWorkflow:
             jid=self._st.jid,
             new_device=self._st.jid is None,
             pairing_phone=self._pairing_phone,
-            hold_id=self._hold_id,
+            hold_id=hold_id,
         )
-        handle = workflow.start_activity(
-            ACTIVITY_HOLD_SESSION,
-            req,
-            task_queue=self._inp.connector_queue,
-            result_type=HoldOutcome,
-            start_to_close_timeout=HOLD_START_TO_CLOSE,
-            heartbeat_timeout=timedelta(seconds=self._inp.hold_heartbeat_timeout_s),
-            retry_policy=RetryPolicy(maximum_attempts=1),
-            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-            summary=f"hold {self._inp.company_id}",
-        )
-        await workflow.wait_condition(
-            lambda: handle.done() or self._pause or self._logout or self._remove or self._restart_hold
-        )
-        if not handle.done():
-            if await self._release_holder(logout=self._logout or self._remove):
-                # The holder closed the connection: its hold is completing. Cancelling an
-                # activity that has completed meanwhile would be a command on a dead activity.
-                try:
-                    await workflow.wait_condition(handle.done, timeout=RELEASE_WAIT)
-                except TimeoutError:
-                    pass
-            if not handle.done():
-                handle.cancel()
-        lost = False
+        # Signals of this hold may arrive before the activity's answer (a fast connect).
+        self._hold_id = self._st.hold_id = hold_id
         try:
-            outcome = await handle
+            started: HoldStarted = await workflow.execute_activity(
+                ACTIVITY_HOLD_SESSION,
+                req,
+                task_queue=self._inp.connector_queue,
+                result_type=HoldStarted,
+                # Bounds the wait for a live connector too: none taking it is a failed attempt.
+                schedule_to_close_timeout=timedelta(seconds=self._inp.hold_start_timeout_s),
+                retry_policy=RetryPolicy(maximum_attempts=1),
+                summary=f"hold {self._inp.company_id}",
+            )
         except ActivityError as err:
+            self._forget_hold()
             cause = err.cause
-            if isinstance(cause, CancelledError):
-                outcome = HoldOutcome(HoldOutcomeKind.STOPPED, "cancelled")
-            elif isinstance(cause, ActivityTimeoutError):
-                outcome, lost = HoldOutcome(HoldOutcomeKind.DROPPED, "connector lost (heartbeat timeout)"), True
-            elif isinstance(cause, ApplicationError) and cause.type == ERROR_CONNECTOR_SHUTDOWN:
-                outcome, lost = HoldOutcome(HoldOutcomeKind.DROPPED, "connector shutting down"), True
-            else:
-                outcome = HoldOutcome(HoldOutcomeKind.DIAL_FAILED, f"hold failed: {cause or err}")
-        finally:
-            self._hold_id = ""
-            self._st.holder_queue = None
-            self._st.qr = None
-            self._st.pairing_code = None
-        return outcome, lost
+            if isinstance(cause, ApplicationError) and cause.type == ERROR_HELD_ELSEWHERE:
+                # A live connector still has a hold of this company that this workflow no longer
+                # has: close it there, then try again at once.
+                other = HeldElsewhere(**cause.details[0]) if cause.details else None
+                released = other is not None and await self._release(other.holder_queue, other.hold_id, logout=False)
+                return HoldOutcome(HoldOutcomeKind.DIAL_FAILED, "held by another connector"), released
+            if isinstance(cause, ApplicationError) and cause.type == ERROR_CONNECTOR_SHUTDOWN:
+                return HoldOutcome(HoldOutcomeKind.DIAL_FAILED, str(cause.message)), False
+            if isinstance(cause, ActivityTimeoutError):
+                # No connector answered in time; one may have claimed it and died: nobody may adopt it.
+                await self._end_hold_record(hold_id)
+                return HoldOutcome(HoldOutcomeKind.DIAL_FAILED, "no connector took the session in time"), False
+            return HoldOutcome(HoldOutcomeKind.DIAL_FAILED, f"hold failed: {cause or err}"), False
+        if self._hold_id == hold_id:
+            self._st.holder_queue = started.holder_queue
+            self._st.holder = started.holder
+        return started
 
-    async def _release_holder(self, *, logout: bool) -> bool:
-        """Ask the connector that holds the session to close it now (a cancel waits for a heartbeat).
+    async def _wait_hold(self) -> tuple[HoldOutcome, bool] | None:
+        """Wait until the current hold ends or a request ends it; None when continue-as-new is due first."""
+        hold_id = self._hold_id
+        await workflow.wait_condition(
+            lambda: self._hold_ended is not None or self._pause or self._logout or self._remove
+            or self._restart_hold or bool(self._stale_holders) or self._may_continue_as_new()
+        )
+        await self._release_stale()
+        if self._hold_ended is not None:
+            outcome = self._hold_ended
+        elif self._pause or self._logout or self._remove or self._restart_hold:
+            # Asked to stop: the holder closes it (and unlinks the device on logout / remove). A holder
+            # that cannot be reached has its hold forgotten, so no connector adopts it; if it is alive,
+            # it sees its row gone and closes the connection within seconds.
+            queue = self._st.holder_queue
+            if not (queue and await self._release(queue, hold_id, logout=self._logout or self._remove)):
+                await self._end_hold_record(hold_id)
+            outcome = HoldOutcome(HoldOutcomeKind.STOPPED, "stopped on request")
+        else:
+            return None
+        self._forget_hold()
+        return outcome, False
 
-        Returns whether the holder had the connection and closed it.
+    def _forget_hold(self) -> None:
+        self._hold_id = ""
+        self._hold_ended = None
+        self._st.hold_id = None
+        self._st.holder_queue = None
+        self._st.holder = None
+        self._st.qr = None
+        self._st.pairing_code = None
+
+    async def _release(self, queue: str, hold_id: str, *, logout: bool) -> bool:
+        """Ask the connector on ``queue`` to close that hold's connection (logout: and unlink the device).
+
+        Returns whether it had the connection and closed it.
         """
-        queue = self._st.holder_queue
-        if not queue:
-            return False
         try:
             released: bool = await workflow.execute_activity(
                 ACTIVITY_LOGOUT_DEVICE if logout else ACTIVITY_RELEASE_SESSION,
-                self._inp.company_id,
+                ReleaseRequest(self._inp.company_id, hold_id),
                 task_queue=queue,
                 result_type=bool,
-                schedule_to_close_timeout=timedelta(seconds=30),
+                schedule_to_close_timeout=RELEASE_TIMEOUT,
                 retry_policy=RetryPolicy(maximum_attempts=2),
             )
             return released
@@ -285,8 +336,23 @@ class SessionWorkflow:
             workflow.logger.warning("release failed company_id=%s error=%s", self._inp.company_id, err.cause)
             return False
 
+    async def _release_stale(self) -> None:
+        while self._stale_holders:
+            queue, hold_id = self._stale_holders.pop(0)
+            await self._release(queue, hold_id, logout=False)
+
+    async def _end_hold_record(self, hold_id: str) -> None:
+        await workflow.execute_activity(
+            ACTIVITY_END_HOLD,
+            ReleaseRequest(self._inp.company_id, hold_id),
+            task_queue=self._inp.core_queue,
+            result_type=bool,
+            start_to_close_timeout=timedelta(seconds=30),
+        )
+
     async def _after_hold(self, result: tuple[HoldOutcome, bool]) -> None:
-        outcome, lost = result
+        """Act on how a hold ended; ``retry_now``: the cause is gone already, hold again without waiting."""
+        outcome, retry_now = result
         kind = outcome.kind
         was_connected = self._hold_connected
         self._hold_connected = False
@@ -306,7 +372,9 @@ class SessionWorkflow:
             await self._delete_credentials(mark_removed=False)
             self._st.last_error = outcome.detail or "logged out"
             self._set_state(SessionState.LOGGED_OUT)
-            await self._alert(f"WhatsApp session of {self._inp.company_id} was logged out; needs a new QR", "critical")
+            if not (self._logout or self._remove):  # not what an operator's logout caused
+                await self._alert(f"WhatsApp session of {self._inp.company_id} was logged out; needs a new QR",
+                                  "critical")
             return
         if kind is HoldOutcomeKind.PAIRING_TIMEOUT:
             self._calm_down()
@@ -326,16 +394,14 @@ class SessionWorkflow:
                 f"WhatsApp temporarily banned company {self._inp.company_id}; retrying in {wait:.0f}s", "critical"
             )
             return
-        # Transient: dropped, dial failed, connector lost, or stopped for no reason we asked for.
+        # Transient: dropped, dial failed, or stopped for no reason we asked for.
         self._st.last_error = outcome.detail or kind.value
         self._start_down_episode()
         if was_connected:
             self._st.attempt = 0
-        if lost and was_connected:
-            # The connection did not fail: its connector did. Re-hold at once on any live connector.
+        if retry_now:
             self._st.next_retry_at = None
             self._set_state(SessionState.CONNECTING)
-            await self._event("reconnecting", attempt="0", reason=self._st.last_error)
             return
         self._st.attempt += 1
         if self._st.attempt > self._inp.backoff_max_attempts:
@@ -483,19 +549,28 @@ class SessionWorkflow:
 
     @workflow.signal(name=SIGNAL_CONNECTED)
     def on_connected(self, sig: ConnectedSignal) -> None:
-        if self._stale(sig.hold_id):
+        if sig.hold_id != self._hold_id or not self._hold_id or self._hold_ended is not None:
+            # A connector resumed a hold this workflow has given up (adopted it meanwhile): close it.
+            if sig.hold_id and (sig.holder_queue, sig.hold_id) not in self._stale_holders:
+                self._stale_holders.append((sig.holder_queue, sig.hold_id))
             return
         self._hold_connected = True
         st = self._st
         st.jid = sig.jid
         st.phone = sig.phone or st.phone
         st.holder_queue = sig.holder_queue
+        st.holder = sig.holder or st.holder
         st.attempt = 0
         st.last_error = None
         st.qr = None
         st.pairing_code = None
         self._calm_down()
         self._set_state(SessionState.CONNECTED)
+
+    @workflow.signal(name=SIGNAL_HOLD_ENDED)
+    def on_hold_ended(self, sig: HoldEndedSignal) -> None:
+        if sig.hold_id and sig.hold_id == self._hold_id and self._hold_ended is None:
+            self._hold_ended = sig.outcome
 
     @workflow.signal(name=SIGNAL_DISCONNECTED)
     def on_disconnected(self, sig: DisconnectedSignal) -> None:

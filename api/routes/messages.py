@@ -141,6 +141,12 @@ async def send(
         state = status.state.value if status else "none"
         raise ApiError(409, "not_connected", f"company {company_id} is not connected (state: {state})",
                        state=state, companyId=company_id)
+    if status.holder and not await ctx.holders.alive(ctx.db, status.holder):
+        if cache is not None:
+            cache.invalidate(company_id)
+        raise ApiError(409, "not_connected",
+                       f"company {company_id} is reconnecting: its connector stopped and another is taking over",
+                       state="connecting", companyId=company_id)
 
     key = idempotency_key or uuid.uuid4().hex
     request = SendRequest(company_id=company_id, to=body.recipient, text=body.message,

@@ -199,7 +199,6 @@ def inbox_settings(make_settings: Callable[..., Settings], client: Client, **ove
         "inbox_idle_s": 30.0,
         "rate_limit_count": 1000,
         "qr_first_timeout_s": 30.0,
-        "hold_heartbeat_timeout_s": 30.0,
     }
     values.update(overrides)
     return make_settings(client, **values)
@@ -220,6 +219,7 @@ async def inbox_stack(
         sim = SimulatorTransport(devices, qr_first_timeout_s=30.0, qr_next_timeout_s=30.0, qr_total_timeout_s=60.0)
         connector = ConnectorActivities(settings, client, sim, devices,
                                         EventPublisher(redis_client, settings.events_channel))
+        await connector.start()
         for w in connector_workers(client, settings, connector):
             await stack.enter_async_context(w)
         company_id = f"company_i{uuid.uuid4().hex[:10]}"

@@ -82,6 +82,14 @@ class SessionStack:
     async def wait_state(self, company_id: str, state: SessionState, timeout: float = 15.0) -> SessionStatus:
         return await self.wait_for(company_id, lambda s: s.state is state, timeout)
 
+    async def spooled_handed_over(self, timeout: float = 30.0) -> None:
+        """Wait until every incoming message spooled so far is in Temporal (the spool is empty)."""
+
+        async def empty() -> bool:
+            return await self.connector.spool.size() == 0
+
+        await wait_until(empty, timeout, interval=0.05)
+
     async def skip(self, seconds: float) -> None:
         """Advance Temporal time (time-skipping server only).
 
@@ -111,7 +119,6 @@ async def session_stack(
         "qr_first_timeout_s": 2.0,
         "qr_next_timeout_s": 1.0,
         "qr_total_timeout_s": 4.0,
-        "hold_heartbeat_timeout_s": 30.0,
         "alert_grace_s": 10.0,
     }
     values.update(overrides)
@@ -131,13 +138,15 @@ async def session_stack(
         qr_next_timeout_s=settings.qr_next_timeout_s,
         qr_total_timeout_s=settings.qr_total_timeout_s,
     )
-    connector = ConnectorActivities(settings, client, transport(devices) if transport else sim, devices, events)
+    fences: list[str] = []
+    connector = ConnectorActivities(settings, client, transport(devices) if transport else sim, devices, events,
+                                    fence=fences.append)
     session_acts = SessionActivities(db, events)
     core = Worker(
         client,
         task_queue=settings.temporal_core_queue,
         workflows=[SessionWorkflow, *extra_workflows],
-        activities=[record_alert, session_acts.delete_credentials, session_acts.publish_session_event],
+        activities=[record_alert, *session_acts.activities()],
     )
     stack = SessionStack(env, client, settings, sim, connector, db, alerts, search_attributes)
     pubsub = redis_client.pubsub()
@@ -152,15 +161,14 @@ async def session_stack(
     collector = asyncio.create_task(collect())
     async with AsyncExitStack() as stack_cm:
         await stack_cm.enter_async_context(core)
+        if with_connector:
+            await connector.start()
         for w in connector_workers(client, settings, connector) if with_connector else []:
             await stack_cm.enter_async_context(w)
         try:
             yield stack
         finally:
-            # The time-skipping server does not skip while any activity is pending, and
-            # terminating a workflow whose hold is running leaks that lock for good:
-            # pause each session first (its hold ends cleanly), then terminate it.
-            # (A real server has no such lock: there, terminate at once.)
+            # Pause each session first (its connection closes and its hold row goes), then terminate it.
             for cid in stack.companies:
                 with contextlib.suppress(Exception):
                     if env is not None and await session_status(client, cid) is not None:
@@ -168,8 +176,10 @@ async def session_stack(
                         await stack.wait_state(cid, SessionState.PAUSED, timeout=10)
                 with contextlib.suppress(Exception):
                     await client.get_workflow_handle(session_workflow_id(cid)).terminate("test over")
-            await connector.shutdown(timeout=5)
+            if with_connector:
+                await connector.shutdown(timeout=5)
     collector.cancel()
+    assert not fences, f"the in-process connector lost its lease: {fences}"
     await asyncio.gather(collector, return_exceptions=True)
     await pubsub.aclose()  # type: ignore[no-untyped-call]
 

@@ -24,7 +24,7 @@ async def test_postgres_outage_keeps_sessions_and_recovers(dev_env, make_setting
         await migrate(db)
         async with session_stack(
             dev_env.client, make_settings, db, redis_client, env=None, search_attributes=False,
-            backoff_base_s=0.5, backoff_cap_s=2.0, backoff_max_attempts=50, alert_grace_s=0.5,
+            backoff_base_s=0.5, backoff_cap_s=2.0, backoff_max_attempts=50, alert_grace_s=0.5, database_url=pg.dsn,
         ) as s:
             steady, dropped = "company_d3_steady", "company_d3_dropped"
             for cid in (steady, dropped):

@@ -50,6 +50,8 @@ async def test_concurrent_hand_offs_keep_chat_order(ts_stack, company_id):
         thread.start()
         await asyncio.to_thread(thread.join)
         await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        # Each is durable (spooled) now; the spool hands them to Temporal, in order, by itself.
+        await s.spooled_handed_over()
         handle = s.client.get_workflow_handle(inbox_workflow_id(company_id, chat))
         assert await handle.result() == N
         assert ORDER == [m.message_id for m in msgs]

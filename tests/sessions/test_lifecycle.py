@@ -258,6 +258,7 @@ async def test_send_and_incoming_messages(ts_stack, company_id):
         chat = "79990000003@s.whatsapp.net"
         await s.sim.incoming(company_id, "one", chat=chat)
         await s.sim.incoming(company_id, "two", chat=chat)
+        await s.spooled_handed_over()
         handle = s.client.get_workflow_handle(inbox_workflow_id(company_id, chat))
         assert await handle.result() == 2
         assert [m.text for m in RECEIVED if m.company_id == company_id] == ["one", "two"]

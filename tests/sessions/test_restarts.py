@@ -93,7 +93,7 @@ async def test_connector_sigkill_then_sigterm_sessions_come_back_without_qr(
     async with AsyncExitStack() as stack:
         s = await stack.enter_async_context(
             session_stack(dev_env.client, make_settings, db, redis_client, env=None, search_attributes=True,
-                          hold_heartbeat_timeout_s=3, with_connector=False)
+                          with_connector=False)
         )
         s.companies.update(companies)
         target = dev_env.client.service_client.config.target_host
@@ -103,15 +103,21 @@ async def test_connector_sigkill_then_sigterm_sessions_come_back_without_qr(
         await wait_until(lambda: statuses(client, companies), 30, interval=0.2)
         await all_connected(client, companies, 30, {first.queue})
 
-        first.kill()  # SIGKILL: the heartbeat timeout (3 s) hands the sessions back
         second = ConnectorProcess(s.settings, "c2-" + uuid.uuid4().hex[:6], tmp_path, target).start()
         stack.callback(second.stop)
+        await asyncio.sleep(2)  # the second one is up and watching its peers
+        killed_at = await db.fetchval("SELECT now()")
+        first.kill()  # SIGKILL: its lease expires in PostgreSQL and Redis; the second one adopts its holds
         await all_connected(client, companies, 40, {second.queue})
+        declared = await db.fetchval("SELECT dead_at FROM connector_leases WHERE connector_id = $1", first.connector_id)
+        assert declared is not None and (declared - killed_at).total_seconds() < 15, (declared, killed_at)
 
         assert second.terminate() == 0, second.log()  # SIGTERM: closes without logout
         assert await db.fetchval("SELECT count(*) FROM sim_devices WHERE company_id = ANY($1)", companies) == 4
-        sts = await statuses(client, companies)
-        assert all(st.state is SessionState.CONNECTING for st in sts), [st.state for st in sts]
+        # The holds wait for the next connector; the lease says they may be taken at once.
+        assert await db.fetchval("SELECT count(*) FROM session_holds WHERE company_id = ANY($1)", companies) == 4
+        assert await db.fetchval("SELECT released_at IS NOT NULL FROM connector_leases WHERE connector_id = $1",
+                                 second.connector_id)
         third = ConnectorProcess(s.settings, "c3-" + uuid.uuid4().hex[:6], tmp_path, target).start()
         stack.callback(third.stop)
         await all_connected(client, companies, 40, {third.queue})
@@ -128,7 +134,7 @@ async def test_two_connectors_each_session_held_once_and_failover(
     async with AsyncExitStack() as stack:
         s = await stack.enter_async_context(
             session_stack(dev_env.client, make_settings, db, redis_client, env=None, search_attributes=True,
-                          hold_heartbeat_timeout_s=3, with_connector=False)
+                          with_connector=False)
         )
         s.companies.update(companies)
         target = dev_env.client.service_client.config.target_host
@@ -163,7 +169,7 @@ async def test_temporal_dev_server_restart_keeps_sessions(make_settings, db, red
         async with AsyncExitStack() as stack:
             s = await stack.enter_async_context(
                 session_stack(raw, make_settings, db, redis_client, env=None, search_attributes=True,
-                              hold_heartbeat_timeout_s=3, with_connector=False)
+                              with_connector=False)
             )
             s.companies.update(companies)
             conn = ConnectorProcess(s.settings, "r-" + uuid.uuid4().hex[:6], tmp_path, server.address).start()
