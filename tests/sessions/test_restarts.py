@@ -41,6 +41,10 @@ async def statuses(client, companies: list[str]) -> list[SessionStatus]:
     return [s for s in out if s is not None]
 
 
+async def sessions_exist(client, companies: list[str]) -> bool:
+    return all(s is not None for s in await asyncio.gather(*(session_status(client, c) for c in companies)))
+
+
 async def all_connected(client, companies: list[str], timeout: float, holders: set[str] | None = None) -> None:
     async def ok() -> bool:
         sts = await statuses(client, companies)
@@ -100,7 +104,7 @@ async def test_connector_sigkill_then_sigterm_sessions_come_back_without_qr(
         first = ConnectorProcess(s.settings, "c1-" + uuid.uuid4().hex[:6], tmp_path, target).start()
         stack.callback(first.stop)
         # Nobody calls initialize: the connector starts every stored company's session itself.
-        await wait_until(lambda: statuses(client, companies), 30, interval=0.2)
+        await wait_until(lambda: sessions_exist(client, companies), 30, interval=0.2)
         await all_connected(client, companies, 30, {first.queue})
 
         first.kill()  # SIGKILL: the heartbeat timeout (3 s) hands the sessions back
