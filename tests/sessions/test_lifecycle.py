@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -108,6 +109,21 @@ async def test_transient_drop_backs_off_exponentially_then_connects(ts_stack, co
         assert s.sim.dials[company_id] == 1 + 7  # pairing + 6 failed dials + the one that worked
         # Down for hours: exactly one grace alert, none for the recovery.
         assert len(s.alerts) == 1 and s.alerts[0].severity == "warning"
+
+
+async def test_sessions_dropped_together_do_not_reconnect_in_one_burst(ts_stack):
+    # A network blip drops every session at once: each backs off for its own share of the
+    # nominal delay (jitter), so a thousand of them do not dial WhatsApp in the same instant.
+    companies = [f"company_j{n}{uuid.uuid4().int % 10**8}" for n in range(5)]
+    async with ts_stack(backoff_base_s=60, backoff_cap_s=3600) as s:
+        for cid in companies:
+            await connect(s, cid)
+        for cid in companies:
+            s.sim.drop(cid)
+        delays = [delay_of(await s.wait_for(cid, lambda x: x.state is SessionState.BACKOFF and x.attempt == 1))
+                  for cid in companies]
+        assert all(45 <= d <= 60 for d in delays), delays  # 60 s less up to 25 %
+        assert len(set(delays)) == len(delays), delays  # each its own
 
 
 async def test_max_attempts_fail_with_alert_then_relink_recovers(ts_stack, company_id):
