@@ -42,7 +42,7 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/companies/{company_id}/onboarding-link"): {"ttlSeconds": 3600},
     ("POST", "/api/schedules/{schedule_id}/{action}"): {"note": "from a company key"},
 }
-PATH_VALUES = {"kind": "backup", "schedule_id": "backup", "key_id": "1"}
+PATH_VALUES = {"schedule_id": "backup", "key_id": "1"}  # path parameters that are not a Literal
 
 
 def _assert_error(resp: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -64,12 +64,16 @@ async def registered_routes(api: Api) -> dict[tuple[str, str], dict[str, Any]]:
     return {(method.upper(), path): op for path, ops in spec["paths"].items() for method, op in ops.items()}
 
 
-def _url(template: str, op: dict[str, Any], company_id: str) -> str:
-    values = {"company_id": company_id, **PATH_VALUES}
+def _urls(template: str, op: dict[str, Any], company_id: str) -> list[str]:
+    """The route's URL with each value of its Literal path parameters (every job kind, every action)."""
+    urls = [template.replace("{company_id}", company_id)]
     for param in op.get("parameters", []):
-        if param["in"] == "path" and param["name"] not in values:
-            values[param["name"]] = param["schema"]["enum"][0]  # a Literal: its first value
-    return template.format(**values)
+        name = param["name"]
+        if param["in"] != "path" or name == "company_id":
+            continue
+        values = param["schema"].get("enum") or [PATH_VALUES[name]]
+        urls = [url.replace("{" + name + "}", str(value)) for url in urls for value in values]
+    return urls
 
 
 async def test_every_admin_route_refuses_company_keys_and_onboarding_links(api: Api) -> None:
@@ -84,17 +88,18 @@ async def test_every_admin_route_refuses_company_keys_and_onboarding_links(api: 
     token = link.json()["token"]
     for route in admin_routes:
         method, template = route
-        url, body = _url(template, routes[route], mine), BODIES.get(route)
-        _error(await api.http.request(method, url, json=body), 401, "unauthorized", route)
-        for credential in ({"X-API-Key": key}, {"Authorization": f"Bearer {key}"},
-                           {"Authorization": f"Bearer {token}"}, {"X-API-Key": token}):
-            _error(await api.http.request(method, url, json=body, headers=credential), 403, "forbidden", route)
+        body = BODIES.get(route)
+        for url in _urls(template, routes[route], mine):
+            _error(await api.http.request(method, url, json=body), 401, "unauthorized", route)
+            for credential in ({"X-API-Key": key}, {"Authorization": f"Bearer {key}"},
+                               {"Authorization": f"Bearer {token}"}, {"X-API-Key": token}):
+                _error(await api.http.request(method, url, json=body, headers=credential), 403, "forbidden", route)
     # The admin gets past auth on each of them (on another company: revoking keys must not
     # disturb the checks above).
     for route in admin_routes:
         method, template = route
-        resp = await api.http.request(method, _url(template, routes[route], probe), json=BODIES.get(route),
-                                      headers=ADMIN)
+        url = _urls(template, routes[route], probe)[0]
+        resp = await api.http.request(method, url, json=BODIES.get(route), headers=ADMIN)
         assert resp.status_code not in (401, 403), (route, resp.text)
 
 
@@ -107,7 +112,7 @@ async def test_company_routes_answer_only_their_own_company(api: Api) -> None:
     mine_creds = ({"X-API-Key": my_key}, {"Authorization": f"Bearer {my_key}"}, {"X-API-Key": token}, ADMIN)
     for route in sorted(COMPANY_ROUTES):
         method, template = route
-        url, body = _url(template, routes[route], mine), BODIES.get(route)
+        url, body = _urls(template, routes[route], mine)[0], BODIES.get(route)
         _error(await api.http.request(method, url, json=body), 401, "unauthorized", route)
         _error(await api.http.request(method, url, json=body, headers={"X-API-Key": "wa_nope"}),
                401, "unauthorized", route)
