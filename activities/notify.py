@@ -36,7 +36,7 @@ class Notifier:
         text = f"{prefix} {alert.text}" + (f"\ncompany: {alert.company_id}" if alert.company_id else "")
         async with httpx.AsyncClient(timeout=10) as http:
             resp = await http.post(
-                f"https://api.telegram.org/bot{token.get_secret_value()}/sendMessage",
+                f"{self._settings.telegram_api_url.rstrip('/')}/bot{token.get_secret_value()}/sendMessage",
                 json={"chat_id": chat, "text": text, "disable_web_page_preview": True},
             )
         if resp.status_code >= 400:

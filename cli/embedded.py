@@ -15,7 +15,6 @@ user ``pgserver`` (created if missing, as the pgserver package itself does).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
@@ -339,12 +338,23 @@ class EmbeddedRedis:
 
 
 async def wait_until(check: Any, timeout: float, interval: float = 0.05) -> None:
-    """Poll an async predicate until it returns truthy (for readiness checks)."""
+    """Poll an async predicate until it returns truthy (for readiness checks).
+
+    An error while polling (a server not answering yet) counts as "not yet", and the
+    last one is chained to the ``TimeoutError``. An ``AssertionError`` is never "not
+    yet": a predicate that asserts a condition that must hold all along fails at once.
+    """
     deadline = time.monotonic() + timeout
+    last: Exception | None = None
     while True:
-        with contextlib.suppress(Exception):
+        try:
             if await check():
                 return
+        except AssertionError:
+            raise
+        except Exception as exc:
+            last = exc
         if time.monotonic() > deadline:
-            raise TimeoutError(f"not ready after {timeout:.0f}s")
+            raise TimeoutError(f"not ready after {timeout:.0f}s"
+                               + (f" (last error: {type(last).__name__}: {last})" if last else "")) from last
         await asyncio.sleep(interval)

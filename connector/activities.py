@@ -228,7 +228,7 @@ class ConnectorActivities:
 
     async def start(self) -> None:
         """Register the lease, then adopt, watch peers and drain the spool in the background."""
-        await self.lease.register(self.settings.database_dsn, self.redis)
+        await self.lease.register(self.devices.db.dsn, self.redis)
         self._background = [
             asyncio.create_task(self._tick_forever(), name="connector-tick"),
             asyncio.create_task(self.spool.drain(self._hand_off, self._shutting_down), name="spool-drain"),
@@ -254,7 +254,7 @@ class ConnectorActivities:
         if pending:
             await asyncio.wait(pending, timeout=timeout)
         if self.lease.registered and not self.lease.fenced:
-            await self.lease.release(self.settings.database_dsn, self.redis)
+            await self.lease.release(self.devices.db.dsn, self.redis)
 
     async def _tick_forever(self) -> None:
         while not self._shutting_down.is_set():
@@ -324,6 +324,7 @@ class ConnectorActivities:
     # ------------------------------------------------------------------ one hold
 
     async def _start_client(self, hold: _Hold, *, jid: str | None, pairing_phone: str | None) -> None:
+        log.info("hold start company_id=%s resume=%s hold_id=%s", hold.company_id, bool(jid), hold.hold_id)
         old = self._held.get(hold.company_id)
         if old is not None and old is not hold:
             old.closing = old.closing or "lost"
@@ -467,7 +468,6 @@ class ConnectorActivities:
             await self.holds.claim(cid, req.hold_id, req.workflow_id, jid, req.pairing_phone)
         except HeldElsewhereError as exc:
             raise ApplicationError(str(exc), exc.holder, type=ERROR_HELD_ELSEWHERE, non_retryable=True) from None
-        log.info("hold start company_id=%s resume=%s hold_id=%s", cid, bool(jid), req.hold_id)
         hold = _Hold(cid, req.hold_id, req.workflow_id)
         try:
             await self._start_client(hold, jid=jid, pairing_phone=req.pairing_phone)

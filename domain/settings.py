@@ -117,6 +117,8 @@ class Settings(BaseSettings):
     alert_grace_s: float = Field(default=10.0, ge=0)
     telegram_bot_token: SecretStr | None = None
     telegram_chat_id: str | None = None
+    # TELEGRAM_API_URL: the Bot API's base URL (a local Bot API server, a proxy, or a test's stand-in).
+    telegram_api_url: str = Field(default="https://api.telegram.org", pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
     sentry_dsn: SecretStr | None = None
 
     # Sending (SPEC M2).

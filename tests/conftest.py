@@ -21,6 +21,7 @@ from temporalio.common import SearchAttributeKey
 from temporalio.testing import WorkflowEnvironment
 
 from cli.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, venv_binary
+from connector.neonize_store import ensure_store_schema
 from domain.settings import Settings
 from storage import Database, migrate
 
@@ -99,6 +100,36 @@ async def db(database_dsn: str) -> AsyncIterator[Database]:
     await migrate(database)
     yield database
     await database.close()
+
+
+@pytest.fixture(scope="session")
+async def store_template(pg_server: PgServer) -> str:
+    """A database with the real whatsmeow schema and the project's tables, made once."""
+    name = f"store_tpl_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(pg_server.admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    dsn = pg_server.dsn_for(name)
+    await ensure_store_schema(dsn)
+    db = Database(dsn)
+    await migrate(db)
+    await db.close()
+    return name
+
+
+@pytest.fixture
+async def store_dsn(pg_server: PgServer, store_template: str) -> AsyncIterator[str]:
+    """A fresh copy of the store for one test (dropped afterwards, with its restore-test scratch copies)."""
+    name = f"store_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(pg_server.admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{store_template}"')
+    finally:
+        await conn.close()
+    yield pg_server.dsn_for(name)
+    await pg_server.drop_database(name)
 
 
 # --------------------------------------------------------------------------- Redis

@@ -7,8 +7,12 @@ import asyncio
 import hashlib
 import hmac
 import json
+import uuid
 
 import pytest
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import EventType as HistoryEventType
+from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
 from temporalio.client import WorkflowExecutionStatus
 
 from cli.embedded import wait_until
@@ -42,6 +46,10 @@ async def test_hundred_messages_in_order_each_once_through_continue_as_new(make_
         last = await s.inject("last", message_id="WAIDLAST")
         await s.wait(lambda: len(s.outbox()) >= 101, 45, "the last reply")
 
+        async def all_recorded() -> bool:
+            return (await summary(s)).pending == 0
+
+        await wait_until(all_recorded, 10)  # every message handled: a doubled delivery or reply is in by now
         hook = s.receiver.hook()
         assert [d.body["messageId"] for d in hook] == [*ids, last]  # in order, each exactly once
         assert [d.body["text"] for d in hook][:3] == ["m0", "m1", "m2"]
@@ -51,11 +59,6 @@ async def test_hundred_messages_in_order_each_once_through_continue_as_new(make_
         assert [e.quoted for e in out] == [*ids, last]
         assert [e.text for e in out][:2] == ["re: m0", "re: m1"]
         assert all(e.to == CHAT for e in out)
-
-        async def all_recorded() -> bool:
-            return (await summary(s)).pending == 0
-
-        await wait_until(all_recorded, 10)
         info = await summary(s)
         assert (info.handled, info.duplicates, info.last_message_id) == (101, 2, last)
         desc = await s.client.get_workflow_handle(inbox_workflow_id(s.company_id, CHAT)).describe()
@@ -72,6 +75,12 @@ async def test_webhook_down_then_recovers_delivers_everything_in_order(make_inbo
         assert s.receiver.hook() == []
         s.receiver.status = 200
         await s.wait(lambda: len(s.outbox()) >= 5, 60, "5 replies after recovery")
+
+        async def all_handled() -> bool:
+            info = await summary(s)
+            return info.handled == 5 and info.pending == 0
+
+        await wait_until(all_handled, 20)  # the inbox is done: nothing more can arrive
         hook = s.receiver.hook()
         assert [d.body["messageId"] for d in hook] == ids
         assert all(signed(d) for d in hook)
@@ -111,6 +120,24 @@ async def test_receiver_that_never_recovers_leaves_failed_workflow_and_alert(mak
         await s.wait(lambda: len(s.outbox()) >= 1, 45, "the next reply")
         assert [d.body["messageId"] for d in s.receiver.hook()] == [nxt]
         assert await failed_status() == WorkflowExecutionStatus.FAILED
+
+        # The operator resets the failed workflow (Temporal UI: Reset → first workflow task): the
+        # message is delivered again, in its inbox's name, and answered — once.
+        failed_run = (await failed.describe()).run_id
+        history = await failed.fetch_history()
+        first_task = next(e.event_id for e in history.events
+                          if e.event_type == HistoryEventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED)
+        reset = await s.client.workflow_service.reset_workflow_execution(ResetWorkflowExecutionRequest(
+            namespace=s.client.namespace,
+            workflow_execution=WorkflowExecution(workflow_id=failed.id, run_id=failed_run),
+            reason="receiver is back", workflow_task_finish_event_id=first_task, request_id=str(uuid.uuid4()),
+        ))
+        await s.client.get_workflow_handle(failed.id, run_id=reset.run_id).result()  # completes this time
+        assert await failed_status() == WorkflowExecutionStatus.COMPLETED
+        assert [d.body["messageId"] for d in s.receiver.hook()] == [nxt, lost]
+        assert [(e.quoted, e.text) for e in s.outbox()] == [(nxt, "re: after the outage"),
+                                                            (lost, "re: nobody hears this")]
+        assert [a.severity for a in s.alerts] == ["critical"]  # the reset alerted nobody again
 
 
 @pytest.mark.timeout(150)

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import uuid
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
+from bench.store_data import fill_device
 from domain.inbox import INBOX_WORKFLOW, SIGNAL_INBOX_MESSAGE, InboxWorkflowInput, IncomingMessage, inbox_workflow_id
 from domain.session import ERROR_NOT_CONNECTED, SendRequest, SessionStatus
 from domain.states import SessionState
 from infra.sessions import logout_session, remove_session, session_status, signal_session
-from tests.sessions.conftest import SessionStack
+from storage import Database
+from tests.sessions.conftest import SessionStack, session_stack
 
 
 async def connect(s: SessionStack, company_id: str) -> SessionStatus:
@@ -105,6 +109,21 @@ async def test_transient_drop_backs_off_exponentially_then_connects(ts_stack, co
         assert s.sim.dials[company_id] == 1 + 7  # pairing + 6 failed dials + the one that worked
         # Down for hours: exactly one grace alert, none for the recovery.
         assert len(s.alerts) == 1 and s.alerts[0].severity == "warning"
+
+
+async def test_sessions_dropped_together_do_not_reconnect_in_one_burst(ts_stack):
+    # A network blip drops every session at once: each backs off for its own share of the
+    # nominal delay (jitter), so a thousand of them do not dial WhatsApp in the same instant.
+    companies = [f"company_j{n}{uuid.uuid4().int % 10**8}" for n in range(5)]
+    async with ts_stack(backoff_base_s=60, backoff_cap_s=3600) as s:
+        for cid in companies:
+            await connect(s, cid)
+        for cid in companies:
+            s.sim.drop(cid)
+        delays = [delay_of(await s.wait_for(cid, lambda x: x.state is SessionState.BACKOFF and x.attempt == 1))
+                  for cid in companies]
+        assert all(45 <= d <= 60 for d in delays), delays  # 60 s less up to 25 %
+        assert len(set(delays)) == len(delays), delays  # each its own
 
 
 async def test_max_attempts_fail_with_alert_then_relink_recovers(ts_stack, company_id):
@@ -198,6 +217,27 @@ async def test_temporary_ban_waits_for_expiry(ts_stack, company_id):
         assert s.sim.dials[company_id] == dials + 1
 
 
+@pytest.fixture
+async def store_db(store_dsn: str) -> AsyncIterator[Database]:
+    """A project database that also holds the real whatsmeow store schema."""
+    database = Database(store_dsn)
+    yield database
+    await database.close()
+
+
+async def linked_in_store(db: Database, jid: str) -> None:
+    """The rows whatsmeow keeps for a linked device (the simulator keeps its own in sim_devices)."""
+    async with db.connection() as conn:
+        await fill_device(conn, jid, pre_keys=3, sessions=2, identity_keys=2, secrets=2)
+
+
+async def store_rows(db: Database, jid: str) -> int:
+    return int(await db.fetchval(
+        """SELECT (SELECT count(*) FROM whatsmeow_device WHERE jid = $1)
+                  + (SELECT count(*) FROM whatsmeow_pre_keys WHERE jid = $1)
+                  + (SELECT count(*) FROM whatsmeow_sessions WHERE our_jid = $1)""", jid))
+
+
 async def test_pause_resume_logout_remove(ts_stack, company_id, db):
     async with ts_stack() as s:
         connected = await connect(s, company_id)
@@ -221,6 +261,39 @@ async def test_pause_resume_logout_remove(ts_stack, company_id, db):
         assert await session_status(s.client, company_id) is None
         assert await db.fetchval(
             "SELECT removed_at IS NOT NULL FROM companies WHERE company_id = $1", company_id
+        )
+
+
+async def test_logout_and_remove_without_a_connection_delete_the_device_from_the_whatsmeow_store(
+    ts_env, make_settings, store_db, redis_client, company_id
+):
+    # A connected session is logged out by its transport (neonize deletes its own device rows); a
+    # session nobody holds (paused, replaced, failed) is cleaned by the workflow alone.
+    db = store_db
+    async with session_stack(ts_env.client, make_settings, db, redis_client, env=ts_env,
+                             search_attributes=False) as s:
+        first = await connect(s, company_id)
+        assert first.jid
+        await linked_in_store(db, first.jid)
+        await signal_session(s.client, company_id, "pause")
+        await s.wait_state(company_id, SessionState.PAUSED)
+        assert await store_rows(db, first.jid) == 1 + 3 + 2  # paused: credentials kept
+        st = await logout_session(s.client, company_id)
+        assert st.state is SessionState.LOGGED_OUT and st.jid is None
+        assert await store_rows(db, first.jid) == 0  # the device and its keys left the store
+        assert await db.fetchval("SELECT count(*) FROM sim_devices WHERE company_id = $1", company_id) == 0
+
+        second = await connect(s, company_id)  # a new QR, a new device
+        assert second.jid
+        await linked_in_store(db, second.jid)
+        s.sim.replace(company_id)
+        await s.wait_state(company_id, SessionState.REPLACED)
+        assert await store_rows(db, second.jid) == 1 + 3 + 2  # 440: kept for the relink
+        st = await remove_session(s.client, company_id)
+        assert st.state is SessionState.STOPPED
+        assert await store_rows(db, second.jid) == 0
+        assert await db.fetchval(
+            "SELECT removed_at IS NOT NULL AND device_jid IS NULL FROM companies WHERE company_id = $1", company_id
         )
 
 

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
+import time
 import uuid
+from collections import Counter
 from contextlib import AsyncExitStack
 
 import pytest
+from temporalio.api.enums.v1 import EventType as HistoryEventType
 
 from cli.embedded import TemporalDevConfig, TemporalDevServer, free_port, wait_until
 from cli.processes import ConnectorProcess
-from domain.session import SessionStatus
+from domain.session import ACTIVITY_HOLD_SESSION, SessionStatus, session_workflow_id
 from domain.states import SessionState
 from infra.sessions import initialize_session, list_sessions, session_status
 from tests.sessions.conftest import pydantic_client, session_stack
@@ -41,6 +45,10 @@ async def statuses(client, companies: list[str]) -> list[SessionStatus]:
     return [s for s in out if s is not None]
 
 
+async def sessions_exist(client, companies: list[str]) -> bool:
+    return all(s is not None for s in await asyncio.gather(*(session_status(client, c) for c in companies)))
+
+
 async def all_connected(client, companies: list[str], timeout: float, holders: set[str] | None = None) -> None:
     async def ok() -> bool:
         sts = await statuses(client, companies)
@@ -56,6 +64,64 @@ def assert_clean_history(sts: list[SessionStatus]) -> None:
         assert st.qr_sequence == 0, st
         states = {h.split(" ", 1)[1] for h in st.history}
         assert states <= {"starting", "connecting", "connected"}, st.history
+
+
+# The liveness period of a connector's holds: its lease's time to live (LEASE_TTL_S, default).
+HOLD_PERIOD_S = 4.0
+
+
+async def hold_attempts(client, company_id: str) -> tuple[str, int]:
+    """(run id, hold_session activities scheduled in it) of the company's session workflow."""
+    handle = client.get_workflow_handle(session_workflow_id(company_id))
+    run_id = (await handle.describe()).run_id
+    history = await client.get_workflow_handle(session_workflow_id(company_id), run_id=run_id).fetch_history()
+    scheduled = [e for e in history.events if e.event_type == HistoryEventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+                 and e.activity_task_scheduled_event_attributes.activity_type.name == ACTIVITY_HOLD_SESSION]
+    return run_id, len(scheduled)
+
+
+def hold_lines(connector: ConnectorProcess) -> tuple[Counter[str], Counter[str]]:
+    """Holds started and ended per company, from the connector's log."""
+    text = connector.log_path.read_text(errors="replace")
+    return (Counter(re.findall(r"hold start company_id=(\S+)", text)),
+            Counter(re.findall(r"hold end company_id=(\S+)", text)))
+
+
+def open_holds(connectors: list[ConnectorProcess]) -> dict[str, list[str]]:
+    """company → the queue of each live connector that has a hold of it open (started, not ended)."""
+    out: dict[str, list[str]] = {}
+    for c in connectors:
+        if c.proc is None or c.proc.poll() is not None:
+            continue  # a killed connector holds nothing, whatever its log says
+        started, ended = hold_lines(c)
+        for cid in started:
+            out.setdefault(cid, []).extend([c.queue] * (started[cid] - ended[cid]))
+    return out
+
+
+async def assert_each_session_held_once_through(
+    client, companies: list[str], connectors: list[ConnectorProcess], period_s: float, periods: float = 2.0
+) -> None:
+    """Through ``periods`` liveness periods (sampled, not a snapshot): every session stays connected,
+    held by exactly one live connector — the same one all along, per the workflow and per the
+    connectors' logs — and no hold is restarted (no new hold_session in the workflow's history,
+    no new hold start in any connector's log)."""
+    holders = {st.company_id: st.holder_queue for st in await statuses(client, companies)}
+    attempts = {cid: await hold_attempts(client, cid) for cid in companies}
+    starts = [hold_lines(c)[0] for c in connectors]
+    deadline = time.monotonic() + periods * period_s + 0.5
+    samples = 0
+    while time.monotonic() < deadline:
+        for st in await statuses(client, companies):
+            assert st.state is SessionState.CONNECTED, (st.company_id, st.state, st.last_error)
+            assert st.holder_queue == holders[st.company_id], (st.company_id, holders[st.company_id], st)
+        opened = open_holds(connectors)
+        assert {cid: opened.get(cid) for cid in companies} == {cid: [holders[cid]] for cid in companies}, opened
+        samples += 1
+        await asyncio.sleep(0.25)
+    assert samples >= 2 * periods
+    assert {cid: await hold_attempts(client, cid) for cid in companies} == attempts  # no hold restarted
+    assert [hold_lines(c)[0] for c in connectors] == starts
 
 
 @pytest.fixture
@@ -100,7 +166,7 @@ async def test_connector_sigkill_then_sigterm_sessions_come_back_without_qr(
         first = ConnectorProcess(s.settings, "c1-" + uuid.uuid4().hex[:6], tmp_path, target).start()
         stack.callback(first.stop)
         # Nobody calls initialize: the connector starts every stored company's session itself.
-        await wait_until(lambda: statuses(client, companies), 30, interval=0.2)
+        await wait_until(lambda: sessions_exist(client, companies), 30, interval=0.2)
         await all_connected(client, companies, 30, {first.queue})
 
         second = ConnectorProcess(s.settings, "c2-" + uuid.uuid4().hex[:6], tmp_path, target).start()
@@ -126,7 +192,7 @@ async def test_connector_sigkill_then_sigterm_sessions_come_back_without_qr(
         assert not [e for e in s.events if e["type"] == "qr"]
 
 
-async def test_two_connectors_each_session_held_once_and_failover(
+async def test_two_connectors_each_session_held_once_steadily_and_after_failover(
     dev_env, make_settings, db, redis_client, tmp_path, companies
 ):
     client = pydantic_client(dev_env.client)
@@ -147,12 +213,16 @@ async def test_two_connectors_each_session_held_once_and_failover(
         await all_connected(client, companies, 30, {one.queue, two.queue})
         held_events = [e for e in s.events if e["type"] == "connected"]
         assert sorted(e["companyId"] for e in held_events) == sorted(companies)  # one connection each
+        await assert_each_session_held_once_through(client, companies, [one, two], HOLD_PERIOD_S)
         sts = await statuses(client, companies)
         victim = one if any(st.holder_queue == one.queue for st in sts) else two
         survivor = two if victim is one else one
         victim.kill()
         await all_connected(client, companies, 40, {survivor.queue})
+        await assert_each_session_held_once_through(client, companies, [survivor], HOLD_PERIOD_S)
         assert_clean_history(await statuses(client, companies))
+        assert len([e for e in s.events if e["type"] == "connected"]) == len(companies) + len(
+            [st for st in sts if st.holder_queue == victim.queue])  # one reconnection per moved session
 
 
 async def test_temporal_dev_server_restart_keeps_sessions(make_settings, db, redis_client, tmp_path, companies):
