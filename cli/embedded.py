@@ -222,10 +222,12 @@ class EmbeddedPostgres:
 
     @property
     def dsn(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        return self.dsn_for("postgres")
 
     def dsn_for(self, database: str) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+        # Spelled out: the embedded server has no TLS, and whatsmeow's driver (lib/pq) requires
+        # TLS when the DSN names no sslmode.
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}?sslmode=disable"
 
     def _run(self, args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -23,8 +23,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
 from connector.devices import DeviceDirectory
-from connector.simulator import SimulatorError, SimulatorTransport
-from connector.transport import NotConnectedError, Transport
+from connector.transport import NotConnectedError, Transport, TransportControlError
 from domain.events import Event, EventType
 from domain.inbox import INBOX_WORKFLOW, SIGNAL_INBOX_MESSAGE, InboxWorkflowInput, IncomingMessage, inbox_workflow_id
 from domain.session import (
@@ -32,8 +31,8 @@ from domain.session import (
     ACTIVITY_LOGOUT_DEVICE,
     ACTIVITY_RELEASE_SESSION,
     ACTIVITY_SEND_MESSAGE,
-    ACTIVITY_SIMULATOR_CONTROL,
-    ACTIVITY_SIMULATOR_OUTBOX,
+    ACTIVITY_TRANSPORT_CONTROL,
+    ACTIVITY_TRANSPORT_OUTBOX,
     ERROR_CONNECTOR_SHUTDOWN,
     ERROR_NOT_CONNECTED,
     SIGNAL_CONNECTED,
@@ -50,7 +49,7 @@ from domain.session import (
     QrSignal,
     SendRequest,
     SendResult,
-    SimulatorCommand,
+    TransportCommand,
 )
 from domain.settings import Settings
 from infra.redis import EventPublisher
@@ -65,6 +64,7 @@ _OUTCOME_EVENTS: dict[HoldOutcomeKind, EventType] = {
     HoldOutcomeKind.LOGGED_OUT: EventType.LOGGED_OUT,
     HoldOutcomeKind.TEMP_BANNED: EventType.ERROR,
     HoldOutcomeKind.PAIRING_TIMEOUT: EventType.LOGGED_OUT,
+    HoldOutcomeKind.CLIENT_OUTDATED: EventType.ERROR,
 }
 
 
@@ -296,27 +296,25 @@ class ConnectorActivities:
         await self.transport.logout(company_id)
         return True
 
-    @activity.defn(name=ACTIVITY_SIMULATOR_CONTROL)
-    async def simulator_control(self, cmd: SimulatorCommand) -> dict[str, Any]:
-        sim = self._simulator()
+    @activity.defn(name=ACTIVITY_TRANSPORT_CONTROL)
+    async def transport_control(self, cmd: TransportCommand) -> dict[str, Any]:
         try:
-            return await sim.control(cmd.company_id, cmd.action, cmd.params)
-        except SimulatorError as exc:
-            raise ApplicationError(str(exc), type="SimulatorError", non_retryable=True) from exc
+            return await self.transport.control(cmd.company_id, cmd.action, cmd.params)
+        except TransportControlError as exc:
+            raise ApplicationError(str(exc), type="TransportControlError", non_retryable=True) from exc
 
-    @activity.defn(name=ACTIVITY_SIMULATOR_OUTBOX)
-    async def simulator_outbox(self, company_id: str) -> list[OutboxEntry]:
-        return list(self._simulator().outbox.get(company_id, []))
-
-    def _simulator(self) -> SimulatorTransport:
-        if not isinstance(self.transport, SimulatorTransport):
-            raise ApplicationError("this connector does not run the simulator transport",
-                                   type="SimulatorError", non_retryable=True)
-        return self.transport
+    @activity.defn(name=ACTIVITY_TRANSPORT_OUTBOX)
+    async def transport_outbox(self, company_id: str) -> list[OutboxEntry]:
+        """What the company's phone sent, from PostgreSQL: it survives a connector's SIGKILL."""
+        rows = await self.devices.db.fetch(
+            "SELECT message_id, to_jid, text, sent_at, quoted FROM transport_outbox WHERE company_id = $1 ORDER BY id",
+            company_id,
+        )
+        return [OutboxEntry(r["message_id"], r["to_jid"], r["text"], r["sent_at"], r["quoted"]) for r in rows]
 
     def shared_queue_activities(self) -> list[Any]:
-        return [self.hold_session]
+        return [self.hold_session, self.transport_outbox]
 
     def own_queue_activities(self) -> list[Any]:
         return [self.send_message, self.release_session, self.logout_device,
-                self.simulator_control, self.simulator_outbox]
+                self.transport_control, self.transport_outbox]

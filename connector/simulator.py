@@ -24,14 +24,21 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from connector.devices import DeviceDirectory
-from connector.transport import LinkStatus, NotConnectedError, SessionListener
+from connector.live_sockets import LiveSockets
+from connector.transport import (
+    LinkStatus,
+    NotConnectedError,
+    SessionListener,
+    TransportControlError,
+    TransportLeaks,
+)
 from domain.inbox import IncomingMessage
 from domain.session import HoldOutcome, HoldOutcomeKind, OutboxEntry, SendResult
 
 log = logging.getLogger("waorch.simulator")
 
 
-class SimulatorError(ValueError):
+class SimulatorError(TransportControlError):
     """A control that does not apply to the company's current simulated state."""
 
 
@@ -46,6 +53,7 @@ class _Link:
     connected: bool = False
     qr_sequence: int = 0
     pairing_code: str | None = None
+    socket_id: str | None = None  # the live-socket registry's entry while connected
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
@@ -75,7 +83,9 @@ class SimulatorTransport:
         self._links: dict[str, _Link] = {}
         self._dial_failures: dict[str, int] = defaultdict(int)
         self._flaps: dict[str, tuple[int, float]] = {}
+        # What each phone sent, as this process saw it; the durable record is transport_outbox.
         self.outbox: dict[str, list[OutboxEntry]] = defaultdict(list)
+        self.sockets = LiveSockets(devices.db.dsn)
         self.dials: dict[str, int] = defaultdict(int)  # connection attempts per company
 
     # ------------------------------------------------------------------ protocol
@@ -126,6 +136,11 @@ class SimulatorTransport:
         now = datetime.now(UTC)
         entry = OutboxEntry(message_id=f"SIM{uuid.uuid4().hex[:16].upper()}", to=to, text=text, timestamp=now,
                             quoted=quoted)
+        await self._devices.db.execute(
+            """INSERT INTO transport_outbox (company_id, transport, message_id, to_jid, text, quoted, sent_at)
+               VALUES ($1, 'simulator', $2, $3, $4, $5, $6)""",
+            company_id, entry.message_id, to, text, quoted, now,
+        )
         self.outbox[company_id].append(entry)
         return SendResult(message_id=entry.message_id, timestamp=now)
 
@@ -141,6 +156,10 @@ class SimulatorTransport:
     async def close(self) -> None:
         for company_id in list(self._links):
             await self.stop(company_id)
+        await asyncio.to_thread(self.sockets.close_connection)
+
+    async def leaks(self) -> TransportLeaks:
+        return TransportLeaks(clients_started=sum(self.dials.values()))
 
     @property
     def held(self) -> list[str]:
@@ -274,6 +293,10 @@ class SimulatorTransport:
         if self._links.get(link.company_id) is link:
             del self._links[link.company_id]
         link.connected = False
+        if link.socket_id is not None:
+            # Closed before the outcome is known, so the next hold of the device never overlaps it.
+            self.sockets.close(link.socket_id)
+            link.socket_id = None
         for task in list(link.tasks):
             if task is not asyncio.current_task():
                 task.cancel()
@@ -299,6 +322,12 @@ class SimulatorTransport:
         await self._connect(link, jid, phone, push_name)
 
     async def _connect(self, link: _Link, jid: str, phone: str | None, push_name: str | None) -> None:
+        link.socket_id = await asyncio.to_thread(self.sockets.open, jid, transport="simulator",
+                                                 company_id=link.company_id)
+        if self._links.get(link.company_id) is not link:  # ended while the socket opened
+            self.sockets.close(link.socket_id)
+            link.socket_id = None
+            return
         link.jid, link.phone, link.connected = jid, phone, True
         await link.listener.connected(jid, phone, push_name)
         flaps = self._flaps.get(link.company_id)

@@ -34,8 +34,9 @@ QUERY_STATUS = "status"
 # the others on the holder's own queue "connector.<id>" (SessionStatus.holder_queue).
 ACTIVITY_HOLD_SESSION = "hold_session"
 ACTIVITY_SEND_MESSAGE = "send_message"  # SendRequest -> SendResult; NotConnected if not held here
-ACTIVITY_SIMULATOR_CONTROL = "simulator_control"  # SimulatorCommand -> dict (simulator transport only)
-ACTIVITY_SIMULATOR_OUTBOX = "simulator_outbox"  # company_id -> list[OutboxEntry]
+# Phone-side controls of the test transports (the simulator, or NEONIZE_CLIENT=model) on the holder's queue.
+ACTIVITY_TRANSPORT_CONTROL = "transport_control"  # TransportCommand -> dict
+ACTIVITY_TRANSPORT_OUTBOX = "transport_outbox"  # company_id -> list[OutboxEntry] (from PostgreSQL; any connector)
 ACTIVITY_LOGOUT_DEVICE = "logout_device"  # company_id -> bool (holder's queue: unlink the device at WhatsApp)
 ACTIVITY_RELEASE_SESSION = "release_session"  # company_id -> bool (holder's queue: close without logout)
 # Worker-side activities of the session workflow (core queue).
@@ -66,6 +67,7 @@ class HoldOutcomeKind(StrEnum):
     LOGGED_OUT = "logged_out"  # device unlinked from the phone or server
     TEMP_BANNED = "temp_banned"  # wait ban_expires_s, then hold again
     PAIRING_TIMEOUT = "pairing_timeout"  # QR / pairing code not completed in time
+    CLIENT_OUTDATED = "client_outdated"  # WhatsApp refuses this client version (405): failed until relink
     STOPPED = "stopped"  # cancelled on purpose (pause, logout, remove, shutdown)
 
 
@@ -166,8 +168,8 @@ class SendResult:
 
 
 @dataclass
-class SimulatorCommand:
-    """A simulator control: scan | pair | disconnect | replace | logout | ban | incoming | dial_fail | flap."""
+class TransportCommand:
+    """A phone-side control: scan | pair | disconnect | replace | logout | ban | incoming | dial_fail | …"""
 
     company_id: str
     action: str

@@ -70,6 +70,22 @@ class Settings(BaseSettings):
     qr_next_timeout_s: float = Field(default=20.0, gt=0)
     qr_total_timeout_s: float = Field(default=160.0, gt=0)
     hold_heartbeat_timeout_s: float = Field(default=20.0, ge=2)
+    # NEONIZE_CLIENT: "neonize" (the real library) or "model" (connector.whatsmeow_model, a model of
+    # neonize's client for tests and fault-injection benchmarks; refused in production).
+    neonize_client: Literal["neonize", "model"] = "neonize"
+    # How long a client start holds the Go gate at most while Go writes its maps (until a first sign).
+    neonize_start_settle_s: float = Field(default=0.1, gt=0, le=5)
+    # A stop waits this long for whatsmeow to give up a dial in flight (the client must be dead first).
+    neonize_stop_timeout_s: float = Field(default=75.0, gt=0)
+    # After a scan, the 515 restart must bring "connected" within this.
+    neonize_paired_connect_timeout_s: float = Field(default=60.0, gt=0)
+    # Keepalive timeouts are tolerated this long (whatsmeow restores or reconnects by itself), then a drop.
+    neonize_keepalive_grace_s: float = Field(default=200.0, gt=0)
+    # The connector drains (hands its sessions on, exits non-zero, the launcher restarts it) when its
+    # whatsmeow store holds this many PostgreSQL connections (each connect() leaves one open) ...
+    neonize_store_max_connections: int = Field(default=200, ge=2)
+    # ... or when this many client threads never returned (neonize's FetchMe wait).
+    connector_leak_threshold: int = Field(default=50, ge=1)
 
     # Reconnection (SPEC S3) and alerts (SPEC H4).
     backoff_base_s: float = Field(default=1.0, gt=0)
@@ -140,6 +156,8 @@ class Settings(BaseSettings):
             raise ValueError("BACKOFF_CAP_S must be >= BACKOFF_BASE_S")
         if self.environment == "production" and self.api_admin_key is None:
             raise ValueError("API_ADMIN_KEY must be set in production")
+        if self.environment == "production" and self.neonize_client == "model":
+            raise ValueError("NEONIZE_CLIENT=model is a test double of WhatsApp: refused when ENVIRONMENT=production")
         if self.api_admin_key is not None and len(self.api_admin_key.get_secret_value()) < 16:
             raise ValueError("API_ADMIN_KEY must be at least 16 characters")
         return self
@@ -166,7 +184,8 @@ class Settings(BaseSettings):
             return build_database_url(
                 self.db_user, self.db_password.get_secret_value(), self.db_host, self.db_port, self.db_name
             )
-        return build_database_url("postgres", "", "127.0.0.1", self.postgres_port, self.db_name)
+        # The embedded server has no TLS: say so (whatsmeow's lib/pq requires TLS by default).
+        return build_database_url("postgres", "", "127.0.0.1", self.postgres_port, self.db_name) + "?sslmode=disable"
 
     @property
     def redis_dsn(self) -> str:

@@ -190,3 +190,16 @@ async def ts_stack(ts_env, make_settings, db, redis_client) -> AsyncIterator[Cal
 @pytest.fixture
 def company_id() -> str:
     return f"company_{uuid.uuid4().int % 10**9}"
+
+
+@pytest.fixture
+def model_runtime():
+    """The model of neonize's Go library (connector.whatsmeow_model), fresh, with timings for tests."""
+    from connector import whatsmeow_model
+
+    rt = whatsmeow_model.RUNTIME
+    rt.reset()
+    t = rt.timing
+    t.qr_first_s, t.qr_next_s, t.restart_515_s, t.dial_timeout_s = 2.0, 1.0, 0.05, 3.0
+    yield rt
+    rt.unload()
