@@ -53,10 +53,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(run_worker(settings))
         return 0
     if args.command == "connector":
+        import logging
+        import os
+
         from connector.main import run_connector
 
-        asyncio.run(run_connector(settings))
-        return 0
+        code = asyncio.run(run_connector(settings))
+        # neonize's threads of pairings that ended without a device never return (FetchMe), and they
+        # are not daemon threads: once the connector has closed everything, leave without them.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     if args.command == "api":
         return _run_api(settings)
     parser.error(f"unknown command {args.command}")

@@ -10,6 +10,14 @@ stored credentials (idempotent: a running workflow is left alone).
 SIGTERM (SPEC S9): close every connection without logout and fail the holds
 as "connector shutting down", so Temporal hands the sessions to the next
 connector at once; SIGKILL is caught by the hold's heartbeat timeout instead.
+
+Bounded resources: neonize leaves one PostgreSQL connection per ``connect()``
+and a thread per pairing that ended without a device (NEONIZE.md). Whenever
+those figures change the connector publishes them (``/metrics``), and past
+``NEONIZE_STORE_MAX_CONNECTIONS`` or ``CONNECTOR_LEAK_THRESHOLD`` it drains
+through the SIGTERM path and exits with :data:`EXIT_DRAINED`: the sessions are
+held again by the other connectors (or at the next start), and the launcher
+restarts it, which gives every connection and thread back.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from temporalio import activity
 from temporalio.client import Client
@@ -25,8 +34,9 @@ from temporalio.worker import Worker
 
 from connector.activities import ConnectorActivities
 from connector.devices import DeviceDirectory
-from connector.transport import Transport
+from connector.transport import ResourceReporting, Transport, TransportLeaks
 from domain.settings import Settings
+from infra.metrics import ConnectorFigures, publish_connector_figures
 from infra.process import stop_event_on_signals
 from infra.redis import EventPublisher, redis_client
 from infra.sentry import sentry_interceptors
@@ -39,6 +49,7 @@ log = logging.getLogger("waorch.connector")
 
 # Hold activities are long-lived and mostly idle: one slot per held session.
 MAX_SESSIONS_PER_CONNECTOR = 5000
+EXIT_DRAINED = 75  # EX_TEMPFAIL: drained past a resource bound; start me again
 
 
 @dataclass
@@ -72,7 +83,48 @@ async def build_transport(settings: Settings, devices: DeviceDirectory) -> Trans
     from connector.neonize_transport import NeonizeTransport
 
     await ensure_store_schema(settings.database_dsn)
-    return NeonizeTransport(settings.database_dsn, devices, settings=settings)
+    factory = None
+    if settings.neonize_client == "model":  # Settings refuses it in production
+        from connector.whatsmeow_model import RUNTIME, NewClient
+
+        factory = NewClient
+        RUNTIME.timing.follow_settings(settings)
+        log.warning("NEONIZE_CLIENT=model: WhatsApp is replaced by a model of neonize's client (tests only)")
+    return NeonizeTransport(settings.database_dsn, devices, settings=settings, client_factory=factory)
+
+
+class ResourceWatch:
+    """Publishes the transport's leak figures when they change and drains the connector past a bound."""
+
+    def __init__(self, settings: Settings, transport: Transport, redis: Any) -> None:
+        self._settings = settings
+        self._transport = transport
+        self._redis = redis
+        self.drain = asyncio.Event()
+        self.reason = ""
+        self._last: TransportLeaks | None = None
+
+    async def check(self) -> None:
+        s = self._settings
+        try:
+            leaks = await self._transport.leaks()
+        except Exception as exc:  # a figure we cannot read is not a reason to stop serving
+            log.warning("resource figures unavailable error=%s", type(exc).__name__)
+            return
+        if leaks != self._last:
+            self._last = leaks
+            await publish_connector_figures(self._redis, s.redis_prefix, ConnectorFigures(
+                s.connector_id, leaks.leaked_threads, leaks.store_connections, leaks.clients_started))
+        if self.drain.is_set():
+            return
+        if leaks.leaked_threads >= s.connector_leak_threshold:
+            self.reason = f"{leaks.leaked_threads} leaked client threads (CONNECTOR_LEAK_THRESHOLD)"
+        elif leaks.store_connections is not None and leaks.store_connections >= s.neonize_store_max_connections:
+            self.reason = f"{leaks.store_connections} store connections (NEONIZE_STORE_MAX_CONNECTIONS)"
+        else:
+            return
+        log.error("connector draining id=%s: %s", s.connector_id, self.reason)
+        self.drain.set()
 
 
 def connector_workers(client: Client, settings: Settings, acts: ConnectorActivities) -> list[Worker]:
@@ -121,7 +173,8 @@ async def resume_stored_sessions(client: Client, settings: Settings, devices: De
     return len(companies)
 
 
-async def run_connector(settings: Settings, stop: asyncio.Event | None = None) -> None:
+async def run_connector(settings: Settings, stop: asyncio.Event | None = None) -> int:
+    """Serve until SIGTERM (exit code 0) or a drain past a resource bound (:data:`EXIT_DRAINED`)."""
     stop = stop or stop_event_on_signals()
     client = await connect_temporal(settings, identity=f"connector@{settings.connector_id}")
     db = Database(settings.database_dsn, max_size=settings.db_pool_max)
@@ -129,6 +182,10 @@ async def run_connector(settings: Settings, stop: asyncio.Event | None = None) -
     redis = redis_client(settings)
     devices = DeviceDirectory(db)
     transport = await build_transport(settings, devices)
+    watch = ResourceWatch(settings, transport, redis)
+    if isinstance(transport, ResourceReporting):
+        transport.on_resources = watch.check
+    await watch.check()
     acts = ConnectorActivities(
         settings, client, transport, devices, EventPublisher(redis, settings.events_channel)
     )
@@ -138,13 +195,18 @@ async def run_connector(settings: Settings, stop: asyncio.Event | None = None) -
         "connector started id=%s transport=%s own_queue=%s",
         settings.connector_id, settings.wa_transport, settings.connector_own_queue,
     )
+    exit_code = 0
     try:
         await resume_stored_sessions(client, settings, devices)
         stopped = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        drained = asyncio.create_task(watch.drain.wait())
+        done, _ = await asyncio.wait([stopped, drained, *tasks], return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
+        drained.cancel()
+        if watch.drain.is_set():
+            exit_code = EXIT_DRAINED  # the SIGTERM path below hands every session on
         for task in done:
-            if task is not stopped and task.exception() is not None:
+            if task not in (stopped, drained) and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
     finally:
         log.info("connector stopping id=%s held=%d", settings.connector_id, len(acts.held))
@@ -153,4 +215,5 @@ async def run_connector(settings: Settings, stop: asyncio.Event | None = None) -
         await asyncio.gather(*tasks, return_exceptions=True)
         await db.close()
         await redis.aclose()
-        log.info("connector stopped id=%s", settings.connector_id)
+        log.info("connector stopped id=%s exit=%d", settings.connector_id, exit_code)
+    return exit_code

@@ -47,7 +47,7 @@ import ctypes
 import itertools
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -272,11 +272,13 @@ class NeonizeTransport:
         self._proxy = proxy
         self._factory = client_factory
         self.tuning = NeonizeTuning.from_settings(settings)
+        self.store_connection_cap = settings.neonize_store_max_connections if settings else None
         self._clients: dict[str, _Client] = {}
         self._ending: dict[str, _Client] = {}  # device jid → a client of it that is not dead yet
         self._zombies: list[_Client] = []  # stopped in Go, but neonize's thread never returned
         self.dials: dict[str, int] = {}
         self.clients_started = 0
+        self.on_resources: Callable[[], Awaitable[None]] | None = None  # the connector's ResourceWatch
 
     @property
     def store_dsn(self) -> str:
@@ -307,6 +309,17 @@ class NeonizeTransport:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ending[jid].dead.wait(), self.tuning.stop_timeout_s)
         loop = asyncio.get_running_loop()
+        if self.store_connection_cap is not None:
+            held = await self.store_connections()
+            if held is not None and held >= self.store_connection_cap:
+                # Every connect() leaves one store connection open for good: past the cap no new
+                # client starts here (the connector drains and restarts; the session backs off).
+                refused: asyncio.Future[HoldOutcome] = loop.create_future()
+                refused.set_result(HoldOutcome(HoldOutcomeKind.DIAL_FAILED,
+                                               f"store connection cap reached ({held}): connector draining"))
+                if self.on_resources is not None:
+                    await self.on_resources()
+                return refused
         client = self._new_client(company_id, jid)
         entry = _Client(company_id, client, listener, loop, pairing_phone, jid)
         self._register(entry)
@@ -513,6 +526,8 @@ class NeonizeTransport:
         if entry.thread is not None and entry.thread.is_alive():
             log.warning("client thread did not return company_id=%s: counted as leaked", entry.company_id)
             self._zombies.append(entry)
+        if self.on_resources is not None:
+            entry.spawn(self.on_resources(), "resources")
 
     async def stop(self, company_id: str) -> None:
         entry = self._clients.get(company_id)
@@ -637,7 +652,10 @@ def model_control(phone: Any, entry: _Client, action: str, params: dict[str, Any
             case "dial_fail" | "outdated" | "connect_failure":
                 step = {"dial_fail": "refuse", "outdated": "outdated",
                         "connect_failure": f"failure:{params.get('reason', 1)}"}[action]
-                RUNTIME.server.plan(phone.device, *[step] * int(str(params.get("times", 1))))
+                times = int(str(params.get("times", 1)))
+                if times == 0:
+                    RUNTIME.server.clear(phone.device)
+                RUNTIME.server.plan(phone.device, *[step] * times)
                 if params.get("drop", True) and entry.connected:
                     phone.drop()
             case "stream_error":

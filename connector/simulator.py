@@ -82,6 +82,7 @@ class SimulatorTransport:
         self.dial_delay_s = dial_delay_s
         self._links: dict[str, _Link] = {}
         self._dial_failures: dict[str, int] = defaultdict(int)
+        self._outdated: set[str] = set()  # companies whose next dials meet "client outdated" (405)
         self._flaps: dict[str, tuple[int, float]] = {}
         # What each phone sent, as this process saw it; the durable record is transport_outbox.
         self.outbox: dict[str, list[OutboxEntry]] = defaultdict(list)
@@ -99,6 +100,9 @@ class SimulatorTransport:
         link = _Link(company_id, listener, loop.create_future(), pairing_phone)
         self._links[company_id] = link
         self.dials[company_id] += 1
+        if company_id in self._outdated:
+            self._end(link, HoldOutcome(HoldOutcomeKind.CLIENT_OUTDATED, "client outdated (405): update neonize"))
+            return link.outcome
         if self._dial_failures[company_id] > 0:
             self._dial_failures[company_id] -= 1
             self._end(link, HoldOutcome(HoldOutcomeKind.DIAL_FAILED, "simulated dial failure"))
@@ -185,6 +189,14 @@ class SimulatorTransport:
                 self.fail_dials(company_id, int(str(params.get("times", 1))))
                 if params.get("drop", True) and self._connected(company_id):
                     self.drop(company_id, "simulated network drop")
+            case "outdated":
+                # WhatsApp refuses this client version from the next dial on (times=0: updated again).
+                if int(str(params.get("times", 1))) == 0:
+                    self._outdated.discard(company_id)
+                else:
+                    self._outdated.add(company_id)
+                    if params.get("drop", True) and self._connected(company_id):
+                        self.drop(company_id, "simulated network drop")
             case "flap":
                 self.flap(company_id, int(str(params.get("times", 3))), float(str(params.get("interval_s", 0.5))))
             case "incoming":

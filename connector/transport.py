@@ -9,9 +9,10 @@ callbacks into workflow signals and Redis events.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from domain.inbox import IncomingMessage
 from domain.session import HoldOutcome, SendResult
@@ -104,3 +105,10 @@ class Transport(Protocol):
     async def leaks(self) -> TransportLeaks:
         """What this transport could not give back: leaked threads, store connections."""
         ...
+
+
+@runtime_checkable
+class ResourceReporting(Protocol):
+    """A transport that calls ``on_resources`` whenever its leak figures may have changed."""
+
+    on_resources: Callable[[], Awaitable[None]] | None

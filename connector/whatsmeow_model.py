@@ -84,6 +84,7 @@ import contextlib
 import ctypes
 import hashlib
 import logging
+import math
 import os
 import queue
 import threading
@@ -141,8 +142,16 @@ class ModelTiming:
     qr_codes: int = 6
     restart_515_s: float = 0.05
     reconnect_step_s: float = 2.0  # client.go autoReconnect: AutoReconnectErrors × 2 s
+    first_reconnect_s: float = 0.0  # client.go: the first retry comes after 0 × 2 s
     keepalive_max_fail_s: float = 180.0  # keepalive.go KeepAliveMaxFailTime
     map_write_s: float = 0.01  # the store round trips inside Neonize()'s write span
+
+    def follow_settings(self, settings: Any) -> None:
+        """A connector process on the model: QR rotation as configured (whatsmeow's is 60 s, then 20 s)."""
+        self.qr_first_s = settings.qr_first_timeout_s
+        self.qr_next_s = settings.qr_next_timeout_s
+        rest = max(settings.qr_total_timeout_s - settings.qr_first_timeout_s, 0.0)
+        self.qr_codes = 1 + math.ceil(rest / settings.qr_next_timeout_s)
 
 
 @dataclass
@@ -508,7 +517,8 @@ class GoClient:
         if self.device is None:
             return  # client.go: no reconnect without a stored ID
         while not RUNTIME.exiting.is_set():
-            delay = self.auto_reconnect_errors * RUNTIME.timing.reconnect_step_s
+            t = RUNTIME.timing
+            delay = self.auto_reconnect_errors * t.reconnect_step_s if self.auto_reconnect_errors else t.first_reconnect_s
             self.auto_reconnect_errors += 1
             if self.expected_disconnect.wait(delay):
                 return

@@ -17,7 +17,7 @@ from api.errors import ApiError
 from domain.addresses import InvalidAddress, normalize_phone
 from domain.session import SIGNAL_PAUSE, SIGNAL_RELINK, SIGNAL_RESUME, SessionStatus
 from domain.states import SessionState
-from infra.metrics import MetricsSnapshot, job_figures
+from infra.metrics import ConnectorFigures, MetricsSnapshot, job_figures, read_connector_figures
 from infra.qr import qr_png_data_url, qr_terminal_text
 from infra.sessions import (
     SessionNotFound,
@@ -106,7 +106,22 @@ async def metrics_snapshot(ctx: AppContext, states: list[tuple[str, SessionState
         counters = await ctx.counters.read(local)
     else:
         counters = dict(local)
-    return MetricsSnapshot(by_state, counters, await job_figures(ctx.job_metrics))
+    return MetricsSnapshot(by_state, counters, await job_figures(ctx.job_metrics),
+                           connectors=await _live_connector_figures(ctx))
+
+
+async def _live_connector_figures(ctx: AppContext) -> list[ConnectorFigures]:
+    """Figures of the connectors that poll their queue now (a killed one's are left out)."""
+    from api.routes.health import live_connector_pollers
+
+    figures = await read_connector_figures(ctx.redis, ctx.settings.redis_prefix)
+    if not figures:
+        return []
+    try:
+        live = set(await asyncio.wait_for(live_connector_pollers(ctx), LIST_QUERY_TIMEOUT_S))
+    except Exception:  # metrics report, they never fail the request
+        return figures
+    return [f for f in figures if f"connector@{f.connector_id}" in live]
 
 
 @router.get("/sessions", summary="Every session (admin) or the caller's own, with a metrics summary")

@@ -7,9 +7,15 @@ import pytest
 
 from connector import whatsmeow_model
 from connector.devices import DeviceDirectory
-from connector.neonize_store import ensure_store_schema
 from connector.neonize_transport import NeonizeTransport
-from tests.sessions.conftest import company_id, model_runtime, ts_stack  # noqa: F401  (shared fixtures)
+from tests.sessions.conftest import (  # noqa: F401  (shared fixtures)
+    company_id,
+    model_runtime,
+    store_dsn,
+    ts_stack,
+    wa,
+    wa_store,
+)
 
 
 class Listener:
@@ -41,15 +47,7 @@ class Listener:
 
 
 @pytest.fixture
-async def store_dsn(database_dsn: str, db) -> str:
-    """The test database with the real whatsmeow schema; lib/pq needs sslmode spelled out (no TLS here)."""
-    dsn = f"{database_dsn}?sslmode=disable"
-    await ensure_store_schema(dsn)
-    return dsn
-
-
-@pytest.fixture
-async def store(store_dsn, db) -> DeviceDirectory:
+async def store(store_dsn, db) -> DeviceDirectory:  # noqa: F811
     return DeviceDirectory(db)
 
 
@@ -59,7 +57,7 @@ def model(model_runtime) -> Iterator[whatsmeow_model.GoRuntime]:  # noqa: F811
 
 
 @pytest.fixture
-async def model_transport(model, store_dsn, store) -> AsyncIterator[NeonizeTransport]:
+async def model_transport(model, store_dsn, store) -> AsyncIterator[NeonizeTransport]:  # noqa: F811
     transport = NeonizeTransport(store_dsn, store, client_factory=whatsmeow_model.NewClient, connector_id="t")
     transport.tuning.stop_timeout_s = 5
     yield transport
