@@ -518,7 +518,8 @@ class GoClient:
             return  # client.go: no reconnect without a stored ID
         while not RUNTIME.exiting.is_set():
             t = RUNTIME.timing
-            delay = self.auto_reconnect_errors * t.reconnect_step_s if self.auto_reconnect_errors else t.first_reconnect_s
+            errors = self.auto_reconnect_errors
+            delay = errors * t.reconnect_step_s if errors else t.first_reconnect_s
             self.auto_reconnect_errors += 1
             if self.expected_disconnect.wait(delay):
                 return

@@ -303,3 +303,22 @@ def test_model_keeps_neonize_uuid_and_finalizer_rules():
     assert client.uuid == b"79991112233"  # neonize ignores uuid= when jid= is given
     assert client._stop_finalizer.alive
     assert whatsmeow_model.NewClient("postgresql://x", uuid="u1").uuid == b"u1"
+
+
+async def test_no_client_starts_past_the_store_connection_cap(model_transport):
+    held = (await model_transport.leaks()).store_connections or 0
+    model_transport.store_connection_cap = held + 2
+    told: list[int] = []
+
+    async def on_resources() -> None:
+        told.append(1)
+
+    model_transport.on_resources = on_resources
+    for n in range(2):
+        await model_transport.start(f"company_17{n}", jid=None, pairing_phone=None, listener=Listener())
+        await model_transport.stop(f"company_17{n}")
+    outcome = await model_transport.start("company_172", jid=None, pairing_phone=None, listener=Listener())
+    assert outcome.done() and outcome.result().kind is HoldOutcomeKind.DIAL_FAILED
+    assert "store connection cap reached" in outcome.result().detail
+    assert told  # the connector's ResourceWatch hears of it (and drains)
+    assert (await model_transport.leaks()).store_connections == held + 2

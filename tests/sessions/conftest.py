@@ -312,6 +312,15 @@ def wa_store(wa: str, request: pytest.FixtureRequest) -> str | None:
 
 
 @pytest.fixture
+def wa_env(wa: str, wa_store: str | None) -> dict[str, str]:
+    """Environment of connector processes: the simulator, or the real transport on the model."""
+    if wa == "model":
+        assert wa_store is not None
+        return {"WA_TRANSPORT": "neonize", "NEONIZE_CLIENT": "model", "DATABASE_URL": wa_store}
+    return {}
+
+
+@pytest.fixture
 async def store_dsn(database_dsn: str, db) -> str:
     """The test database with the real whatsmeow schema; lib/pq needs sslmode spelled out (no TLS here)."""
     from connector.neonize_store import ensure_store_schema
