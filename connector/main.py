@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -35,6 +36,7 @@ from temporalio.worker import Worker
 from connector.activities import ConnectorActivities
 from connector.devices import DeviceDirectory
 from connector.transport import ResourceReporting, Transport, TransportLeaks
+from domain.session import ACTIVITY_RESTART_CONNECTOR
 from domain.settings import Settings
 from infra.metrics import ConnectorFigures, publish_connector_figures
 from infra.process import stop_event_on_signals
@@ -60,13 +62,23 @@ class ConnectorInfo:
 
 
 class ConnectorControl:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, drain: Callable[[str], None] | None = None) -> None:
         self._settings = settings
+        self._drain = drain
 
     @activity.defn(name="describe_connector")
     async def describe_connector(self) -> ConnectorInfo:
         s = self._settings
         return ConnectorInfo(s.connector_id, s.wa_transport, s.connector_own_queue)
+
+    @activity.defn(name=ACTIVITY_RESTART_CONNECTOR)
+    async def restart_connector(self, reason: str) -> bool:
+        """Drain like a SIGTERM and exit with EXIT_DRAINED, for the supervisor to start this connector again."""
+        if self._drain is None:
+            return False
+        log.warning("restart requested id=%s reason=%s", self._settings.connector_id, reason[:200])
+        self._drain(f"restart requested: {reason[:200]}")
+        return True
 
 
 async def build_transport(settings: Settings, devices: DeviceDirectory) -> Transport:
@@ -126,10 +138,15 @@ class ResourceWatch:
         log.error("connector draining id=%s: %s", s.connector_id, self.reason)
         self.drain.set()
 
+    def request_drain(self, reason: str) -> None:
+        self.reason = reason
+        self.drain.set()
 
-def connector_workers(client: Client, settings: Settings, acts: ConnectorActivities) -> list[Worker]:
+
+def connector_workers(client: Client, settings: Settings, acts: ConnectorActivities,
+                      drain: Callable[[str], None] | None = None) -> list[Worker]:
     """The two workers of a connector: the shared hold queue and this connector's own queue."""
-    control = ConnectorControl(settings)
+    control = ConnectorControl(settings, drain)
     interceptors = sentry_interceptors()  # no-op list without SENTRY_DSN (SPEC H5)
     shared = Worker(
         client,
@@ -147,7 +164,7 @@ def connector_workers(client: Client, settings: Settings, acts: ConnectorActivit
         # which measured ~60 ms of p50 per send. The workflow code is deterministic and
         # does no I/O; the worker process still runs every other workflow.
         workflows=[SendMessageWorkflow],
-        activities=[*acts.own_queue_activities(), control.describe_connector],
+        activities=[*acts.own_queue_activities(), control.describe_connector, control.restart_connector],
         max_concurrent_activities=200,
         graceful_shutdown_timeout=timedelta(seconds=5),
         interceptors=interceptors,
@@ -189,7 +206,7 @@ async def run_connector(settings: Settings, stop: asyncio.Event | None = None) -
     acts = ConnectorActivities(
         settings, client, transport, devices, EventPublisher(redis, settings.events_channel)
     )
-    workers = connector_workers(client, settings, acts)
+    workers = connector_workers(client, settings, acts, drain=watch.request_drain)
     tasks = [asyncio.create_task(w.run()) for w in workers]
     log.info(
         "connector started id=%s transport=%s own_queue=%s",

@@ -39,6 +39,8 @@ ACTIVITY_TRANSPORT_CONTROL = "transport_control"  # TransportCommand -> dict
 ACTIVITY_TRANSPORT_OUTBOX = "transport_outbox"  # company_id -> list[OutboxEntry] (from PostgreSQL; any connector)
 ACTIVITY_LOGOUT_DEVICE = "logout_device"  # company_id -> bool (holder's queue: unlink the device at WhatsApp)
 ACTIVITY_RELEASE_SESSION = "release_session"  # company_id -> bool (holder's queue: close without logout)
+# The connector drains (as on SIGTERM) and exits for its supervisor to start it again (waorch doctor --live).
+ACTIVITY_RESTART_CONNECTOR = "restart_connector"  # reason: str -> bool
 # Worker-side activities of the session workflow (core queue).
 ACTIVITY_DELETE_CREDENTIALS = "delete_credentials"  # CredentialsDeletion -> int (rows deleted)
 ACTIVITY_SEND_ALERT = "send_alert"  # activities.notify.Alert-shaped SessionAlert -> channel
