@@ -156,10 +156,12 @@ def run_doctor(api: Api, key: str, args: argparse.Namespace, out: Callable[[str]
         try:
             api.call("POST", f"{base}/restart-connector", timeout=60)
             # Down first (the holder drains), then back: connected, and not through a new QR.
-            _wait(lambda: api.call("GET", f"{base}/status").get("status") != "connected", 30, 0.2)
+            went_down = _wait(lambda: api.call("GET", f"{base}/status").get("status") != "connected", 30, 0.2)
             back = _wait(lambda: _connected(api, base), args.restart_timeout_s)
             restart.seconds = time.monotonic() - started
-            if not back:
+            if not went_down:
+                restart.result, restart.detail = "fail", "the connector did not let the session go: not restarted"
+            elif not back:
                 restart.result, restart.detail = "fail", (
                     f"not connected {args.restart_timeout_s:.0f}s after the restart: is the connector supervised "
                     "(waorch up, systemd Restart=always)?")

@@ -145,6 +145,7 @@ class ModelTiming:
     first_reconnect_s: float = 0.0  # client.go: the first retry comes after 0 × 2 s
     keepalive_max_fail_s: float = 180.0  # keepalive.go KeepAliveMaxFailTime
     map_write_s: float = 0.01  # the store round trips inside Neonize()'s write span
+    callback_delay_s: float = 0.0  # between CallbackFunction taking an event and Python running it
 
     def follow_settings(self, settings: Any) -> None:
         """A connector process on the model: QR rotation as configured (whatsmeow's is 60 s, then 20 s)."""
@@ -668,6 +669,8 @@ class NewClient:
                 continue
             if item is None:
                 break
+            if rt.timing.callback_delay_s:  # an event already taken is delivered even if Stop comes meanwhile
+                time.sleep(rt.timing.callback_delay_s)
             _deliver(event_cb, uuid, item[0], item[1])
         return ""
 

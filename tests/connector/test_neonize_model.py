@@ -322,3 +322,18 @@ async def test_no_client_starts_past_the_store_connection_cap(model_transport):
     assert "store connection cap reached" in outcome.result().detail
     assert told  # the connector's ResourceWatch hears of it (and drains)
     assert (await model_transport.leaks()).store_connections == held + 2
+
+
+async def test_connected_delivered_after_stop_does_not_call_into_go(model_transport, model):
+    jid, _ = await pair(model_transport, "company_18")
+    await model_transport.stop("company_18")
+    # Go's CallbackFunction may hand over an event it took just before Stop: here, Connected.
+    model.timing.callback_delay_s = 0.5
+    listener = Listener()
+    outcome = await model_transport.start("company_18", jid=jid, pairing_phone=None, listener=listener)
+    await asyncio.sleep(0.2)
+    await model_transport.stop("company_18")
+    assert outcome.result().kind is HoldOutcomeKind.STOPPED
+    await asyncio.sleep(1.5)  # the late events arrive now, after Stop freed Go's map entry
+    assert model.fatal_errors == []  # get_me() here would dereference a nil client: a process abort
+    assert "connected" not in listener.calls
