@@ -63,7 +63,7 @@ from domain.settings import Settings
 log = logging.getLogger("waorch.neonize")
 
 STOP_TIMEOUT_S = 20.0
-_LEAK_GRACE_S = 2.0
+_MAP_WRITE_MARGIN_S = 0.005  # after the last store query Go only builds the client and writes the map
 # Chats that are not conversations with a customer: never handed to the inbox (no reply goes there).
 IGNORED_CHAT_SERVERS = frozenset({"broadcast", "newsletter"})
 
@@ -200,6 +200,7 @@ class NeonizeTuning:
     stop_timeout_s: float = 75.0
     paired_connect_timeout_s: float = 60.0
     keepalive_grace_s: float = 200.0
+    leak_grace_s: float = 2.0  # a stopped client's thread still alive this long after is counted as leaked
 
     @classmethod
     def from_settings(cls, s: Settings | None) -> NeonizeTuning:
@@ -266,8 +267,9 @@ class NeonizeTransport:
     def __init__(self, dsn: str, devices: DeviceDirectory, *, settings: Settings | None = None,
                  proxy: str | None = None, client_factory: Callable[..., Any] | None = None,
                  connector_id: str | None = None) -> None:
-        self._dsn = neonize_dsn(dsn, application_name=store_application_name(
-            connector_id or (settings.connector_id if settings else None)))
+        self._base_dsn = dsn
+        self._app_name = store_application_name(connector_id or (settings.connector_id if settings else None))
+        self._dsn = neonize_dsn(dsn, application_name=self._app_name)
         self._devices = devices
         self._proxy = proxy
         self._factory = client_factory
@@ -290,11 +292,15 @@ class NeonizeTransport:
             from neonize.client import NewClient
 
             factory = NewClient
-        client = factory(self._dsn, jid=parse_jid(jid)) if jid else factory(self._dsn, new_device=True)
+        seq = next(_UUIDS)
+        # Each client's store connection carries its own name: pg_stat_activity then shows when Go has
+        # loaded the device (the last store query before it writes its client map), and counts them.
+        dsn = neonize_dsn(self._base_dsn, application_name=client_application_name(self._app_name, seq))
+        client = factory(dsn, jid=parse_jid(jid)) if jid else factory(dsn, new_device=True)
         # neonize would stop "whichever client has this uuid" from a finalizer at some later GC,
         # and with jid= the uuid is the phone number, shared by every client of the company.
         client._stop_finalizer.detach()
-        client.uuid = f"{company_id}-{next(_UUIDS)}".encode()
+        client.uuid = f"{company_id}-{seq}".encode()
         return client
 
     # ------------------------------------------------------------------ protocol
@@ -334,9 +340,32 @@ class NeonizeTransport:
                                                            "no QR code from WhatsApp in time")))
         async with GO_CALLS.exclusive():
             thread.start()
-            # Go writes its maps for this client after store round trips: wait for a first sign of it.
-            await asyncio.to_thread(entry.first_sign.wait, self.tuning.start_settle_s)
+            # Go writes its maps for this client after its store round trips: hold the gate until then.
+            await self._store_loaded(entry, application_name_of(client.name), resumed=jid is not None)
         return entry.outcome
+
+    async def _store_loaded(self, entry: _Client, application_name: str | None, *, resumed: bool) -> None:
+        """Wait until Go has loaded the device on the client's new store connection (or gave a sign of life).
+
+        In ``Neonize()`` the last store query before ``clients[uuid] = client`` is ``GetDevice``
+        (``… FROM whatsmeow_device``) for a stored device, the schema check (``… FROM
+        whatsmeow_version``) for a new one; seen idle in pg_stat_activity, the map write follows
+        without I/O. Bounded by ``NEONIZE_START_SETTLE_S``.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.tuning.start_settle_s
+        marker = "whatsmeow_device" if resumed else "whatsmeow_version"
+        while loop.time() < deadline and not entry.first_sign.is_set():
+            if application_name is not None:
+                row = await self._devices.db.fetchrow(
+                    "SELECT state, query FROM pg_stat_activity WHERE application_name = $1", application_name)
+                if row is not None and row["state"] == "idle" and marker in (row["query"] or ""):
+                    await asyncio.sleep(_MAP_WRITE_MARGIN_S)
+                    return
+            await asyncio.sleep(0.002)
+        if not entry.first_sign.is_set():
+            log.warning("client start not seen in the store within %.1fs company_id=%s: gate released",
+                        self.tuning.start_settle_s, entry.company_id)
 
     def _run(self, entry: _Client) -> None:
         from neonize.exc import NeonizeError
@@ -520,7 +549,7 @@ class NeonizeTransport:
             if not entry.outcome.done():
                 assert entry.ending is not None
                 entry.outcome.set_result(entry.ending)
-            entry.loop.call_later(_LEAK_GRACE_S, self._watch_thread, entry)
+            entry.loop.call_later(self.tuning.leak_grace_s, self._watch_thread, entry)
 
     def _watch_thread(self, entry: _Client) -> None:
         if entry.thread is not None and entry.thread.is_alive():
@@ -600,12 +629,12 @@ class NeonizeTransport:
                               clients_started=self.clients_started)
 
     async def store_connections(self) -> int | None:
-        """PostgreSQL connections the store holds for this process (counted by its application_name)."""
-        name = application_name_of(self._dsn)
-        if not name:
+        """PostgreSQL connections the store holds for this connector (counted by their application_name)."""
+        if not self._app_name:
             return None
         count: int = await self._devices.db.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", name)
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 OR application_name LIKE $2",
+            self._app_name, self._app_name.replace("_", r"\_") + "-c%")
         return count
 
     # ------------------------------------------------------------------ phone side (the model only)
@@ -710,7 +739,11 @@ def incoming_message(company_id: str, ev: Any) -> IncomingMessage | None:
 
 
 def store_application_name(connector_id: str | None) -> str | None:
-    return f"waorch-store-{connector_id}"[:63] if connector_id else None
+    return f"waorch-store-{connector_id}"[:50] if connector_id else None
+
+
+def client_application_name(connector_name: str | None, seq: int) -> str | None:
+    return f"{connector_name}-c{seq}" if connector_name else None
 
 
 def application_name_of(dsn: str) -> str | None:

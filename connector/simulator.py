@@ -337,7 +337,8 @@ class SimulatorTransport:
         link.socket_id = await asyncio.to_thread(self.sockets.open, jid, transport="simulator",
                                                  company_id=link.company_id)
         if self._links.get(link.company_id) is not link:  # ended while the socket opened
-            self.sockets.close(link.socket_id)
+            if link.socket_id is not None:
+                self.sockets.close(link.socket_id)
             link.socket_id = None
             return
         link.jid, link.phone, link.connected = jid, phone, True

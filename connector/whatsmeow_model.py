@@ -459,7 +459,7 @@ class GoClient:
     def _open_socket(self) -> str:
         if self.device is None:
             return ""  # a pairing socket belongs to no device yet
-        return RUNTIME.registry(self.dsn).open(self.device, transport="neonize-model", company_id=None)
+        return RUNTIME.registry(self.dsn).open(self.device, transport="neonize-model", company_id=None) or ""
 
     def _close_socket_locked(self) -> None:
         if self.socket:
@@ -624,6 +624,8 @@ class NewClient:
             rt.stop_signal[uuid] = cancel
             try:
                 container = psycopg.connect(dsn, autocommit=True)  # getDB: never closed
+                time.sleep(rt.timing.map_write_s)  # the upgrade's round trips
+                container.execute("SELECT version, compat FROM whatsmeow_version LIMIT 1")
             except psycopg.Error as exc:
                 return f"failed to upgrade database: {exc}".strip()
             rt.containers_opened += 1
@@ -631,7 +633,7 @@ class NewClient:
             rt.event_channel[uuid] = events
             device: str | None = None
             push_name = ""
-            if self.jid is not None:
+            if self.jid is not None:  # GetDevice: the last store query before clients[uuid] is written
                 row = container.execute("SELECT jid, push_name FROM whatsmeow_device WHERE jid = %s",
                                         (_jid_text(self.jid),)).fetchone()
                 if row is None:
@@ -644,7 +646,6 @@ class NewClient:
             go = GoClient(uuid, dsn, container, device, push_name, qr_cb, login_cb)
             go.events = events
             self._go = go
-            time.sleep(rt.timing.map_write_s)
             rt.clients[uuid] = go
         if go.device is None:
             go.open_qr_channel()

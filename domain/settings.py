@@ -73,8 +73,9 @@ class Settings(BaseSettings):
     # NEONIZE_CLIENT: "neonize" (the real library) or "model" (connector.whatsmeow_model, a model of
     # neonize's client for tests and fault-injection benchmarks; refused in production).
     neonize_client: Literal["neonize", "model"] = "neonize"
-    # How long a client start holds the Go gate at most while Go writes its maps (until a first sign).
-    neonize_start_settle_s: float = Field(default=0.1, gt=0, le=5)
+    # A client start holds the Go gate until Go has loaded the device on its store connection (seen in
+    # pg_stat_activity), at most this long.
+    neonize_start_settle_s: float = Field(default=5.0, gt=0, le=60)
     # A stop waits this long for whatsmeow to give up a dial in flight (the client must be dead first).
     neonize_stop_timeout_s: float = Field(default=75.0, gt=0)
     # After a scan, the 515 restart must bring "connected" within this.

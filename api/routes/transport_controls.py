@@ -80,6 +80,7 @@ async def control(
 
 @router.get("/{company_id}/outbox", summary="What the test phone has sent")
 async def outbox(ctx: CtxDep, company_id: CompanyDep) -> dict[str, Any]:
+    await require_status(ctx, company_id)  # 404 for a company without a session
     # Any connector answers (the record is in PostgreSQL), also when none holds the session.
     entries: list[OutboxEntry] = await run_connector_activity(
         ctx, ctx.settings.temporal_connector_queue, ACTIVITY_TRANSPORT_OUTBOX, company_id, list[OutboxEntry]

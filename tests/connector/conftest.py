@@ -60,5 +60,6 @@ def model(model_runtime) -> Iterator[whatsmeow_model.GoRuntime]:  # noqa: F811
 async def model_transport(model, store_dsn, store) -> AsyncIterator[NeonizeTransport]:  # noqa: F811
     transport = NeonizeTransport(store_dsn, store, client_factory=whatsmeow_model.NewClient, connector_id="t")
     transport.tuning.stop_timeout_s = 5
+    transport.tuning.leak_grace_s = 0.3
     yield transport
     await transport.close()

@@ -123,7 +123,7 @@ async def test_qr_expiry_ends_the_attempt_and_the_stuck_thread_is_counted(model_
     assert result.kind is HoldOutcomeKind.PAIRING_TIMEOUT and "not scanned" in result.detail
     assert listener.calls.count("qr") == 3
     # neonize's thread now waits in FetchMe for good: counted, and close() does not wait for it.
-    await asyncio.sleep(2.5)
+    await asyncio.sleep(0.8)
     leaks = await model_transport.leaks()
     assert leaks.leaked_threads == 1
     started = time.monotonic()
@@ -143,7 +143,7 @@ async def test_pairing_error_and_stop_while_qr_showing(model_transport, model):
     started = time.monotonic()
     await model_transport.stop("company_6")
     assert time.monotonic() - started < 2 and outcome.result().kind is HoldOutcomeKind.STOPPED
-    await asyncio.sleep(2.5)
+    await asyncio.sleep(0.8)
     assert (await model_transport.leaks()).leaked_threads == 2
 
 
@@ -302,7 +302,10 @@ def test_model_keeps_neonize_uuid_and_finalizer_rules():
     client = whatsmeow_model.NewClient("postgresql://x", jid=jid, uuid="ignored")
     assert client.uuid == b"79991112233"  # neonize ignores uuid= when jid= is given
     assert client._stop_finalizer.alive
-    assert whatsmeow_model.NewClient("postgresql://x", uuid="u1").uuid == b"u1"
+    other = whatsmeow_model.NewClient("postgresql://x", uuid="u1")
+    assert other.uuid == b"u1"
+    for c in (client, other):  # else their Stop(uuid) would run at some later GC, in another test
+        c._stop_finalizer.detach()
 
 
 async def test_no_client_starts_past_the_store_connection_cap(model_transport):

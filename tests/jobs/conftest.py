@@ -36,7 +36,7 @@ async def store_template(pg_server: PgServer) -> str:
     finally:
         await conn.close()
     dsn = pg_server.dsn_for(name)
-    await ensure_store_schema(dsn)
+    await ensure_store_schema(f"{dsn}?sslmode=disable")  # lib/pq requires TLS unless told; the test server has none
     db = Database(dsn)
     await migrate(db)
     await db.close()
