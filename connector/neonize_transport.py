@@ -7,9 +7,10 @@ and how this module copes:
   more maps after store round trips; ``Stop`` deletes them; every other call
   (send, ``PairPhone``, logout, ``Disconnect``) reads them. :class:`GoCalls` is the
   one gate for every call into Go: a start holds it exclusively until Go has
-  shown a first sign of life for that client (or ``NEONIZE_START_SETTLE_S`` has
-  passed), a stop holds it exclusively; other calls share it for the instant of
-  their map read. Go callbacks never call back into Go (``client.me`` instead
+  loaded the device on the client's own store connection (its last query
+  before the map write, seen in ``pg_stat_activity``; bounded by
+  ``NEONIZE_START_SETTLE_S``), a stop holds it exclusively; other calls share it
+  for the instant of their map read. Go callbacks never call back into Go (``client.me`` instead
   of ``get_me()``, which aborts the process after ``stop()``).
 * **whatsmeow reconnects by itself** after a drop. An attempt ends only after its
   client is dead: ``disconnect()`` (cancels the auto-reconnect, waits for a dial
