@@ -52,8 +52,10 @@ async def pg_connections(dsn: str, application_name: str) -> int:
 
     conn = await asyncpg.connect(dsn)
     try:
+        # The transport names each client's store connection <connector's name>-c<n>.
         count: int = await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", application_name)
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 OR application_name LIKE $2",
+            application_name, application_name + "-c%")
         return count
     finally:
         await conn.close()
