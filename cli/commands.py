@@ -87,6 +87,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     revoke.add_argument("company_id")
     revoke.add_argument("key_id", nargs="?")
 
+    from cli.doctor import add_doctor
+
+    add_doctor(sub, common)
+
 
 class Api:
     def __init__(self, base: str, key: str, timeout: float = 30.0) -> None:
@@ -170,7 +174,14 @@ def pairs(body: dict[str, Any], keys: Sequence[str]) -> str:
 
 def run_command(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        api = Api(args.api or f"http://{settings.api_host}:{settings.api_port}", _resolve_key(args, settings))
+        key = _resolve_key(args, settings)
+        api = Api(args.api or f"http://{settings.api_host}:{settings.api_port}", key)
+        if args.command == "doctor":
+            from cli.doctor import run_doctor
+
+            code, text = run_doctor(api, key, args)
+            print(text)
+            return code
         body, text = _dispatch(api, args)
     except CommandError as exc:
         print(f"error: {exc}", file=sys.stderr)

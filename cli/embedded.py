@@ -214,17 +214,20 @@ class TemporalDevServer:
 class EmbeddedPostgres:
     """PostgreSQL 16 from the pgserver wheel, on ``127.0.0.1:port``, trust auth on loopback."""
 
-    def __init__(self, data_dir: Path, port: int) -> None:
+    def __init__(self, data_dir: Path, port: int, max_connections: int = 300) -> None:
         self.pgdata = data_dir.resolve()
         self.port = port
+        self.max_connections = max_connections
         self._run_as = PG_SYSTEM_USER if os.geteuid() == 0 else None
 
     @property
     def dsn(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        return self.dsn_for("postgres")
 
     def dsn_for(self, database: str) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+        # Spelled out: the embedded server has no TLS, and whatsmeow's driver (lib/pq) requires
+        # TLS when the DSN names no sslmode.
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}?sslmode=disable"
 
     def _run(self, args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -275,7 +278,8 @@ class EmbeddedPostgres:
             raise RuntimeError(f"port {self.port} is already in use; set DATABASE_URL or POSTGRES_PORT")
         opts = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' "
-            "-c max_connections=300 -c shared_buffers=128MB -c fsync=on -c log_min_messages=warning"
+            f"-c max_connections={self.max_connections} -c shared_buffers=128MB -c fsync=on "
+            "-c log_min_messages=warning"
         )
         self._run([
             str(pg_program("pg_ctl")), "start", "-D", str(self.pgdata), "-w", "-t", str(int(timeout)),

@@ -14,7 +14,7 @@ from domain.settings import Settings
 from infra.logs import setup_logging
 from infra.sentry import init_sentry
 
-OPERATOR_COMMANDS = frozenset({"sessions", "send", "jobs", "schedules", "keys"})
+OPERATOR_COMMANDS = frozenset({"sessions", "send", "jobs", "schedules", "keys", "doctor"})
 EXIT_CONFIG = 78  # sysexits EX_CONFIG: the configuration cannot work; restarting will not help
 
 
@@ -28,6 +28,14 @@ def _run_api(settings: Settings) -> int:
         log_level=settings.log_level.lower(), access_log=False,
     )
     return 0
+
+
+def _exit_now(code: int) -> None:
+    """Leave at once with ``code``, logs flushed, without interpreter finalization."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,17 +69,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "connector":
             from connector.main import run_connector
 
-            asyncio.run(run_connector(settings))
-            return 0
+            code = asyncio.run(run_connector(settings))
+            # neonize's threads of pairings that ended without a device never return (FetchMe), and they
+            # are not daemon threads: once the connector has closed everything, leave without them.
+            _exit_now(code)
     except TemporalConfigError as exc:
         # Wrong certificates or key: no restart can fix it (systemd: RestartPreventExitStatus=78).
         logging.getLogger(f"waorch.{args.command}").error("cannot start: %s", exc)
         # Exit without interpreter finalization: the SDK's core threads, left from the failed connect,
         # can abort a finalizing interpreter (SIGABRT in PyGILState_Release) and hide the 78.
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(EXIT_CONFIG)
+        _exit_now(EXIT_CONFIG)
     if args.command == "api":
         return _run_api(settings)
     parser.error(f"unknown command {args.command}")

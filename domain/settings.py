@@ -109,6 +109,23 @@ class Settings(BaseSettings):
     spool_max_pending: int = Field(default=100_000, ge=10)
     # Session workflows the worker keeps in memory (each one not cached is replayed on its next task).
     worker_max_cached_workflows: int = Field(default=10_000, ge=100)
+    # NEONIZE_CLIENT: "neonize" (the real library) or "model" (connector.whatsmeow_model, a model of
+    # neonize's client for tests and fault-injection benchmarks; refused in production).
+    neonize_client: Literal["neonize", "model"] = "neonize"
+    # A client start holds the Go gate until Go has loaded the device on its store connection (seen in
+    # pg_stat_activity), at most this long.
+    neonize_start_settle_s: float = Field(default=5.0, gt=0, le=60)
+    # A stop waits this long for whatsmeow to give up a dial in flight (the client must be dead first).
+    neonize_stop_timeout_s: float = Field(default=75.0, gt=0)
+    # After a scan, the 515 restart must bring "connected" within this.
+    neonize_paired_connect_timeout_s: float = Field(default=60.0, gt=0)
+    # Keepalive timeouts are tolerated this long (whatsmeow restores or reconnects by itself), then a drop.
+    neonize_keepalive_grace_s: float = Field(default=200.0, gt=0)
+    # The connector drains (hands its sessions on, exits non-zero, the launcher restarts it) when its
+    # whatsmeow store holds this many PostgreSQL connections (each connect() leaves one open) ...
+    neonize_store_max_connections: int = Field(default=200, ge=2)
+    # ... or when this many client threads never returned (neonize's FetchMe wait).
+    connector_leak_threshold: int = Field(default=50, ge=1)
 
     # Reconnection (SPEC S3) and alerts (SPEC H4).
     backoff_base_s: float = Field(default=1.0, gt=0)
@@ -185,6 +202,8 @@ class Settings(BaseSettings):
             raise ValueError("PHONE_SIDE_PORT is for tests and fault runs; it is refused in production")
         if self.environment == "production" and self.api_admin_key is None:
             raise ValueError("API_ADMIN_KEY must be set in production")
+        if self.environment == "production" and self.neonize_client == "model":
+            raise ValueError("NEONIZE_CLIENT=model is a test double of WhatsApp: refused when ENVIRONMENT=production")
         if self.api_admin_key is not None and len(self.api_admin_key.get_secret_value()) < 16:
             raise ValueError("API_ADMIN_KEY must be at least 16 characters")
         if (self.temporal_tls_cert is None) != (self.temporal_tls_key is None):
@@ -221,7 +240,8 @@ class Settings(BaseSettings):
             }
             query = urlencode({k: str(v) for k, v in tls.items() if v is not None})
             return f"{url}?{query}" if query else url
-        return build_database_url("postgres", "", "127.0.0.1", self.postgres_port, self.db_name)
+        # The embedded server has no TLS: say so (whatsmeow's lib/pq requires TLS by default).
+        return build_database_url("postgres", "", "127.0.0.1", self.postgres_port, self.db_name) + "?sslmode=disable"
 
     @property
     def redis_dsn(self) -> str:

@@ -11,7 +11,11 @@ Where the figures come from, so every API process reports the same numbers:
 * rate-limited requests: counted by the limiter in the same hash (in-process
   while Redis is down);
 * backup / restore / cleanup figures: from a provider the jobs code registers
-  with :func:`register_job_metrics` (none registered → not reported).
+  with :func:`register_job_metrics` (none registered → not reported);
+* each connector's leaked client threads and WhatsApp-store connections: the
+  connector writes them to a Redis hash whenever they change
+  (:func:`publish_connector_figures`); the API reports the connectors that poll
+  their queue now (a killed connector's figures are dropped).
 
 Counters survive API restarts (they live in Redis); events published while no
 API process is subscribed are not counted.
@@ -19,8 +23,11 @@ API process is subscribed are not counted.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +70,41 @@ return 0
 
 def counters_key(prefix: str) -> str:
     return f"{prefix}whatsapp:metrics"
+
+
+def connectors_key(prefix: str) -> str:
+    return f"{prefix}whatsapp:connectors"
+
+
+@dataclass
+class ConnectorFigures:
+    """What one connector cannot give back (SPEC: bounded resources); see connector.transport.TransportLeaks."""
+
+    connector_id: str
+    leaked_threads: int = 0
+    store_connections: int | None = None
+    clients_started: int = 0
+    updated_at: float = 0.0
+
+
+async def publish_connector_figures(redis: aioredis.Redis, prefix: str, figures: ConnectorFigures) -> None:
+    figures.updated_at = time.time()
+    try:
+        await redis.hset(connectors_key(prefix), figures.connector_id, json.dumps(figures.__dict__))
+    except (aioredis.RedisError, OSError) as exc:
+        log.warning("connector figures not published error=%s", type(exc).__name__)
+
+
+async def read_connector_figures(redis: aioredis.Redis, prefix: str) -> list[ConnectorFigures]:
+    try:
+        raw: dict[Any, Any] = await redis.hgetall(connectors_key(prefix))
+    except (aioredis.RedisError, OSError):
+        return []
+    out = []
+    for value in raw.values():
+        with contextlib.suppress(ValueError, TypeError):
+            out.append(ConnectorFigures(**json.loads(value)))
+    return sorted(out, key=lambda f: f.connector_id)
 
 
 @dataclass
@@ -142,6 +184,7 @@ class MetricsSnapshot:
     counters: dict[str, int]
     jobs: JobFigures | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    connectors: list[ConnectorFigures] = field(default_factory=list)
 
     @property
     def total_sessions(self) -> int:
@@ -163,6 +206,11 @@ class MetricsSnapshot:
             "errors": self.counters.get("errors", 0),
             "rateLimitedRequests": self.counters.get("rate_limited", 0),
         }
+        body["connectors"] = [
+            {"connectorId": c.connector_id, "leakedThreads": c.leaked_threads,
+             "storeConnections": c.store_connections, "clientsStarted": c.clients_started}
+            for c in self.connectors
+        ]
         if self.jobs is not None:
             body["jobs"] = {
                 "lastBackupTimestamp": self.jobs.last_backup_timestamp,
@@ -190,6 +238,15 @@ class MetricsSnapshot:
         }
         for key, (name, doc) in counters.items():
             Counter(name, doc, registry=registry).inc(self.counters.get(key, 0))
+        leaked = Gauge("whatsapp_connector_leaked_client_threads",
+                       "Client threads that never returned after their client stopped", ["connector"],
+                       registry=registry)
+        store = Gauge("whatsapp_connector_store_connections",
+                      "PostgreSQL connections held by the connector's WhatsApp store", ["connector"], registry=registry)
+        for c in self.connectors:
+            leaked.labels(connector=c.connector_id).set(c.leaked_threads)
+            if c.store_connections is not None:
+                store.labels(connector=c.connector_id).set(c.store_connections)
         jobs = self.jobs
         if jobs is not None:
             figures = {

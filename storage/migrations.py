@@ -105,6 +105,45 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         "ALTER TABLE companies ADD COLUMN IF NOT EXISTS handler_callable text;",
     ),
     (
+        60,
+        "test transports: live sockets per device, invariant breaches, what each phone sent",
+        # connector.live_sockets: every socket the simulator or the model of neonize's client
+        # opens, keyed by device (never two live ones: SPEC S1); breaches of that rule; and the
+        # outbox of the test transports, kept here so it survives a connector SIGKILL.
+        """
+        CREATE TABLE IF NOT EXISTS live_sockets (
+            socket_id   text PRIMARY KEY,
+            device      text NOT NULL,
+            transport   text NOT NULL,
+            company_id  text,
+            host        text NOT NULL,
+            pid         integer NOT NULL,
+            pid_started bigint NOT NULL,
+            opened_at   timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX IF NOT EXISTS live_sockets_device ON live_sockets (device);
+        CREATE TABLE IF NOT EXISTS transport_breaches (
+            id          bigserial PRIMARY KEY,
+            at          timestamptz NOT NULL DEFAULT now(),
+            kind        text NOT NULL,
+            device      text,
+            company_id  text,
+            detail      text NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS transport_outbox (
+            id          bigserial PRIMARY KEY,
+            company_id  text NOT NULL,
+            transport   text NOT NULL,
+            message_id  text NOT NULL,
+            to_jid      text NOT NULL,
+            text        text NOT NULL,
+            quoted      text,
+            sent_at     timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX IF NOT EXISTS transport_outbox_company ON transport_outbox (company_id, id);
+        """,
+    ),
+    (
         100,
         "connector leases, session holds, incoming spool",
         # A pool is the connectors of one deployment (Temporal namespace + connector queue): they

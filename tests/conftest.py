@@ -7,6 +7,7 @@ task queue, so tests never see each other's data.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -93,6 +94,27 @@ async def database_dsn(pg_server: PgServer) -> AsyncIterator[str]:
     await pg_server.drop_database(name)
 
 
+@pytest.fixture(autouse=True)
+def no_transport_breach(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fails any test during which a transport breached "never two live sockets for one device"
+    (or made a call that would abort neonize's Go side): connector.live_sockets records each one."""
+    from connector.live_sockets import BREACHES_SEEN
+
+    seen = len(BREACHES_SEEN)
+    dsn = request.getfixturevalue("database_dsn") if "database_dsn" in request.fixturenames else None
+    yield
+    breaches = list(BREACHES_SEEN[seen:])
+    if dsn is not None:
+        import psycopg
+
+        with contextlib.suppress(psycopg.Error), psycopg.connect(dsn, autocommit=True) as conn:
+            if conn.execute("SELECT to_regclass('public.transport_breaches') IS NOT NULL").fetchone() == (True,):
+                rows = conn.execute("SELECT kind, detail FROM transport_breaches ORDER BY id").fetchall()
+                breaches += [f"{kind}: {detail}" for kind, detail in rows if f"{kind}: {detail}" not in breaches]
+    if breaches:
+        pytest.fail("transport invariant breached during the test:\n" + "\n".join(breaches), pytrace=False)
+
+
 @pytest.fixture
 async def db(database_dsn: str) -> AsyncIterator[Database]:
     """A migrated project database for one test."""
@@ -112,7 +134,7 @@ async def store_template(pg_server: PgServer) -> str:
     finally:
         await conn.close()
     dsn = pg_server.dsn_for(name)
-    await ensure_store_schema(dsn)
+    await ensure_store_schema(f"{dsn}?sslmode=disable")  # lib/pq requires TLS unless told; the test server has none
     db = Database(dsn)
     await migrate(db)
     await db.close()

@@ -45,6 +45,12 @@ async def _check(name: str, probe: Any, timeout: float = 2.0) -> dict[str, Any]:
 
 async def _connector(ctx: AppContext) -> dict[str, Any]:
     """Pollers of the shared connector queue (DescribeTaskQueue), i.e. live connector processes."""
+    live = await live_connector_pollers(ctx)
+    return {"status": "ok" if live else "down", "pollers": live}
+
+
+async def live_connector_pollers(ctx: AppContext) -> list[str]:
+    """Identities (``connector@<id>``) of the connectors polling the shared queue lately."""
     resp = await ctx.client.workflow_service.describe_task_queue(
         DescribeTaskQueueRequest(
             namespace=ctx.client.namespace,
@@ -53,9 +59,7 @@ async def _connector(ctx: AppContext) -> dict[str, Any]:
         )
     )
     now = datetime.now(UTC)
-    live = [p.identity for p in resp.pollers
-            if p.last_access_time.ToDatetime(tzinfo=UTC) > now - POLLER_FRESH]
-    return {"status": "ok" if live else "down", "pollers": sorted(set(live))}
+    return sorted({p.identity for p in resp.pollers if p.last_access_time.ToDatetime(tzinfo=UTC) > now - POLLER_FRESH})
 
 
 async def _sessions(ctx: AppContext) -> dict[str, Any]:

@@ -12,12 +12,12 @@ from fastapi import APIRouter, Body, Query
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
-from api.deps import AppContext, CompanyDep, CtxDep, PrincipalDep
+from api.deps import AdminDep, AppContext, CompanyDep, CtxDep, PrincipalDep
 from api.errors import ApiError
 from domain.addresses import InvalidAddress, normalize_phone
-from domain.session import SIGNAL_PAUSE, SIGNAL_RELINK, SIGNAL_RESUME, SessionStatus
+from domain.session import ACTIVITY_RESTART_CONNECTOR, SIGNAL_PAUSE, SIGNAL_RELINK, SIGNAL_RESUME, SessionStatus
 from domain.states import SessionState
-from infra.metrics import MetricsSnapshot, job_figures
+from infra.metrics import ConnectorFigures, MetricsSnapshot, job_figures, read_connector_figures
 from infra.qr import qr_png_data_url, qr_terminal_text
 from infra.sessions import (
     SessionNotFound,
@@ -72,7 +72,9 @@ def status_body(status: SessionStatus) -> dict[str, Any]:
         "nextRetryAt": status.next_retry_at.isoformat() if status.next_retry_at else None,
         "lastError": status.last_error,
         "qrAvailable": status.qr is not None,
+        "qrSequence": status.qr_sequence,
         "pairingCode": status.pairing_code,
+        "holder": status.holder_queue,
         "health": {"healthy": connected, "phoneNumber": status.jid},
     }
 
@@ -106,7 +108,22 @@ async def metrics_snapshot(ctx: AppContext, states: list[tuple[str, SessionState
         counters = await ctx.counters.read(local)
     else:
         counters = dict(local)
-    return MetricsSnapshot(by_state, counters, await job_figures(ctx.job_metrics))
+    return MetricsSnapshot(by_state, counters, await job_figures(ctx.job_metrics),
+                           connectors=await _live_connector_figures(ctx))
+
+
+async def _live_connector_figures(ctx: AppContext) -> list[ConnectorFigures]:
+    """Figures of the connectors that poll their queue now (a killed one's are left out)."""
+    from api.routes.health import live_connector_pollers
+
+    figures = await read_connector_figures(ctx.redis, ctx.settings.redis_prefix)
+    if not figures:
+        return []
+    try:
+        live = set(await asyncio.wait_for(live_connector_pollers(ctx), LIST_QUERY_TIMEOUT_S))
+    except Exception:  # metrics report, they never fail the request
+        return figures
+    return [f for f in figures if f"connector@{f.connector_id}" in live]
 
 
 @router.get("/sessions", summary="Every session (admin) or the caller's own, with a metrics summary")
@@ -216,6 +233,21 @@ async def _signal(ctx: AppContext, company_id: str, actor: str, name: str) -> di
         raise _no_session(company_id) from None
     await audit(ctx, actor, company_id, name)
     return {"success": True, "companyId": company_id, "signal": name}
+
+
+@router.post(CID + "/restart-connector",
+             summary="Restart the connector that holds the session (admin): it drains like a SIGTERM and exits "
+                     "for its supervisor (waorch up) to start it again")
+async def restart_connector(ctx: CtxDep, company_id: CompanyDep, _: AdminDep) -> dict[str, Any]:
+    from api.routes.transport_controls import run_connector_activity
+
+    st = await require_status(ctx, company_id)
+    if not st.holder_queue:
+        raise ApiError(409, "not_held", f"no connector holds {company_id} now (state: {st.state.value})",
+                       state=st.state.value)
+    restarted = await run_connector_activity(ctx, st.holder_queue, ACTIVITY_RESTART_CONNECTOR,
+                                             f"operator, via {company_id}", bool)
+    return {"success": bool(restarted), "companyId": company_id, "holder": st.holder_queue}
 
 
 @router.post(CID + "/relink", summary="Reconnect with the stored credentials (after 440 / failed)")

@@ -13,12 +13,13 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 from bench.store_data import fill_device
+from connector.simulator import SimulatorTransport
 from domain.inbox import INBOX_WORKFLOW, SIGNAL_INBOX_MESSAGE, InboxWorkflowInput, IncomingMessage, inbox_workflow_id
 from domain.session import ERROR_NOT_CONNECTED, SendRequest, SessionStatus
 from domain.states import SessionState
 from infra.sessions import logout_session, remove_session, session_status, signal_session
 from storage import Database
-from tests.sessions.conftest import SessionStack, session_stack
+from tests.sessions.conftest import WA_TRANSPORTS, SessionStack, session_stack
 
 
 async def connect(s: SessionStack, company_id: str) -> SessionStatus:
@@ -50,6 +51,7 @@ async def test_qr_scan_connects_and_credentials_persist(ts_stack, company_id, db
         assert "qr" in types and "connected" in types
 
 
+@pytest.mark.parametrize("wa", WA_TRANSPORTS, indirect=True)
 async def test_qr_rotates_then_expires_to_logged_out_without_device(ts_stack, company_id, db):
     async with ts_stack(qr_first_timeout_s=0.6, qr_next_timeout_s=0.3, qr_total_timeout_s=1.5) as s:
         first = await s.initialize(company_id)
@@ -59,13 +61,14 @@ async def test_qr_rotates_then_expires_to_logged_out_without_device(ts_stack, co
         assert "not scanned" in (st.last_error or "")
         qr_events = [e for e in s.events if e["companyId"] == company_id and e["type"] == "qr"]
         assert len(qr_events) >= 3 and len({e["qr"] for e in qr_events}) == len(qr_events)
-        assert await db.fetchval("SELECT count(*) FROM sim_devices WHERE company_id = $1", company_id) == 0
+        assert await s.device_rows(company_id) == 0
         assert s.alerts == []
         # Not a dead end: initialize again gives a fresh QR.
         second = await s.initialize(company_id)
         assert second.state is SessionState.QR and second.qr and second.qr != first.qr
 
 
+@pytest.mark.parametrize("wa", WA_TRANSPORTS, indirect=True)
 async def test_pairing_code_path(ts_stack, company_id):
     async with ts_stack() as s:
         res = await s.initialize(company_id, pairing_phone="79991234567")
@@ -77,6 +80,7 @@ async def test_pairing_code_path(ts_stack, company_id):
         assert any(e["type"] == "pairing_code" for e in s.events if e["companyId"] == company_id)
 
 
+@pytest.mark.parametrize("wa", WA_TRANSPORTS, indirect=True)
 async def test_pairing_code_asked_while_a_qr_is_showing(ts_stack, company_id):
     async with ts_stack() as s:
         first = await s.initialize(company_id)
@@ -89,6 +93,7 @@ async def test_pairing_code_asked_while_a_qr_is_showing(ts_stack, company_id):
         assert st.phone == "79997654321"
 
 
+@pytest.mark.parametrize("wa", WA_TRANSPORTS, indirect=True)
 async def test_transient_drop_backs_off_exponentially_then_connects(ts_stack, company_id):
     async with ts_stack(backoff_base_s=60, backoff_cap_s=3600, backoff_max_attempts=10) as s:
         connected = await connect(s, company_id)
@@ -126,6 +131,7 @@ async def test_sessions_dropped_together_do_not_reconnect_in_one_burst(ts_stack)
         assert len(set(delays)) == len(delays), delays  # each its own
 
 
+@pytest.mark.parametrize("wa", WA_TRANSPORTS, indirect=True)
 async def test_max_attempts_fail_with_alert_then_relink_recovers(ts_stack, company_id):
     async with ts_stack(backoff_base_s=1, backoff_cap_s=10, backoff_max_attempts=3) as s:
         connected = await connect(s, company_id)
@@ -146,6 +152,7 @@ async def test_max_attempts_fail_with_alert_then_relink_recovers(ts_stack, compa
         assert st.jid == connected.jid and st.qr_sequence == connected.qr_sequence
 
 
+@pytest.mark.parametrize("wa", WA_TRANSPORTS, indirect=True)
 async def test_replaced_waits_a_day_for_relink_with_one_alert(ts_stack, company_id):
     async with ts_stack() as s:
         connected = await connect(s, company_id)
@@ -166,13 +173,14 @@ async def test_replaced_waits_a_day_for_relink_with_one_alert(ts_stack, company_
         assert len(s.alerts) == 1
 
 
+@pytest.mark.parametrize("wa", WA_TRANSPORTS, indirect=True)
 async def test_logout_from_phone_deletes_credentials(ts_stack, company_id, db):
     async with ts_stack() as s:
         await connect(s, company_id)
         await s.sim.logout_from_phone(company_id)
         st = await s.wait_state(company_id, SessionState.LOGGED_OUT)
         assert st.jid is None
-        assert await db.fetchval("SELECT count(*) FROM sim_devices WHERE company_id = $1", company_id) == 0
+        assert await s.device_rows(company_id) == 0
         assert await db.fetchval("SELECT device_jid FROM companies WHERE company_id = $1", company_id) is None
         assert len(s.alerts) == 1 and s.alerts[0].severity == "critical"
         dials = s.sim.dials[company_id]
@@ -182,6 +190,7 @@ async def test_logout_from_phone_deletes_credentials(ts_stack, company_id, db):
         assert again.state is SessionState.QR and again.qr
 
 
+@pytest.mark.parametrize("wa", WA_TRANSPORTS, indirect=True)
 async def test_drop_shorter_than_grace_sends_no_alert_longer_sends_one(ts_stack, company_id):
     # The time-skipping server cannot skip while a hold is running, so the
     # "connected again" stretches run in real time: a short grace keeps that brief.
@@ -203,6 +212,7 @@ async def test_drop_shorter_than_grace_sends_no_alert_longer_sends_one(ts_stack,
         assert len(s.alerts) == 1 and s.alerts[0].severity == "warning" and "down since" in s.alerts[0].text
 
 
+@pytest.mark.parametrize("wa", WA_TRANSPORTS, indirect=True)
 async def test_temporary_ban_waits_for_expiry(ts_stack, company_id):
     async with ts_stack() as s:
         await connect(s, company_id)
@@ -238,13 +248,14 @@ async def store_rows(db: Database, jid: str) -> int:
                   + (SELECT count(*) FROM whatsmeow_sessions WHERE our_jid = $1)""", jid))
 
 
+@pytest.mark.parametrize("wa", WA_TRANSPORTS, indirect=True)
 async def test_pause_resume_logout_remove(ts_stack, company_id, db):
     async with ts_stack() as s:
         connected = await connect(s, company_id)
         await signal_session(s.client, company_id, "pause")
         await s.wait_state(company_id, SessionState.PAUSED)
         assert s.sim.status(company_id) is None  # the connection is closed, not logged out
-        assert await db.fetchval("SELECT count(*) FROM sim_devices WHERE company_id = $1", company_id) == 1
+        assert await s.device_rows(company_id) == 1
         await signal_session(s.client, company_id, "resume")
         st = await s.wait_state(company_id, SessionState.CONNECTED)
         assert st.jid == connected.jid
@@ -253,7 +264,7 @@ async def test_pause_resume_logout_remove(ts_stack, company_id, db):
 
         st = await logout_session(s.client, company_id)
         assert st.state is SessionState.LOGGED_OUT and st.jid is None
-        assert await db.fetchval("SELECT count(*) FROM sim_devices WHERE company_id = $1", company_id) == 0
+        assert await s.device_rows(company_id) == 0
         assert s.sim.status(company_id) is None
 
         st = await remove_session(s.client, company_id)
@@ -318,6 +329,7 @@ class StandInInbox:
         self.count += 1
 
 
+@pytest.mark.parametrize("wa", WA_TRANSPORTS, indirect=True)
 async def test_send_and_incoming_messages(ts_stack, company_id):
     async with ts_stack(extra_workflows=(StandInInbox,)) as s:
         req = SendRequest(company_id=company_id, to="79990000002@s.whatsapp.net", text="hi")
@@ -336,3 +348,24 @@ async def test_send_and_incoming_messages(ts_stack, company_id):
         assert await handle.result() == 2
         assert [m.text for m in RECEIVED if m.company_id == company_id] == ["one", "two"]
         assert sum(1 for e in s.events if e["type"] == "message" and e["companyId"] == company_id) == 2
+
+
+@pytest.mark.parametrize("wa", WA_TRANSPORTS, indirect=True)
+async def test_client_outdated_fails_with_an_alert_instead_of_retrying(ts_stack, company_id):
+    async with ts_stack(backoff_base_s=1, backoff_cap_s=10) as s:
+        connected = await connect(s, company_id)
+        await s.sim.control(company_id, "outdated", {})  # WhatsApp refuses this client version (405)
+        st = await s.wait_state(company_id, SessionState.FAILED)
+        assert "outdated" in (st.last_error or "")
+        assert [a.severity for a in s.alerts] == ["critical"] and "update neonize" in s.alerts[0].text
+        dials = s.sim.dials[company_id]
+        await s.skip(6 * 3600)
+        assert (await s.status(company_id)).state is SessionState.FAILED
+        assert s.sim.dials[company_id] == dials  # not retried forever
+        if isinstance(s.sim, SimulatorTransport):
+            await s.sim.control(company_id, "outdated", {"times": 0})  # neonize updated
+        else:
+            s.sim.runtime.server.clear(connected.jid)
+        await signal_session(s.client, company_id, "relink")
+        st = await s.wait_state(company_id, SessionState.CONNECTED)
+        assert st.jid == connected.jid

@@ -9,6 +9,7 @@ a failure.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import re
 import time
@@ -24,19 +25,38 @@ from cli.processes import ConnectorProcess
 from domain.session import ACTIVITY_HOLD_SESSION, SessionStatus, session_workflow_id
 from domain.states import SessionState
 from infra.sessions import initialize_session, list_sessions, session_status
-from tests.sessions.conftest import pydantic_client, session_stack
+from tests.sessions.conftest import WA_TRANSPORTS, pydantic_client, session_stack
 
 pytestmark = pytest.mark.slow
 
 BAD_STATES = {SessionState.QR, SessionState.LOGGED_OUT, SessionState.FAILED, SessionState.REPLACED}
 
 
-async def seed_paired(db, companies: list[str]) -> None:
+async def seed_paired(db, companies: list[str], wa: str = "simulator") -> None:
+    """Companies already paired: device rows in the transport's store and companies.device_jid."""
     for cid in companies:
         jid = f"7999{random.randrange(10**9):09d}:1@s.whatsapp.net"
-        await db.execute("INSERT INTO sim_devices (company_id, jid, phone) VALUES ($1, $2, $3)", cid, jid,
-                         jid.split(":")[0])
+        if wa == "model":  # a whatsmeow_device row, as pairing leaves it (keys are random here)
+            await db.execute(
+                """INSERT INTO whatsmeow_device (jid, registration_id, noise_key, identity_key, signed_pre_key,
+                       signed_pre_key_id, signed_pre_key_sig, adv_key, adv_details, adv_account_sig,
+                       adv_account_sig_key, adv_device_sig, platform, business_name, push_name, lid_migration_ts,
+                       companion_meta_nonce)
+                   VALUES ($1, 1, $2, $3, $4, 1, $5, $6, $7, $8, $9, $10, 'model', '', 'seeded', 0, '')""",
+                jid, *(os.urandom(n) for n in (32, 32, 32, 64, 32, 32, 64, 32, 64)),
+            )
+        else:
+            await db.execute("INSERT INTO sim_devices (company_id, jid, phone) VALUES ($1, $2, $3)", cid, jid,
+                             jid.split(":")[0])
         await db.execute("INSERT INTO companies (company_id, device_jid) VALUES ($1, $2)", cid, jid)
+
+
+async def device_rows(db, companies: list[str], wa: str) -> int:
+    if wa == "model":
+        return int(await db.fetchval(
+            """SELECT count(*) FROM whatsmeow_device d JOIN companies c ON c.device_jid = d.jid
+               WHERE c.company_id = ANY($1)""", companies))
+    return int(await db.fetchval("SELECT count(*) FROM sim_devices WHERE company_id = ANY($1)", companies))
 
 
 async def statuses(client, companies: list[str]) -> list[SessionStatus]:
@@ -151,11 +171,12 @@ async def test_concurrent_initialize_is_one_session_with_search_attributes(dev_e
         assert [w.id for w in found] == [f"session-{cid}"]
 
 
+@pytest.mark.parametrize("wa", WA_TRANSPORTS, indirect=True)
 async def test_connector_sigkill_then_sigterm_sessions_come_back_without_qr(
-    dev_env, make_settings, db, redis_client, tmp_path, companies
+    dev_env, make_settings, db, redis_client, tmp_path, companies, wa, wa_env
 ):
     client = pydantic_client(dev_env.client)
-    await seed_paired(db, companies)
+    await seed_paired(db, companies, wa)
     async with AsyncExitStack() as stack:
         s = await stack.enter_async_context(
             session_stack(dev_env.client, make_settings, db, redis_client, env=None, search_attributes=True,
@@ -163,13 +184,13 @@ async def test_connector_sigkill_then_sigterm_sessions_come_back_without_qr(
         )
         s.companies.update(companies)
         target = dev_env.client.service_client.config.target_host
-        first = ConnectorProcess(s.settings, "c1-" + uuid.uuid4().hex[:6], tmp_path, target).start()
+        first = ConnectorProcess(s.settings, "c1-" + uuid.uuid4().hex[:6], tmp_path, target, **wa_env).start()
         stack.callback(first.stop)
         # Nobody calls initialize: the connector starts every stored company's session itself.
         await wait_until(lambda: sessions_exist(client, companies), 30, interval=0.2)
         await all_connected(client, companies, 30, {first.queue})
 
-        second = ConnectorProcess(s.settings, "c2-" + uuid.uuid4().hex[:6], tmp_path, target).start()
+        second = ConnectorProcess(s.settings, "c2-" + uuid.uuid4().hex[:6], tmp_path, target, **wa_env).start()
         stack.callback(second.stop)
         await asyncio.sleep(2)  # the second one is up and watching its peers
         killed_at = await db.fetchval("SELECT now()")
@@ -179,12 +200,12 @@ async def test_connector_sigkill_then_sigterm_sessions_come_back_without_qr(
         assert declared is not None and (declared - killed_at).total_seconds() < 15, (declared, killed_at)
 
         assert second.terminate() == 0, second.log()  # SIGTERM: closes without logout
-        assert await db.fetchval("SELECT count(*) FROM sim_devices WHERE company_id = ANY($1)", companies) == 4
+        assert await device_rows(db, companies, wa) == 4
         # The holds wait for the next connector; the lease says they may be taken at once.
         assert await db.fetchval("SELECT count(*) FROM session_holds WHERE company_id = ANY($1)", companies) == 4
         assert await db.fetchval("SELECT released_at IS NOT NULL FROM connector_leases WHERE connector_id = $1",
                                  second.connector_id)
-        third = ConnectorProcess(s.settings, "c3-" + uuid.uuid4().hex[:6], tmp_path, target).start()
+        third = ConnectorProcess(s.settings, "c3-" + uuid.uuid4().hex[:6], tmp_path, target, **wa_env).start()
         stack.callback(third.stop)
         await all_connected(client, companies, 40, {third.queue})
         sts = await statuses(client, companies)
@@ -192,11 +213,12 @@ async def test_connector_sigkill_then_sigterm_sessions_come_back_without_qr(
         assert not [e for e in s.events if e["type"] == "qr"]
 
 
+@pytest.mark.parametrize("wa", WA_TRANSPORTS, indirect=True)
 async def test_two_connectors_each_session_held_once_steadily_and_after_failover(
-    dev_env, make_settings, db, redis_client, tmp_path, companies
+    dev_env, make_settings, db, redis_client, tmp_path, companies, wa, wa_env
 ):
     client = pydantic_client(dev_env.client)
-    await seed_paired(db, companies)
+    await seed_paired(db, companies, wa)
     async with AsyncExitStack() as stack:
         s = await stack.enter_async_context(
             session_stack(dev_env.client, make_settings, db, redis_client, env=None, search_attributes=True,
@@ -204,8 +226,8 @@ async def test_two_connectors_each_session_held_once_steadily_and_after_failover
         )
         s.companies.update(companies)
         target = dev_env.client.service_client.config.target_host
-        one = ConnectorProcess(s.settings, "a-" + uuid.uuid4().hex[:6], tmp_path, target).start()
-        two = ConnectorProcess(s.settings, "b-" + uuid.uuid4().hex[:6], tmp_path, target).start()
+        one = ConnectorProcess(s.settings, "a-" + uuid.uuid4().hex[:6], tmp_path, target, **wa_env).start()
+        two = ConnectorProcess(s.settings, "b-" + uuid.uuid4().hex[:6], tmp_path, target, **wa_env).start()
         stack.callback(one.stop)
         stack.callback(two.stop)
         await asyncio.sleep(2)  # both polling
