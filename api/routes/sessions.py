@@ -106,7 +106,8 @@ async def metrics_snapshot(ctx: AppContext, states: list[tuple[str, SessionState
         counters = await ctx.counters.read(local)
     else:
         counters = dict(local)
-    return MetricsSnapshot(by_state, counters, await job_figures(ctx.job_metrics))
+    last_error = ctx.counters.last_error if ctx.counters is not None else None
+    return MetricsSnapshot(by_state, counters, await job_figures(ctx.job_metrics), last_error=last_error)
 
 
 @router.get("/sessions", summary="Every session (admin) or the caller's own, with a metrics summary")
