@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     # Sending (SPEC M2).
     rate_limit_count: int = Field(default=30, ge=1)
     rate_limit_window_s: float = Field(default=60.0, gt=0)
+    # DEFAULT_PHONE_REGION: numbers without a leading + are read in this region first ("RU": 8 999…,
+    # 999… → 7999…); unset → they are read as international digits only.
+    default_phone_region: str | None = None
 
     # Nightly jobs (SPEC B1-B3).
     backup_dir: Path | None = None
@@ -126,6 +129,18 @@ class Settings(BaseSettings):
     # A handled WhatsApp id stays claimed (a Redis key with this TTL) so a redelivery after the inbox
     # went idle is dropped too; keys expire, so Redis does not grow per message beyond this window.
     inbox_claim_ttl_s: int = Field(default=86400, ge=60)
+
+    @field_validator("default_phone_region")
+    @classmethod
+    def _known_region(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        import phonenumbers
+
+        region = value.strip().upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"DEFAULT_PHONE_REGION {value!r} is not a region code phonenumbers knows (e.g. RU, DE)")
+        return region
 
     @field_validator("connector_id")
     @classmethod

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 import segno
 from fastapi import APIRouter, Body, Query
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from api.deps import AppContext, CompanyDep, CtxDep, PrincipalDep
 from api.errors import ApiError
@@ -44,18 +44,18 @@ class InitializeBody(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     pairing_phone: StrictStr | None = Field(
-        default=None, alias="pairingPhone", description="link by pairing code instead of QR"
+        default=None, alias="pairingPhone", max_length=256, description="link by pairing code instead of QR"
     )
 
-    @field_validator("pairing_phone")
-    @classmethod
-    def _phone(cls, value: str | None) -> str | None:
-        if value is None:
+    def pairing_number(self, default_region: str | None) -> str | None:
+        """The pairing phone as E.164 digits; raises ApiError 422 naming the field and the region tried."""
+        if self.pairing_phone is None:
             return None
         try:
-            return normalize_phone(value)
+            return normalize_phone(self.pairing_phone, default_region)
         except InvalidAddress as exc:
-            raise ValueError(str(exc)) from None
+            raise ApiError(422, "validation_error", f"pairingPhone: {exc}",
+                           details=[{"field": "pairingPhone", "message": str(exc)}]) from None
 
 
 def status_body(status: SessionStatus) -> dict[str, Any]:
@@ -146,7 +146,7 @@ async def initialize(
     principal: PrincipalDep,
     body: Annotated[InitializeBody | None, Body()] = None,
 ) -> dict[str, Any]:
-    pairing_phone = body.pairing_phone if body else None
+    pairing_phone = body.pairing_number(ctx.settings.default_phone_region) if body else None
     try:
         result = await asyncio.wait_for(
             initialize_session(ctx.client, ctx.settings, company_id, pairing_phone), INITIALIZE_TIMEOUT_S
