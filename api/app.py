@@ -21,6 +21,7 @@ from domain.settings import Settings
 from infra.admin_key import load_or_create_admin_key
 from infra.jobs import job_metrics_provider
 from infra.metrics import EventCounters, counters_key
+from infra.probes import InfraProbes, probe_redis_client
 from infra.ratelimit import RateLimiter
 from infra.redis import EventPublisher
 from infra.sentry import init_sentry
@@ -66,9 +67,11 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
             await asyncio.wait_for(hub.subscribed.wait(), 3.0)
         except TimeoutError:
             log.warning("events: Redis subscription not ready yet; it keeps retrying")
+        probe_redis = probe_redis_client(settings)
         app.state.ctx = AppContext(
             settings, temporal, db, redis, admin_key, limiter=limiter, counters=counters, events=hub,
             publisher=EventPublisher(redis, settings.events_channel), job_metrics=job_metrics_provider(db),
+            probes=InfraProbes(settings, temporal, db, probe_redis),
         )
         try:
             yield
@@ -76,6 +79,7 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
             await hub.stop()
             await db.close()
             await redis.aclose()
+            await probe_redis.aclose()
 
     app = FastAPI(
         title="waorch",

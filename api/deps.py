@@ -21,6 +21,7 @@ from storage import Database
 if TYPE_CHECKING:
     from api.events import EventHub
     from infra.metrics import EventCounters, JobMetricsProvider
+    from infra.probes import InfraProbes
     from infra.ratelimit import RateLimiter
     from infra.redis import EventPublisher
 
@@ -38,6 +39,7 @@ class AppContext:
     events: EventHub | None = None
     publisher: EventPublisher | None = None
     job_metrics: JobMetricsProvider | None = None
+    probes: InfraProbes | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
 

@@ -71,6 +71,13 @@ class Settings(BaseSettings):
     qr_total_timeout_s: float = Field(default=160.0, gt=0)
     hold_heartbeat_timeout_s: float = Field(default=20.0, ge=2)
 
+    # Health (SPEC H1): a probe not answering within HEALTH_PROBE_TIMEOUT_S is down; one answering slower
+    # than HEALTH_PROBE_SLOW_S is degraded. A task-queue poller (worker, connector) not seen by Temporal
+    # for POLLER_STALE_S is gone (an idle worker re-polls about once a minute).
+    health_probe_timeout_s: float = Field(default=5.0, gt=0)
+    health_probe_slow_s: float = Field(default=1.0, gt=0)
+    poller_stale_s: float = Field(default=120.0, gt=0)
+
     # Reconnection (SPEC S3) and alerts (SPEC H4).
     backoff_base_s: float = Field(default=1.0, gt=0)
     backoff_cap_s: float = Field(default=300.0, gt=0)
