@@ -77,7 +77,7 @@ async def own_redis(tmp_path: Path) -> AsyncIterator[str]:
 async def _sleep_redis(url: str, seconds: float) -> None:
     r = aioredis.from_url(url)
     try:
-        await r.execute_command("DEBUG", "SLEEP", seconds)
+        await r.execute_command("DEBUG", "SLEEP", seconds)  # type: ignore[no-untyped-call]
     finally:
         await r.aclose()
 
