@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from cli.logfiles import RotatingLogFile
 from storage.pg_tools import pg_bin_dir, pg_program
 
 log = logging.getLogger("waorch.embedded")
@@ -158,10 +159,12 @@ def default_dev_config_path() -> Path:
 
 
 class TemporalDevServer:
-    def __init__(self, config: TemporalDevConfig, data_dir: Path, *, ui: bool = True) -> None:
+    def __init__(self, config: TemporalDevConfig, data_dir: Path, *, ui: bool = True,
+                 log: RotatingLogFile | None = None) -> None:
         self.config = config
         self.data_dir = data_dir
         self.ui = ui
+        self.log = log  # None: append to data_dir/temporal.log
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -179,12 +182,16 @@ class TemporalDevServer:
                 "Set TEMPORAL_ADDRESS to use it, or stop it"
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        logfile = open(self.data_dir / "temporal.log", "ab")
         cmd = [venv_binary("temporal"), "server", "start-dev", *self.config.server_args(self.data_dir, ui=self.ui)]
-        self.proc = subprocess.Popen(
-            cmd, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent
-        )
-        logfile.close()
+        if self.log is None:
+            with open(self.data_dir / "temporal.log", "ab") as logfile:
+                self.proc = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True,
+                                             preexec_fn=die_with_parent)
+        else:
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                         start_new_session=True, preexec_fn=die_with_parent)
+            assert self.proc.stdout is not None
+            self.log.follow(self.proc.stdout, "temporal")
         wait_port(self.config.port, timeout, self.proc, "temporal dev server")
         self._set_retention(timeout)
 

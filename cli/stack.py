@@ -29,6 +29,7 @@ from cli.embedded import (
     default_dev_config_path,
     die_with_parent,
 )
+from cli.logfiles import RotatingLogFile
 from domain.settings import Settings
 from infra.admin_key import load_or_create_admin_key
 from infra.process import stop_event_on_signals
@@ -47,16 +48,20 @@ class Child:
     restarts: int = 0
     started_at: float = 0.0
     next_start_at: float = 0.0
-    log_path: Path | None = None
+    log: RotatingLogFile | None = None
+
+    @property
+    def log_path(self) -> Path | None:
+        return self.log.path if self.log is not None else None
 
     def start(self) -> None:
-        assert self.log_path is not None
-        logfile = open(self.log_path, "ab")
+        assert self.log is not None
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", self.name], env=self.env, stdout=logfile, stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,
+            [sys.executable, "-m", "cli.main", self.name], env=self.env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
         )
-        logfile.close()
+        assert self.proc.stdout is not None
+        self.log.follow(self.proc.stdout, self.name)  # rotated by size (LOG_MAX_BYTES, LOG_BACKUP_COUNT)
         self.started_at = time.monotonic()
 
     def stop(self, timeout: float) -> None:
@@ -88,7 +93,8 @@ class Stack:
             cfg.ui_port = s.temporal_ui_port or cfg.ui_port
             if s.temporal_port:
                 cfg.metrics_port = None  # a second stack must not collide on the server's metrics port
-            self.temporal = TemporalDevServer(cfg, data / "temporal")
+            self.temporal = TemporalDevServer(cfg, data / "temporal",
+                                              log=log_file(s, data / "logs" / "temporal.log"))
             self.temporal.start()
             env["TEMPORAL_ADDRESS"] = self.temporal.address
             env["TEMPORAL_NAMESPACE"] = cfg.namespace
@@ -112,6 +118,10 @@ class Stack:
                     server.stop()
                 except Exception:
                     log.exception("failed to stop %s", type(server).__name__)
+
+
+def log_file(settings: Settings, path: Path) -> RotatingLogFile:
+    return RotatingLogFile(path, settings.log_max_bytes, settings.log_backup_count)
 
 
 async def _wait_healthy(url: str, timeout: float, children: list[Child]) -> dict[str, object]:
@@ -159,7 +169,7 @@ async def run_stack(settings: Settings) -> int:
             )
 
         for name in CHILDREN:
-            child = Child(name, env, log_path=data / "logs" / f"{name}.log")
+            child = Child(name, env, log=log_file(settings, data / "logs" / f"{name}.log"))
             child.start()
             stack.children.append(child)
 

@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     environment: Literal["development", "test", "production"] = "development"
     data_dir: Path = Path(".data")
     log_level: str = "INFO"
+    # `waorch up` writes each process's output to DATA_DIR/logs/<name>.log, rotated past LOG_MAX_BYTES;
+    # LOG_BACKUP_COUNT old files (<name>.log.1 …) are kept.
+    log_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    log_backup_count: int = Field(default=5, ge=0)
 
     # Temporal. Unset address → the launcher runs the embedded dev server.
     temporal_address: str | None = None
