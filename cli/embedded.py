@@ -215,6 +215,14 @@ class TemporalDevServer:
             terminate(self.proc, 15)
             self.proc = None
 
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def restart(self) -> None:
+        """Start again on the same database file: namespaces, workflows and schedules are all there."""
+        self.stop()
+        self.start()
+
 
 # --------------------------------------------------------------------------- PostgreSQL
 
@@ -298,6 +306,34 @@ class EmbeddedPostgres:
                 capture_output=True, user=self._run_as, cwd="/",
             )
 
+    def postmaster_pid(self) -> int | None:
+        """The PID in ``postmaster.pid`` (the running server's, or a dead one's after a crash)."""
+        try:
+            first = (self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0].strip()
+        except OSError:
+            return None
+        return int(first) if first.isdigit() else None
+
+    def alive(self) -> bool:
+        pid = self.postmaster_pid()
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True  # exists, owned by another user
+        return True
+
+    def restart(self) -> None:
+        """Start again on the same data directory: PostgreSQL replays its WAL (crash recovery).
+
+        Backends of a killed postmaster may hold its shared memory for a moment; the
+        start then fails and the launcher tries again after a pause.
+        """
+        self.start()
+
     def create_database(self, name: str) -> None:
         """``CREATE DATABASE`` if missing (name is checked by the caller: identifiers only)."""
         if not name.replace("_", "").isalnum():
@@ -343,6 +379,15 @@ class EmbeddedRedis:
         if self.proc is not None:
             terminate(self.proc)
             self.proc = None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def restart(self) -> None:
+        """Start again on the same directory (its last RDB snapshot; events and rate-limit windows
+        of the last minute may be gone, which costs nothing durable)."""
+        self.stop()
+        self.start()
 
 
 async def wait_until(check: Any, timeout: float, interval: float = 0.05) -> None:
