@@ -81,6 +81,20 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     for name in ("trigger", "pause", "unpause"):
         schedules.add_parser(name, parents=[common]).add_argument("schedule_id")
 
+    inbox = sub.add_parser("inbox", help="incoming messages that need a person").add_subparsers(
+        dest="action", required=True)
+    failed = inbox.add_parser("failed", help="messages whose handler failed: list, redeliver, discard")
+    failed_actions = failed.add_subparsers(dest="failed_action", required=True)
+    listing = failed_actions.add_parser("list", parents=[common], help="waiting messages, oldest first")
+    listing.add_argument("--company", help="only this company")
+    listing.add_argument("--limit", type=int, default=100)
+    for name, text in (("redeliver", "run the company's handler on it again (and send its reply)"),
+                       ("discard", "give it up (recorded in the audit)")):
+        act = failed_actions.add_parser(name, parents=[common], help=text)
+        act.add_argument("company_id")
+        act.add_argument("message_id", nargs="?", help="one message (or --all)")
+        act.add_argument("--all", action="store_true", help="every waiting message of the company, oldest first")
+
     keys = sub.add_parser("keys", help="company API keys").add_subparsers(dest="action", required=True)
     keys.add_parser("issue", parents=[common], help="issue a key (shown once)").add_argument("company_id")
     revoke = keys.add_parser("revoke", parents=[common], help="revoke one key, or every key of the company")
@@ -211,6 +225,8 @@ def _dispatch(api: Api, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
                                                    ("next run", "next_run"), ("workflow", "workflow")])
         body = api.call("POST", f"/api/schedules/{seg(args.schedule_id)}/{action}")
         return body, f"schedule {args.schedule_id}: {action} done"
+    if cmd == "inbox":
+        return _failed_messages(api, str(args.failed_action), args)
     if cmd == "keys":
         if action == "issue":
             body = api.call("POST", f"/api/companies/{seg(args.company_id)}/keys")
@@ -219,6 +235,40 @@ def _dispatch(api: Api, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         body = api.call("DELETE", path)
         return body, f"revoked: {body.get('revoked', body)}"
     raise CommandError(f"unknown command {cmd} {action}", 2)
+
+
+def _failed_messages(api: Api, action: str, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    if action == "list":
+        query = f"?limit={args.limit}" + (f"&company={seg(args.company)}" if args.company else "")
+        body = api.call("GET", f"/api/inbox/failed{query}")
+        shown = table(body["messages"], [("company", "companyId"), ("message", "messageId"), ("chat", "chat"),
+                                         ("failed at", "failedAt"), ("attempts", "attempts"), ("error", "error")])
+        return body, f"{shown}\n{body['count']} shown of {body['total']} waiting"
+    if args.all == bool(args.message_id):
+        raise CommandError("give one message id, or --all", 2)
+    ids = [args.message_id] if args.message_id else [
+        m["messageId"] for m in api.call("GET", f"/api/inbox/failed?limit=1000&company={seg(args.company_id)}")[
+            "messages"]]
+    results, lines, failures = [], [], 0
+    for message_id in ids:
+        path = f"/api/inbox/failed/{seg(args.company_id)}/{seg(message_id)}/{action}"
+        try:
+            body = api.call("POST", path, timeout=150)
+        except CommandError as exc:
+            failures += 1
+            body = {"messageId": message_id, "status": "error", "error": str(exc)}
+        results.append(body)
+        line = f"{message_id}: {body.get('status')}" + (f" ({body['error']})" if body.get("error") else "")
+        lines.append(line)
+        if len(ids) > 1:
+            print(line, file=sys.stderr, flush=True)  # progress on a long run
+    if failures and len(ids) == 1:
+        raise CommandError(results[0]["error"])
+    summary = {"success": failures == 0, "count": len(ids), "failed": failures, "results": results}
+    if failures:
+        print(json.dumps(summary, indent=2, default=str) if args.json else "\n".join(lines))
+        raise CommandError(f"{failures} of {len(ids)} not {action}ed")
+    return summary, "\n".join(lines) if ids else "(none waiting)"
 
 
 def _sessions(api: Api, action: str, args: argparse.Namespace) -> tuple[dict[str, Any], str]:

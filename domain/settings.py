@@ -126,7 +126,7 @@ class Settings(BaseSettings):
     inbox_default_callable: str | None = None  # "package.module:function"
     inbox_webhook_connect_timeout_s: float = Field(default=5.0, gt=0)
     inbox_webhook_timeout_s: float = Field(default=10.0, gt=0)
-    # INBOX_RETRY_WINDOW_S: a handler that keeps failing this long leaves a failed workflow and an alert.
+    # INBOX_RETRY_WINDOW_S: a handler that keeps failing this long leaves the message waiting for an operator.
     inbox_retry_window_s: float = Field(default=3600.0, gt=0)
     inbox_retry_initial_s: float = Field(default=1.0, gt=0)
     inbox_retry_max_interval_s: float = Field(default=60.0, gt=0)
@@ -140,6 +140,8 @@ class Settings(BaseSettings):
     # A handled WhatsApp id stays claimed (a Redis key with this TTL) so a redelivery after the inbox
     # went idle is dropped too; keys expire, so Redis does not grow per message beyond this window.
     inbox_claim_ttl_s: int = Field(default=86400, ge=60)
+    # Failed messages wait for an operator; while any remain, this schedule (UTC) reminds once a day.
+    failed_messages_reminder_cron: str = "0 8 * * *"
 
     @field_validator("default_phone_region")
     @classmethod

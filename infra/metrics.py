@@ -161,6 +161,10 @@ class MetricsSnapshot:
     jobs: JobFigures | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     last_error: str | None = None
+    # Incoming messages: failed ones waiting for an operator (PostgreSQL); the backlog (messages
+    # queued longer than INBOX_BACKLOG_ALERT_S) as the watchdog last saw it. None: unknown.
+    failed_messages: int | None = None
+    inbox_backlog: int | None = None
 
     @property
     def total_sessions(self) -> int:
@@ -184,6 +188,8 @@ class MetricsSnapshot:
             # The old back end's names (README "Coming from the old system").
             "failedReconnects": self.counters.get("failed_reconnects", 0),
             "lastError": self.last_error,
+            "failedMessages": self.failed_messages,
+            "inboxBacklog": self.inbox_backlog,
         }
         if self.jobs is not None:
             body["jobs"] = {
@@ -213,6 +219,12 @@ class MetricsSnapshot:
         }
         for key, (name, doc) in counters.items():
             Counter(name, doc, registry=registry).inc(self.counters.get(key, 0))
+        if self.failed_messages is not None:
+            Gauge("whatsapp_inbox_failed_messages", "Incoming messages whose handler failed, waiting for an operator",
+                  registry=registry).set(self.failed_messages)
+        if self.inbox_backlog is not None:
+            Gauge("whatsapp_inbox_backlog_messages", "Incoming messages queued longer than INBOX_BACKLOG_ALERT_S",
+                  registry=registry).set(self.inbox_backlog)
         jobs = self.jobs
         if jobs is not None:
             figures = {

@@ -25,6 +25,7 @@ from domain.send import SEND_WORKFLOW
 from domain.states import SessionState
 from infra.probes import InfraProbes, ProbeResult, probe_redis_client
 from infra.sessions import list_sessions
+from storage import failed_messages
 
 router = APIRouter(tags=["health"])
 
@@ -49,6 +50,14 @@ async def _sessions(ctx: AppContext) -> dict[str, Any]:
 async def _pending(ctx: AppContext) -> dict[str, Any]:
     count = await ctx.client.count_workflows(f'WorkflowType = "{SEND_WORKFLOW}" AND ExecutionStatus = "Running"')
     return {"sendsInFlight": count.count}
+
+
+async def _inbox(ctx: AppContext) -> dict[str, Any]:
+    """Incoming messages that need a person: failed ones waiting (PostgreSQL). Informative: they alert
+    on their own, and the service is not less healthy for them."""
+    summary = await failed_messages.summary(ctx.db)
+    return {"failedMessages": summary.total,
+            "oldestFailedAt": summary.companies[0].oldest.isoformat() if summary.companies else None}
 
 
 async def _is_admin(ctx: AppContext, authorization: str | None, x_api_key: str | None) -> bool:
@@ -84,10 +93,11 @@ async def health(
     x_api_key: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
     probes = probes_of(ctx)
-    infra, whatsapp, pending = await asyncio.gather(
+    infra, whatsapp, pending, inbox = await asyncio.gather(
         probes.infrastructure(), probes.run("whatsapp", _sessions(ctx)), probes.run("pending", _pending(ctx)),
+        probes.run("inbox", _inbox(ctx)),
     )
-    results = [*infra, whatsapp, pending]
+    results = [*infra, whatsapp, pending, inbox]
     status = overall(results)
     checks = [r.to_json() for r in results]
     if not await _is_admin(ctx, authorization, x_api_key):

@@ -28,6 +28,7 @@ from infra.sessions import (
     session_status,
     signal_session,
 )
+from storage import failed_messages
 
 log = logging.getLogger("waorch.api.sessions")
 
@@ -107,7 +108,13 @@ async def metrics_snapshot(ctx: AppContext, states: list[tuple[str, SessionState
     else:
         counters = dict(local)
     last_error = ctx.counters.last_error if ctx.counters is not None else None
-    return MetricsSnapshot(by_state, counters, await job_figures(ctx.job_metrics), last_error=last_error)
+    try:
+        failed: int | None = (await failed_messages.summary(ctx.db)).total
+    except Exception as exc:  # metrics report, they never fail the request
+        log.warning("failed-message count unavailable error=%s", type(exc).__name__)
+        failed = None
+    return MetricsSnapshot(by_state, counters, await job_figures(ctx.job_metrics), last_error=last_error,
+                           failed_messages=failed)
 
 
 @router.get("/sessions", summary="Every session (admin) or the caller's own, with a metrics summary")
