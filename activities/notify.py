@@ -1,4 +1,8 @@
-"""Alerts (SPEC H4): Telegram bot API when configured, else a log line."""
+"""Alerts (SPEC H4): Telegram bot API when configured, else a log line.
+
+Workflows send them through the ``send_alert`` activity; the API's infrastructure
+watchdog, which must work when the worker does not, calls :meth:`Notifier.deliver`.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +31,11 @@ class Notifier:
     @activity.defn(name="send_alert")
     async def send_alert(self, alert: Alert) -> str:
         """Deliver one alert; returns the channel used. Telegram errors raise, so Temporal retries."""
+        return await self.deliver(alert)
+
+    async def deliver(self, alert: Alert) -> str:
+        """The one alert path, also for processes without a worker (the API's watchdog): returns the
+        channel used; raises when Telegram refuses, so the caller retries."""
         token = self._settings.telegram_bot_token
         chat = self._settings.telegram_chat_id
         log.warning("alert severity=%s company_id=%s text=%s", alert.severity, alert.company_id, alert.text)

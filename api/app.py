@@ -13,6 +13,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from temporalio.client import Client
 
+from activities.notify import Notifier
 from api.deps import AppContext
 from api.errors import install_error_handlers
 from api.events import EventHub
@@ -26,6 +27,7 @@ from infra.ratelimit import RateLimiter
 from infra.redis import EventPublisher
 from infra.sentry import init_sentry
 from infra.temporal import connect_temporal
+from infra.watchdog import Watchdog
 from storage import Database, migrate
 
 log = logging.getLogger("waorch.api")
@@ -68,14 +70,20 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
         except TimeoutError:
             log.warning("events: Redis subscription not ready yet; it keeps retrying")
         probe_redis = probe_redis_client(settings)
+        probes = InfraProbes(settings, temporal, db, probe_redis)
+        # Alerts when the worker cannot send them (issue #15.2): this process watches the infrastructure.
+        watchdog = Watchdog(settings, probes, Notifier(settings).deliver, lease_redis=probe_redis)
         app.state.ctx = AppContext(
             settings, temporal, db, redis, admin_key, limiter=limiter, counters=counters, events=hub,
             publisher=EventPublisher(redis, settings.events_channel), job_metrics=job_metrics_provider(db),
-            probes=InfraProbes(settings, temporal, db, probe_redis),
+            probes=probes, watchdog=watchdog,
         )
+        if settings.watchdog_enabled:
+            await watchdog.start()
         try:
             yield
         finally:
+            await watchdog.stop()
             await hub.stop()
             await db.close()
             await redis.aclose()

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from infra.probes import InfraProbes
     from infra.ratelimit import RateLimiter
     from infra.redis import EventPublisher
+    from infra.watchdog import Watchdog
 
 
 @dataclass
@@ -40,6 +41,7 @@ class AppContext:
     publisher: EventPublisher | None = None
     job_metrics: JobMetricsProvider | None = None
     probes: InfraProbes | None = None
+    watchdog: Watchdog | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
 

@@ -81,6 +81,13 @@ class Settings(BaseSettings):
     health_probe_timeout_s: float = Field(default=5.0, gt=0)
     health_probe_slow_s: float = Field(default=1.0, gt=0)
     poller_stale_s: float = Field(default=120.0, gt=0)
+    # The API's infrastructure watchdog (alerts when Temporal, PostgreSQL, Redis, the worker or every
+    # connector has been down longer than WATCHDOG_GRACE_S, once more when back; and on an inbox
+    # backlog: a message queued longer than INBOX_BACKLOG_ALERT_S).
+    watchdog_enabled: bool = True
+    watchdog_interval_s: float = Field(default=15.0, gt=0)
+    watchdog_grace_s: float = Field(default=60.0, ge=0)
+    inbox_backlog_alert_s: float = Field(default=600.0, gt=0)
 
     # Reconnection (SPEC S3) and alerts (SPEC H4).
     backoff_base_s: float = Field(default=1.0, gt=0)

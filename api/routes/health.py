@@ -53,11 +53,15 @@ async def _pending(ctx: AppContext) -> dict[str, Any]:
 
 
 async def _inbox(ctx: AppContext) -> dict[str, Any]:
-    """Incoming messages that need a person: failed ones waiting (PostgreSQL). Informative: they alert
-    on their own, and the service is not less healthy for them."""
+    """Incoming messages that need a person: failed ones waiting (PostgreSQL), and the backlog.
+    Informative: both alert on their own, and the service is not less healthy for them."""
     summary = await failed_messages.summary(ctx.db)
+    backlog = ctx.watchdog.backlog if ctx.watchdog is not None else None
     return {"failedMessages": summary.total,
-            "oldestFailedAt": summary.companies[0].oldest.isoformat() if summary.companies else None}
+            "oldestFailedAt": summary.companies[0].oldest.isoformat() if summary.companies else None,
+            # As the watchdog last saw it: messages queued longer than INBOX_BACKLOG_ALERT_S (null: unknown).
+            "backlog": None if backlog is None else {"messages": backlog.messages, "chats": backlog.chats,
+                                                     "oldestSeconds": round(backlog.oldest_s, 1)}}
 
 
 async def _is_admin(ctx: AppContext, authorization: str | None, x_api_key: str | None) -> bool:

@@ -113,8 +113,9 @@ async def metrics_snapshot(ctx: AppContext, states: list[tuple[str, SessionState
     except Exception as exc:  # metrics report, they never fail the request
         log.warning("failed-message count unavailable error=%s", type(exc).__name__)
         failed = None
+    backlog = ctx.watchdog.backlog_count if ctx.watchdog is not None else None
     return MetricsSnapshot(by_state, counters, await job_figures(ctx.job_metrics), last_error=last_error,
-                           failed_messages=failed)
+                           failed_messages=failed, inbox_backlog=backlog)
 
 
 @router.get("/sessions", summary="Every session (admin) or the caller's own, with a metrics summary")
