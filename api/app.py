@@ -75,7 +75,8 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
         watchdog = Watchdog(settings, probes, Notifier(settings).deliver, lease_redis=probe_redis)
         app.state.ctx = AppContext(
             settings, temporal, db, redis, admin_key, limiter=limiter, counters=counters, events=hub,
-            publisher=EventPublisher(redis, settings.events_channel), job_metrics=job_metrics_provider(db),
+            publisher=EventPublisher(redis, settings.events_channel),
+            job_metrics=job_metrics_provider(db, settings.restore_rto_target_s),
             probes=probes, watchdog=watchdog,
         )
         if settings.watchdog_enabled:

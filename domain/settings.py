@@ -107,6 +107,11 @@ class Settings(BaseSettings):
 
     # Nightly jobs (SPEC B1-B3).
     backup_dir: Path | None = None
+    # BACKUP_COPY_DIR: a second place (e.g. a mounted network share) each verified backup is copied to and
+    # checked at; unset → none.
+    backup_copy_dir: Path | None = None
+    # RESTORE_RTO_TARGET_S: a restore test slower than this alerts.
+    restore_rto_target_s: float = Field(default=600.0, gt=0)
     backup_keep_daily: int = Field(default=7, ge=1)
     backup_keep_monthly: int = Field(default=4, ge=0)
     backup_cron: str = "0 3 * * *"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +83,18 @@ class JobFigures:
     last_backup_success: bool | None = None
     last_restore_rto_seconds: float | None = None
     keys_cleaned_total: float | None = None
+    # The last verified backup: how long it took, how many rows it holds, whether its second copy was
+    # checked (None: no second location configured); the RTO target restore tests are judged by.
+    last_backup_duration_seconds: float | None = None
+    last_backup_rows: float | None = None
+    last_backup_copied: bool | None = None
+    restore_rto_target_seconds: float | None = None
+
+
+    def last_backup_age_seconds(self) -> float | None:
+        if self.last_backup_timestamp is None:
+            return None
+        return max(0.0, round(time.time() - self.last_backup_timestamp, 1))
 
 
 JobMetricsProvider = Callable[[], Awaitable[JobFigures]]
@@ -198,6 +211,11 @@ class MetricsSnapshot:
                 "lastBackupSuccess": self.jobs.last_backup_success,
                 "lastRestoreRtoSeconds": self.jobs.last_restore_rto_seconds,
                 "keysCleanedTotal": self.jobs.keys_cleaned_total,
+                "lastBackupAgeSeconds": self.jobs.last_backup_age_seconds(),
+                "lastBackupDurationSeconds": self.jobs.last_backup_duration_seconds,
+                "lastBackupRows": self.jobs.last_backup_rows,
+                "lastBackupCopied": self.jobs.last_backup_copied,
+                "restoreRtoTargetSeconds": self.jobs.restore_rto_target_seconds,
             }
         return body
 
@@ -236,6 +254,17 @@ class MetricsSnapshot:
                 ),
                 "whatsapp_last_restore_rto_seconds": ("RTO of the last restore test", jobs.last_restore_rto_seconds),
                 "whatsapp_keys_cleaned": ("Session keys removed by cleanup", jobs.keys_cleaned_total),
+                "whatsapp_last_backup_age_seconds": ("Seconds since the last verified backup",
+                                                     jobs.last_backup_age_seconds()),
+                "whatsapp_last_backup_duration_seconds": ("Duration of the last verified backup (dump + verify)",
+                                                          jobs.last_backup_duration_seconds),
+                "whatsapp_last_backup_rows": ("Rows in the last verified backup", jobs.last_backup_rows),
+                "whatsapp_last_backup_copy_ok": (
+                    "1 if the last backup was copied to BACKUP_COPY_DIR and checked there",
+                    None if jobs.last_backup_copied is None else float(jobs.last_backup_copied),
+                ),
+                "whatsapp_restore_rto_target_seconds": ("RTO target restore tests are judged by",
+                                                        jobs.restore_rto_target_seconds),
             }
             for name, (doc, value) in figures.items():
                 if value is not None:

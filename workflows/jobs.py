@@ -27,10 +27,13 @@ def _summary(kind: str, details: dict[str, Any]) -> str:
     if kind == "backup":
         if details.get("dry_run"):
             return f"{prefix}backup of {details.get('total_rows')} rows would be written"
+        copy = details.get("copy")
+        copied = "" if not copy else (f", copied to {copy.get('dir')}" if copy.get("ok") else ", NOT copied")
         return (f"backup verified: {details.get('total_rows')} rows, {details.get('size_bytes')} bytes, "
-                f"{details.get('duration_s')} s")
+                f"{details.get('duration_s')} s{copied}")
     if kind == "restore-test":
-        return f"restore test passed: {details.get('tables')} tables match, RTO {details.get('rto_s')} s"
+        return (f"restore test passed: {details.get('tables')} tables match, RTO {details.get('rto_s')} s "
+                f"(target {details.get('rto_target_s')} s)")
     would = "would delete" if details.get("dry_run") else "deleted"
     return f"{prefix}key cleanup {would} {details.get('rows_deleted', details.get('rows_to_delete'))} rows"
 
