@@ -12,7 +12,7 @@ from domain.settings import Settings
 from infra.logs import setup_logging
 from infra.sentry import init_sentry
 
-OPERATOR_COMMANDS = frozenset({"sessions", "send", "jobs", "schedules", "keys", "inbox"})
+OPERATOR_COMMANDS = frozenset({"sessions", "send", "jobs", "schedules", "keys", "inbox", "onboarding-links"})
 
 
 def _run_api(settings: Settings) -> int:
