@@ -13,7 +13,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from temporalio.client import Client
 
-from activities.notify import Notifier
+from activities.notify import Alert, Notifier
 from api.deps import AppContext
 from api.errors import install_error_handlers
 from api.events import EventHub
@@ -72,7 +72,12 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
         probe_redis = probe_redis_client(settings)
         probes = InfraProbes(settings, temporal, db, probe_redis)
         # Alerts when the worker cannot send them (issue #15.2): this process watches the infrastructure.
-        watchdog = Watchdog(settings, probes, Notifier(settings).deliver, lease_redis=probe_redis)
+        notifier = Notifier(settings)
+
+        async def alert(text: str, severity: str) -> str:
+            return await notifier.deliver(Alert(text=text, severity=severity))
+
+        watchdog = Watchdog(settings, probes, alert, lease_redis=probe_redis)
         app.state.ctx = AppContext(
             settings, temporal, db, redis, admin_key, limiter=limiter, counters=counters, events=hub,
             publisher=EventPublisher(redis, settings.events_channel),

@@ -4,7 +4,7 @@ Workflow alerts are sent by an activity on the worker; when the worker, Temporal
 PostgreSQL, Redis or every connector is down, none of them can fire. So the API
 process watches those from the outside, every ``WATCHDOG_INTERVAL_S``, with the
 probes of ``/health`` (``infra.probes``), and sends through the one alert path
-(``activities.notify.Notifier.deliver``, Telegram or the log):
+(``activities.notify.Notifier.deliver``, Telegram or the log, given by the API):
 
 * once when a server has been down longer than ``WATCHDOG_GRACE_S`` (a restart
   shorter than that is silent), and once when it is back;
@@ -33,14 +33,14 @@ from datetime import UTC, datetime, timedelta
 import redis.asyncio as aioredis
 from temporalio.client import Client
 
-from activities.notify import Alert
 from domain.inbox import INBOX_WORKFLOW, QUERY_INBOX, InboxSummary
 from domain.settings import Settings
 from infra.probes import SERVER_NAMES, InfraProbes, ProbeResult
 
 log = logging.getLogger("waorch.watchdog")
 
-AlertSender = Callable[[Alert], Awaitable[object]]
+# (text, severity) → delivered; raises when the channel refuses. The API passes Notifier.deliver's.
+AlertSender = Callable[[str, str], Awaitable[object]]
 # Judged only while Temporal answers: without it they cannot be seen, and Temporal's own alert says why.
 NEEDS_TEMPORAL = frozenset({"worker", "connector", "backlog"})
 # At most this many long-running chats are asked for their queue per round.
@@ -147,7 +147,7 @@ class Watchdog:
             log.info("watchdog: not the leader, alert left to it check=%s", name)
             return True
         try:
-            await self.send(Alert(text=text, severity=severity))
+            await self.send(text, severity)
         except Exception as exc:
             log.warning("watchdog alert not delivered check=%s error=%s (tried again next round)",
                         name, type(exc).__name__)

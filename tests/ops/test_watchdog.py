@@ -43,8 +43,8 @@ class Recorded:
     def __init__(self) -> None:
         self.alerts: list[Alert] = []
 
-    async def send(self, alert: Alert) -> str:
-        self.alerts.append(alert)
+    async def send(self, text: str, severity: str) -> str:
+        self.alerts.append(Alert(text=text, severity=severity))
         return "test"
 
     def about(self, word: str) -> list[Alert]:
@@ -210,3 +210,22 @@ def test_watchdog_settings_have_production_defaults() -> None:
     s = Settings(_env_file=None)
     assert (s.watchdog_enabled, s.watchdog_interval_s, s.watchdog_grace_s, s.inbox_backlog_alert_s) == (
         True, 15.0, 60.0, 600.0)
+
+
+async def test_the_api_process_runs_the_watchdog_and_alerts_through_the_one_alert_path(
+    ops_env: Any, make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture,
+) -> None:
+    from tests.api.conftest import ADMIN_KEY, serve_asgi
+
+    client = pydantic(ops_env.client)
+    settings = make_settings(client, api_admin_key=ADMIN_KEY, **FAST)  # no worker, no connector on its queues
+    caplog.set_level("WARNING", logger="waorch.alerts")
+    async with serve_asgi(settings, client) as api:
+        deadline = time.monotonic() + 30
+        while not [r for r in caplog.records if r.name == "waorch.alerts" and "the worker" in r.getMessage()]:
+            assert time.monotonic() < deadline, "the API's watchdog sent no alert"
+            await asyncio.sleep(0.2)
+        inbox = next(c for c in (await api.http.get("/health")).json()["checks"] if c["name"] == "inbox")
+        assert inbox["backlog"] == {"messages": 0, "chats": 0, "oldestSeconds": 0.0}  # the watchdog's last look
+    alerts = [r.getMessage() for r in caplog.records if r.name == "waorch.alerts"]
+    assert len([a for a in alerts if "the worker" in a]) == 1 and all("severity=critical" in a for a in alerts)
