@@ -103,9 +103,12 @@ class InfraProbes:
         self.db = db
         self.redis = redis
 
-    async def run(self, name: str, probe: Awaitable[Any]) -> ProbeResult:
+    async def run(self, name: str, probe: Awaitable[Any], *, judge_speed: bool = True) -> ProbeResult:
+        """``judge_speed=False`` for reports that are not servers (a visibility listing may be slow without
+        anything being wrong): they are bounded by the timeout, never degraded for their latency."""
         s = self.settings
-        return await timed(name, probe, s.health_probe_timeout_s, s.health_probe_slow_s)
+        slow_s = s.health_probe_slow_s if judge_speed else s.health_probe_timeout_s
+        return await timed(name, probe, s.health_probe_timeout_s, slow_s)
 
     async def infrastructure(self) -> list[ProbeResult]:
         """Every server the service needs, probed at once."""
