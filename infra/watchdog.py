@@ -77,28 +77,36 @@ class Watchdog:
     backlog: Backlog | None = None  # as last seen; None: not known (Temporal or the worker down)
     identity: str = field(default_factory=lambda: uuid.uuid4().hex)
     _task: asyncio.Task[None] | None = None
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def backlog_count(self) -> int | None:
         return self.backlog.messages if self.backlog is not None else None
 
     async def start(self) -> None:
+        self._stopping = asyncio.Event()
         self._task = asyncio.create_task(self._loop(), name="watchdog")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+        """End the loop at its next pause (a round in progress is bounded by the probe timeout). Not by
+        cancellation alone: Python 3.11's ``wait_for`` can swallow a cancel that lands as a probe finishes."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping.set()
+        done, _ = await asyncio.wait({task}, timeout=self.settings.health_probe_timeout_s + 2)
+        if not done:
+            task.cancel()
+            await asyncio.wait({task}, timeout=5)
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.run_once()
             except Exception:  # the watchdog never dies of a bad round
                 log.exception("watchdog round failed")
-            await asyncio.sleep(self.settings.watchdog_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.settings.watchdog_interval_s)
 
     async def run_once(self) -> None:
         """One round: probe everything, move each outage on, alert where it is due."""
