@@ -22,6 +22,7 @@ database (also stale ones a crashed run left behind).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -478,7 +479,8 @@ def copy_to_second_location(settings: Settings, dump: Path, manifest: dict[str, 
         _write_private(manifest_path(target), json.dumps(manifest, indent=1, sort_keys=True))  # last: it counts
         deleted = apply_retention(copy_dir, settings.backup_keep_daily, settings.backup_keep_monthly)
     except Exception as exc:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the place itself may be what is broken
+            partial.unlink(missing_ok=True)
         log.warning("backup copy failed copy_dir=%s error=%s", copy_dir, exc)
         return {"ok": False, "dir": str(copy_dir), "error": f"{type(exc).__name__}: {exc}"[:300]}
     return {"ok": True, "dir": str(copy_dir), "file": str(target), "verified_sha256": digest,

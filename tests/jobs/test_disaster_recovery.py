@@ -209,3 +209,15 @@ async def test_restore_test_is_judged_against_the_rto_target_and_metrics_describ
     assert samples["whatsapp_last_backup_size_bytes"] == backup.details["size_bytes"]
     assert samples["whatsapp_last_backup_copy_ok"] == 1
     assert samples["whatsapp_restore_rto_target_seconds"] == 600
+
+
+async def test_a_backup_that_cannot_be_copied_still_counts_and_the_job_says_why(store_dsn: str, jobs_settings: Any,
+                                                                              tmp_path: Path):
+    blocker = tmp_path / "share"
+    blocker.write_text("a file where the share's directory should be")  # the share is not mounted, say
+    settings = jobs_settings(backup_copy_dir=blocker)
+    result = await create_verified_backup(settings, store_dsn)
+    assert Path(result["file"]).is_file() and manifest_path(Path(result["file"])).is_file()  # it counts here
+    assert result["copy"]["ok"] is False and str(blocker) in result["copy"]["dir"]
+    # A warning: the backup job turns it into an alert (as the RTO warning above).
+    assert len(result["warnings"]) == 1 and "not copied to the second location" in result["warnings"][0]
