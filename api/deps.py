@@ -22,8 +22,10 @@ from storage import Database
 if TYPE_CHECKING:
     from api.events import EventHub
     from infra.metrics import EventCounters, JobMetricsProvider
+    from infra.probes import InfraProbes
     from infra.ratelimit import RateLimiter
     from infra.redis import EventPublisher
+    from infra.watchdog import Watchdog
 
 
 @dataclass
@@ -40,6 +42,8 @@ class AppContext:
     publisher: EventPublisher | None = None
     job_metrics: JobMetricsProvider | None = None
     holders: HolderLiveness = field(default_factory=HolderLiveness)
+    probes: InfraProbes | None = None
+    watchdog: Watchdog | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
 

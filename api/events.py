@@ -123,7 +123,8 @@ class EventHub(EventSubscription):
         if event_type not in _NOT_STATE_CHANGES:
             self.connected.invalidate(company_id)
         if self._counters is not None:
-            await self._counters.count_event(raw, event_type)
+            reason = body.get("reason")
+            await self._counters.count_event(raw, event_type, reason if isinstance(reason, str) else None)
         for sub in list(self._subscribers):
             if not sub.wants(company_id):
                 continue

@@ -150,7 +150,7 @@ BREAKS: tuple[Break, ...] = (
     Break("inbox-failed-message-loses-its-claim", "workflows/inbox.py",
           "FailedMessageInput(msg, reason, tuning, processing.claim),",
           'FailedMessageInput(msg, reason, tuning, ""),',
-          (f"{INBOX}::test_receiver_that_never_recovers_leaves_failed_workflow_and_alert",)),
+          ("tests/inbox/test_failed_messages.py::test_failed_messages_are_listed_counted_redelivered_and_discarded",)),
     # ---- auth
     Break("auth-company-key-reaches-any-company", "api/deps.py",
           "        return self.is_admin or self.company_id == company_id\n",
@@ -230,11 +230,11 @@ BREAKS: tuple[Break, ...] = (
           "ban_expires_s=None)",
           (OUTCOMES,)),
     # ---- operations around them
-    Break("alerts-ignore-the-telegram-api-url", "activities/notify.py",
+    Break("alerts-ignore-the-telegram-api-url", "infra/alerts.py",
           "f\"{self._settings.telegram_api_url.rstrip('/')}/bot{token.get_secret_value()}/sendMessage\"",
           "f\"https://api.telegram.org/bot{token.get_secret_value()}/sendMessage\"",
           ("tests/api/test_alerts.py",)),
-    Break("alerts-telegram-error-not-retried", "activities/notify.py",
+    Break("alerts-telegram-error-not-retried", "infra/alerts.py",
           "        if resp.status_code >= 400:\n",
           "        if False:\n",
           ("tests/api/test_alerts.py",)),

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from cli.logfiles import RotatingLogFile
 from storage.pg_tools import pg_bin_dir, pg_program
 
 log = logging.getLogger("waorch.embedded")
@@ -157,10 +158,12 @@ def default_dev_config_path() -> Path:
 
 
 class TemporalDevServer:
-    def __init__(self, config: TemporalDevConfig, data_dir: Path, *, ui: bool = True) -> None:
+    def __init__(self, config: TemporalDevConfig, data_dir: Path, *, ui: bool = True,
+                 log: RotatingLogFile | None = None) -> None:
         self.config = config
         self.data_dir = data_dir
         self.ui = ui
+        self.log = log  # None: append to data_dir/temporal.log
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -178,12 +181,16 @@ class TemporalDevServer:
                 "Set TEMPORAL_ADDRESS to use it, or stop it"
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        logfile = open(self.data_dir / "temporal.log", "ab")
         cmd = [venv_binary("temporal"), "server", "start-dev", *self.config.server_args(self.data_dir, ui=self.ui)]
-        self.proc = subprocess.Popen(
-            cmd, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent
-        )
-        logfile.close()
+        if self.log is None:
+            with open(self.data_dir / "temporal.log", "ab") as logfile:
+                self.proc = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True,
+                                             preexec_fn=die_with_parent)
+        else:
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                         start_new_session=True, preexec_fn=die_with_parent)
+            assert self.proc.stdout is not None
+            self.log.follow(self.proc.stdout, "temporal")
         wait_port(self.config.port, timeout, self.proc, "temporal dev server")
         self._set_retention(timeout)
 
@@ -206,6 +213,14 @@ class TemporalDevServer:
         if self.proc is not None:
             terminate(self.proc, 15)
             self.proc = None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def restart(self) -> None:
+        """Start again on the same database file: namespaces, workflows and schedules are all there."""
+        self.stop()
+        self.start()
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -294,6 +309,34 @@ class EmbeddedPostgres:
                 capture_output=True, user=self._run_as, cwd="/",
             )
 
+    def postmaster_pid(self) -> int | None:
+        """The PID in ``postmaster.pid`` (the running server's, or a dead one's after a crash)."""
+        try:
+            first = (self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0].strip()
+        except OSError:
+            return None
+        return int(first) if first.isdigit() else None
+
+    def alive(self) -> bool:
+        pid = self.postmaster_pid()
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True  # exists, owned by another user
+        return True
+
+    def restart(self) -> None:
+        """Start again on the same data directory: PostgreSQL replays its WAL (crash recovery).
+
+        Backends of a killed postmaster may hold its shared memory for a moment; the
+        start then fails and the launcher tries again after a pause.
+        """
+        self.start()
+
     def create_database(self, name: str) -> None:
         """``CREATE DATABASE`` if missing (name is checked by the caller: identifiers only)."""
         if not name.replace("_", "").isalnum():
@@ -339,6 +382,15 @@ class EmbeddedRedis:
         if self.proc is not None:
             terminate(self.proc)
             self.proc = None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def restart(self) -> None:
+        """Start again on the same directory (its last RDB snapshot; events and rate-limit windows
+        of the last minute may be gone, which costs nothing durable)."""
+        self.stop()
+        self.start()
 
 
 async def wait_until(check: Any, timeout: float, interval: float = 0.05) -> None:

@@ -14,7 +14,7 @@ from domain.settings import Settings
 from infra.logs import setup_logging
 from infra.sentry import init_sentry
 
-OPERATOR_COMMANDS = frozenset({"sessions", "send", "jobs", "schedules", "keys", "doctor"})
+OPERATOR_COMMANDS = frozenset({"sessions", "send", "jobs", "schedules", "keys", "doctor", "inbox", "onboarding-links"})
 EXIT_CONFIG = 78  # sysexits EX_CONFIG: the configuration cannot work; restarting will not help
 
 
@@ -45,6 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("worker", help="run the workflow worker against configured services")
     sub.add_parser("connector", help="run the WhatsApp connector against configured services")
     sub.add_parser("api", help="run the HTTP API against configured services")
+    restore = sub.add_parser("restore", help="replace the configured database with a verified backup "
+                                             "(docs/disaster-recovery.md)")
+    restore.add_argument("backup", help="a backup file (path or name in BACKUP_DIR / BACKUP_COPY_DIR) or 'latest'")
+    restore.add_argument("--force", action="store_true",
+                         help="restore even while sessions are held, or when Temporal cannot be asked")
     add_commands(sub)
     args = parser.parse_args(argv)
 
@@ -81,6 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _exit_now(EXIT_CONFIG)
     if args.command == "api":
         return _run_api(settings)
+    if args.command == "restore":
+        from cli.restore import run_restore
+
+        return run_restore(settings, args.backup, args.force)
     parser.error(f"unknown command {args.command}")
     return 2
 

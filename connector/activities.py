@@ -77,6 +77,7 @@ from domain.session import (
     session_workflow_id,
 )
 from domain.settings import Settings
+from infra.alerts import Alert, AlertSender
 from infra.redis import EventPublisher
 
 log = logging.getLogger("waorch.connector")
@@ -219,6 +220,8 @@ class ConnectorActivities:
         self._ticks = 0
         self.adopted = 0
         self.lost_peers: list[str] = []
+        self._taking_over: dict[str, tuple[str, int]] = {}  # dead incarnation -> (its id, sessions it held)
+        self._alerts = AlertSender(settings)
 
     @property
     def held(self) -> list[str]:
@@ -270,12 +273,21 @@ class ConnectorActivities:
         """One round of coordination: declare dead peers, adopt orphaned holds, check my rows."""
         self._ticks += 1
         for peer in await self.watch.check(self.devices.db, self.redis):
+            # This process declared it dead (exactly one watcher does): one alert for the connector,
+            # not one per session, and one more once every session it held is held again.
             self.lost_peers.append(peer.incarnation)
-            log.warning("connector lost connector_id=%s holds=%d reason=%s", peer.connector_id, peer.holds,
-                        peer.reason)
-            for cid in await self.holds.of(peer.incarnation):
+            companies = await self.holds.of(peer.incarnation)
+            for cid in companies:
                 await self.publish(cid, EventType.DISCONNECTED, reason=f"connector {peer.connector_id} lost",
                                    connector=peer.connector_id)
+            self._taking_over[peer.incarnation] = (peer.connector_id, len(companies))
+            await self._alert(f"WhatsApp connector {peer.connector_id} lost ({peer.reason}); its {len(companies)} "
+                              "sessions are being taken over by the other connectors", "warning")
+        for incarnation, (connector_id, count) in list(self._taking_over.items()):
+            if not await self.holds.of(incarnation):
+                del self._taking_over[incarnation]
+                await self._alert(f"The {count} sessions of lost WhatsApp connector {connector_id} are held again",
+                                  "info")
         await self._adopt()
         if self._ticks % VERIFY_EVERY_TICKS == 0:
             await self._verify()
@@ -426,6 +438,12 @@ class ConnectorActivities:
                 return False
             await asyncio.sleep(_SIGNAL_RETRY_S[min(attempt, len(_SIGNAL_RETRY_S) - 1)])
             attempt += 1
+
+    async def _alert(self, text: str, severity: str) -> None:
+        try:
+            await self._alerts.deliver(Alert(text=text, severity=severity))
+        except Exception as exc:  # the alert channel is down: the log line above says it anyway
+            log.warning("alert not delivered error=%s", type(exc).__name__)
 
     async def publish(self, company_id: str, kind: EventType, **data: Any) -> None:
         await self.events.publish(Event(type=kind, company_id=company_id, data=data))

@@ -46,7 +46,7 @@ ACTIVITY_RELEASE_SESSION = "release_session"  # ReleaseRequest -> bool (holder's
 ACTIVITY_RESTART_CONNECTOR = "restart_connector"  # reason: str -> bool
 # Worker-side activities of the session workflow (core queue).
 ACTIVITY_DELETE_CREDENTIALS = "delete_credentials"  # CredentialsDeletion -> int (rows deleted)
-ACTIVITY_SEND_ALERT = "send_alert"  # activities.notify.Alert-shaped SessionAlert -> channel
+ACTIVITY_SEND_ALERT = "send_alert"  # SessionAlert -> channel (activities/notify.py)
 ACTIVITY_PUBLISH_EVENT = "publish_session_event"  # SessionEventRequest -> None
 ACTIVITY_END_HOLD = "end_hold"  # ReleaseRequest -> bool: forget a hold whose connector cannot be reached
 
@@ -258,7 +258,7 @@ class CredentialsDeletion:
 
 @dataclass
 class SessionAlert:
-    """Same shape as ``activities.notify.Alert`` (workflows do not import activities)."""
+    """One alert (the ``send_alert`` activity's payload; ``infra.alerts.Alert`` is this class)."""
 
     text: str
     company_id: str | None = None

@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     environment: Literal["development", "test", "production"] = "development"
     data_dir: Path = Path(".data")
     log_level: str = "INFO"
+    # `waorch up` writes each process's output to DATA_DIR/logs/<name>.log, rotated past LOG_MAX_BYTES;
+    # LOG_BACKUP_COUNT old files (<name>.log.1 …) are kept.
+    log_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    log_backup_count: int = Field(default=5, ge=0)
 
     # Temporal. Unset address → the launcher runs the embedded dev server.
     temporal_address: str | None = None
@@ -127,6 +131,20 @@ class Settings(BaseSettings):
     # ... or when this many client threads never returned (neonize's FetchMe wait).
     connector_leak_threshold: int = Field(default=50, ge=1)
 
+    # Health (SPEC H1): a probe not answering within HEALTH_PROBE_TIMEOUT_S is down; one answering slower
+    # than HEALTH_PROBE_SLOW_S is degraded. A task-queue poller (worker, connector) not seen by Temporal
+    # for POLLER_STALE_S is gone (an idle worker re-polls about once a minute).
+    health_probe_timeout_s: float = Field(default=5.0, gt=0)
+    health_probe_slow_s: float = Field(default=1.0, gt=0)
+    poller_stale_s: float = Field(default=120.0, gt=0)
+    # The API's infrastructure watchdog (alerts when Temporal, PostgreSQL, Redis, the worker or every
+    # connector has been down longer than WATCHDOG_GRACE_S, once more when back; and on an inbox
+    # backlog: a message queued longer than INBOX_BACKLOG_ALERT_S).
+    watchdog_enabled: bool = True
+    watchdog_interval_s: float = Field(default=15.0, gt=0)
+    watchdog_grace_s: float = Field(default=60.0, ge=0)
+    inbox_backlog_alert_s: float = Field(default=600.0, gt=0)
+
     # Reconnection (SPEC S3) and alerts (SPEC H4).
     backoff_base_s: float = Field(default=1.0, gt=0)
     backoff_cap_s: float = Field(default=300.0, gt=0)
@@ -141,9 +159,17 @@ class Settings(BaseSettings):
     # Sending (SPEC M2).
     rate_limit_count: int = Field(default=30, ge=1)
     rate_limit_window_s: float = Field(default=60.0, gt=0)
+    # DEFAULT_PHONE_REGION: numbers without a leading + are read in this region first ("RU": 8 999…,
+    # 999… → 7999…); unset → they are read as international digits only.
+    default_phone_region: str | None = None
 
     # Nightly jobs (SPEC B1-B3).
     backup_dir: Path | None = None
+    # BACKUP_COPY_DIR: a second place (e.g. a mounted network share) each verified backup is copied to and
+    # checked at; unset → none.
+    backup_copy_dir: Path | None = None
+    # RESTORE_RTO_TARGET_S: a restore test slower than this alerts.
+    restore_rto_target_s: float = Field(default=600.0, gt=0)
     backup_keep_daily: int = Field(default=7, ge=1)
     backup_keep_monthly: int = Field(default=4, ge=0)
     backup_cron: str = "0 3 * * *"
@@ -170,7 +196,7 @@ class Settings(BaseSettings):
     inbox_default_callable: str | None = None  # "package.module:function"
     inbox_webhook_connect_timeout_s: float = Field(default=5.0, gt=0)
     inbox_webhook_timeout_s: float = Field(default=10.0, gt=0)
-    # INBOX_RETRY_WINDOW_S: a handler that keeps failing this long leaves a failed workflow and an alert.
+    # INBOX_RETRY_WINDOW_S: a handler that keeps failing this long leaves the message waiting for an operator.
     inbox_retry_window_s: float = Field(default=3600.0, gt=0)
     inbox_retry_initial_s: float = Field(default=1.0, gt=0)
     inbox_retry_max_interval_s: float = Field(default=60.0, gt=0)
@@ -184,6 +210,20 @@ class Settings(BaseSettings):
     # A handled WhatsApp id stays claimed (a Redis key with this TTL) so a redelivery after the inbox
     # went idle is dropped too; keys expire, so Redis does not grow per message beyond this window.
     inbox_claim_ttl_s: int = Field(default=86400, ge=60)
+    # Failed messages wait for an operator; while any remain, this schedule (UTC) reminds once a day.
+    failed_messages_reminder_cron: str = "0 8 * * *"
+
+    @field_validator("default_phone_region")
+    @classmethod
+    def _known_region(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        import phonenumbers
+
+        region = value.strip().upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"DEFAULT_PHONE_REGION {value!r} is not a region code phonenumbers knows (e.g. RU, DE)")
+        return region
 
     @field_validator("connector_id")
     @classmethod

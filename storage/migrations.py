@@ -199,6 +199,29 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX incoming_spool_chat ON incoming_spool (company_id, chat, id);
         """,
     ),
+    (
+        110,
+        "failed incoming messages waiting for an operator",
+        # A message whose handler failed for the whole retry window (issue #15.1). Temporal's
+        # retention cannot be the only copy: the row stays until an operator redelivers or
+        # discards it (then it is deleted and the audit table says who did what).
+        """
+        CREATE TABLE failed_messages (
+            company_id       text NOT NULL,
+            message_id       text NOT NULL,
+            chat             text NOT NULL,
+            message          jsonb NOT NULL,
+            error            text NOT NULL,
+            claim            text NOT NULL,
+            workflow_id      text NOT NULL,
+            attempts         integer NOT NULL DEFAULT 1,
+            failed_at        timestamptz NOT NULL DEFAULT now(),
+            last_attempt_at  timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (company_id, message_id)
+        );
+        CREATE INDEX failed_messages_failed_at ON failed_messages (failed_at);
+        """,
+    ),
 ]
 
 

@@ -14,6 +14,7 @@ def all_routers(settings: Settings | None = None) -> list[APIRouter]:
         events,
         handlers,
         health,
+        inbox,
         jobs,
         messages,
         metrics,
@@ -24,7 +25,7 @@ def all_routers(settings: Settings | None = None) -> list[APIRouter]:
     )
 
     routers = [health.router, metrics.router, sessions.router, messages.router, events.router, companies.router,
-               handlers.router, jobs.router, schedules.router, onboarding.router]
+               handlers.router, jobs.router, schedules.router, onboarding.router, inbox.router]
     if settings is not None and (settings.wa_transport == "simulator" or settings.neonize_client == "model"):
         routers.append(transport_controls.router)
     return routers

@@ -10,7 +10,8 @@ from typing import Annotated, Any, Literal
 import segno
 from fastapi import APIRouter, Body, Query
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from temporalio.api.enums.v1 import TaskQueueType
 
 from api.deps import AdminDep, AppContext, CompanyDep, CtxDep, PrincipalDep
 from api.errors import ApiError
@@ -28,6 +29,7 @@ from infra.sessions import (
     session_status,
     signal_session,
 )
+from storage import failed_messages
 
 log = logging.getLogger("waorch.api.sessions")
 
@@ -44,18 +46,18 @@ class InitializeBody(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     pairing_phone: StrictStr | None = Field(
-        default=None, alias="pairingPhone", description="link by pairing code instead of QR"
+        default=None, alias="pairingPhone", max_length=256, description="link by pairing code instead of QR"
     )
 
-    @field_validator("pairing_phone")
-    @classmethod
-    def _phone(cls, value: str | None) -> str | None:
-        if value is None:
+    def pairing_number(self, default_region: str | None) -> str | None:
+        """The pairing phone as E.164 digits; raises ApiError 422 naming the field and the region tried."""
+        if self.pairing_phone is None:
             return None
         try:
-            return normalize_phone(value)
+            return normalize_phone(self.pairing_phone, default_region)
         except InvalidAddress as exc:
-            raise ValueError(str(exc)) from None
+            raise ApiError(422, "validation_error", f"pairingPhone: {exc}",
+                           details=[{"field": "pairingPhone", "message": str(exc)}]) from None
 
 
 def status_body(status: SessionStatus) -> dict[str, Any]:
@@ -108,19 +110,27 @@ async def metrics_snapshot(ctx: AppContext, states: list[tuple[str, SessionState
         counters = await ctx.counters.read(local)
     else:
         counters = dict(local)
-    return MetricsSnapshot(by_state, counters, await job_figures(ctx.job_metrics),
+    last_error = ctx.counters.last_error if ctx.counters is not None else None
+    try:
+        failed: int | None = (await failed_messages.summary(ctx.db)).total
+    except Exception as exc:  # metrics report, they never fail the request
+        log.warning("failed-message count unavailable error=%s", type(exc).__name__)
+        failed = None
+    backlog = ctx.watchdog.backlog_count if ctx.watchdog is not None else None
+    return MetricsSnapshot(by_state, counters, await job_figures(ctx.job_metrics), last_error=last_error,
+                           failed_messages=failed, inbox_backlog=backlog,
                            connectors=await _live_connector_figures(ctx))
 
 
 async def _live_connector_figures(ctx: AppContext) -> list[ConnectorFigures]:
     """Figures of the connectors that poll their queue now (a killed one's are left out)."""
-    from api.routes.health import live_connector_pollers
-
     figures = await read_connector_figures(ctx.redis, ctx.settings.redis_prefix)
-    if not figures:
-        return []
+    if not figures or ctx.probes is None:
+        return figures
     try:
-        live = set(await asyncio.wait_for(live_connector_pollers(ctx), LIST_QUERY_TIMEOUT_S))
+        live = set((await asyncio.wait_for(ctx.probes.pollers(
+            ctx.settings.temporal_connector_queue, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY), LIST_QUERY_TIMEOUT_S
+        ))["pollers"])
     except Exception:  # metrics report, they never fail the request
         return figures
     return [f for f in figures if f"connector@{f.connector_id}" in live]
@@ -162,7 +172,7 @@ async def initialize(
     principal: PrincipalDep,
     body: Annotated[InitializeBody | None, Body()] = None,
 ) -> dict[str, Any]:
-    pairing_phone = body.pairing_phone if body else None
+    pairing_phone = body.pairing_number(ctx.settings.default_phone_region) if body else None
     try:
         result = await asyncio.wait_for(
             initialize_session(ctx.client, ctx.settings, company_id, pairing_phone), INITIALIZE_TIMEOUT_S

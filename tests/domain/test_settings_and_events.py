@@ -69,7 +69,8 @@ def test_event_wire_format_round_trips() -> None:
     when = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
     ev = Event(type=EventType.CONNECTED, company_id="company_1", timestamp=when, data={"phone": "7999"})
     wire = ev.to_wire()
-    assert wire == {"type": "connected", "companyId": "company_1", "timestamp": when.isoformat(), "phone": "7999"}
+    assert wire == {"type": "connected", "companyId": "company_1", "timestamp": when.isoformat(), "phone": "7999",
+                    "phoneNumber": "7999"}  # the old back end's name beside the new one
     assert Event.from_wire(wire) == ev
 
 

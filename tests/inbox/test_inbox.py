@@ -7,16 +7,13 @@ import asyncio
 import hashlib
 import hmac
 import json
-import uuid
 
 import pytest
-from temporalio.api.common.v1 import WorkflowExecution
-from temporalio.api.enums.v1 import EventType as HistoryEventType
-from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
 from temporalio.client import WorkflowExecutionStatus
 
 from cli.embedded import wait_until
-from domain.inbox import QUERY_INBOX, InboxSummary, failed_message_workflow_id, inbox_workflow_id
+from domain.inbox import QUERY_INBOX, SIGNAL_DISCARD, InboxSummary, failed_message_workflow_id, inbox_workflow_id
+from storage import failed_messages
 from tests.inbox.conftest import SECRET, Delivery, InboxStack
 
 CHAT = "79990000001@s.whatsapp.net"
@@ -93,24 +90,20 @@ async def test_webhook_down_then_recovers_delivers_everything_in_order(make_inbo
 
 
 @pytest.mark.timeout(150)
-async def test_receiver_that_never_recovers_leaves_failed_workflow_and_alert(make_inbox):
+async def test_receiver_that_never_recovers_leaves_a_waiting_message_and_alert(make_inbox):
     async with make_inbox(inbox_retry_window_s=3.0) as s:
         await s.set_handler("webhook", url=s.receiver.url)
         s.receiver.status = 500
         lost = await s.inject("nobody hears this")
         failed = s.client.get_workflow_handle(failed_message_workflow_id(s.company_id, lost))
 
-        async def failed_status() -> WorkflowExecutionStatus | None:
-            try:
-                status: WorkflowExecutionStatus | None = (await failed.describe()).status
-                return status
-            except Exception:
-                return None
+        async def kept() -> bool:
+            return await failed_messages.get(s.db, s.company_id, lost) is not None
 
-        async def is_failed() -> bool:
-            return await failed_status() == WorkflowExecutionStatus.FAILED
-
-        await wait_until(is_failed, 60, interval=0.2)
+        await wait_until(kept, 60, interval=0.2)
+        # Kept in PostgreSQL, its workflow waiting (running: no retention applies) for an operator.
+        assert (await failed.describe()).status == WorkflowExecutionStatus.RUNNING
+        await s.wait(lambda: bool(s.alerts), 15, "the alert")
         assert [a.severity for a in s.alerts] == ["critical"]
         assert lost in s.alerts[0].text and s.alerts[0].company_id == s.company_id
         assert s.receiver.hook() == []
@@ -119,25 +112,9 @@ async def test_receiver_that_never_recovers_leaves_failed_workflow_and_alert(mak
         nxt = await s.inject("after the outage")
         await s.wait(lambda: len(s.outbox()) >= 1, 45, "the next reply")
         assert [d.body["messageId"] for d in s.receiver.hook()] == [nxt]
-        assert await failed_status() == WorkflowExecutionStatus.FAILED
-
-        # The operator resets the failed workflow (Temporal UI: Reset → first workflow task): the
-        # message is delivered again, in its inbox's name, and answered — once.
-        failed_run = (await failed.describe()).run_id
-        history = await failed.fetch_history()
-        first_task = next(e.event_id for e in history.events
-                          if e.event_type == HistoryEventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED)
-        reset = await s.client.workflow_service.reset_workflow_execution(ResetWorkflowExecutionRequest(
-            namespace=s.client.namespace,
-            workflow_execution=WorkflowExecution(workflow_id=failed.id, run_id=failed_run),
-            reason="receiver is back", workflow_task_finish_event_id=first_task, request_id=str(uuid.uuid4()),
-        ))
-        await s.client.get_workflow_handle(failed.id, run_id=reset.run_id).result()  # completes this time
-        assert await failed_status() == WorkflowExecutionStatus.COMPLETED
-        assert [d.body["messageId"] for d in s.receiver.hook()] == [nxt, lost]
-        assert [(e.quoted, e.text) for e in s.outbox()] == [(nxt, "re: after the outage"),
-                                                            (lost, "re: nobody hears this")]
-        assert [a.severity for a in s.alerts] == ["critical"]  # the reset alerted nobody again
+        assert (await failed.describe()).status == WorkflowExecutionStatus.RUNNING  # still waits for a person
+        await failed.signal(SIGNAL_DISCARD, "test")
+        assert await failed.result() == "discarded"
 
 
 @pytest.mark.timeout(150)

@@ -267,9 +267,11 @@ async def test_pause_resume_logout_remove(ts_stack, company_id, db):
         assert await s.device_rows(company_id) == 0
         assert s.sim.status(company_id) is None
 
+        await connect(s, company_id)  # linked again, then removed while connected
         st = await remove_session(s.client, company_id)
         assert st.state is SessionState.STOPPED
         assert await session_status(s.client, company_id) is None
+        assert s.alerts == []  # pause, logout and remove are the operator's own: nobody is alerted
         assert await db.fetchval(
             "SELECT removed_at IS NOT NULL FROM companies WHERE company_id = $1", company_id
         )

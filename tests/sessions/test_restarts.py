@@ -211,6 +211,7 @@ async def test_connector_sigkill_then_sigterm_sessions_come_back_without_qr(
         sts = await statuses(client, companies)
         assert_clean_history(sts)
         assert not [e for e in s.events if e["type"] == "qr"]
+        assert "alert severity" not in third.log_path.read_text()  # a stop asked for alerts nobody
 
 
 @pytest.mark.parametrize("wa", WA_TRANSPORTS, indirect=True)
@@ -243,6 +244,19 @@ async def test_two_connectors_each_session_held_once_steadily_and_after_failover
         await all_connected(client, companies, 40, {survivor.queue})
         await assert_each_session_held_once_through(client, companies, [survivor], HOLD_PERIOD_S)
         assert_clean_history(await statuses(client, companies))
+        # One alert for the lost connector (not one per session), one when its sessions are held again.
+        moved = len([st for st in sts if st.holder_queue == victim.queue])
+
+        async def back_alert() -> bool:
+            return "sessions of lost WhatsApp connector" in survivor.log_path.read_text()
+
+        await wait_until(back_alert, 10, interval=0.2)
+        log = survivor.log_path.read_text()
+        assert log.count(f"alert severity=warning company_id=None text=WhatsApp connector {victim.connector_id} "
+                         f"lost") == 1, log[-2000:]
+        assert log.count(f"text=The {moved} sessions of lost WhatsApp connector {victim.connector_id} are held "
+                         "again") == 1
+        assert "alert severity=critical" not in log
         assert len([e for e in s.events if e["type"] == "connected"]) == len(companies) + len(
             [st for st in sts if st.holder_queue == victim.queue])  # one reconnection per moved session
 
