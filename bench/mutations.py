@@ -186,7 +186,7 @@ BREAKS: tuple[Break, ...] = (
           "                wait = min(2 * s.lease_ttl_s - (time.monotonic() - started),",
           (HELD_ONCE,)),
     Break("adopter-ignores-stored-credentials", "connector/activities.py",
-          "        jid = row.jid\n",
+          "        jid = await self.devices.device_jid(row.company_id) or row.jid\n",
           "        jid = None\n",
           (f"{RESTARTS}::test_connector_sigkill_then_sigterm_sessions_come_back_without_qr",)),
     Break("connector-sigterm-logs-out", "connector/activities.py",

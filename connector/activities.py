@@ -318,7 +318,8 @@ class ConnectorActivities:
             # Its holder died after the connection ended and before the workflow heard of it.
             self._watch(hold, self._report_end(hold, row.ended))
             return
-        jid = row.jid
+        # The device as stored now: a hold that began as a pairing has one only since its scan.
+        jid = await self.devices.device_jid(row.company_id) or row.jid
         if jid and not await self.transport.device_exists(jid):
             self._watch(hold, self._report_end(hold, HoldOutcome(HoldOutcomeKind.LOGGED_OUT, "device gone")))
             return

@@ -257,6 +257,11 @@ class Settings(BaseSettings):
         return self.backup_dir or self.data_dir / "backups"
 
     @property
+    def connector_pool(self) -> str:
+        """The connectors that adopt each other's holds: one Temporal namespace and connector queue."""
+        return f"{self.temporal_namespace}/{self.temporal_connector_queue}"
+
+    @property
     def connector_own_queue(self) -> str:
         """The task queue only this connector polls (sends, logouts, simulator controls)."""
         return f"{self.temporal_connector_queue}.{self.connector_id}"

@@ -141,16 +141,15 @@ async def send(
         if cache is not None and status is not None and status.state is SessionState.CONNECTED:
             cache.put(company_id, status)
     t_status = time.perf_counter()
+    if status is not None:
+        status = await ctx.holders.current(ctx.db, ctx.settings.connector_pool, status)
     if status is None or status.state is not SessionState.CONNECTED or not status.holder_queue:
-        state = status.state.value if status else "none"
-        raise ApiError(409, "not_connected", f"company {company_id} is not connected (state: {state})",
-                       state=state, companyId=company_id)
-    if status.holder and not await ctx.holders.alive(ctx.db, status.holder):
         if cache is not None:
             cache.invalidate(company_id)
-        raise ApiError(409, "not_connected",
-                       f"company {company_id} is reconnecting: its connector stopped and another is taking over",
-                       state="connecting", companyId=company_id)
+        state = status.state.value if status else "none"
+        why = f": {status.last_error}" if status and status.last_error else ""
+        raise ApiError(409, "not_connected", f"company {company_id} is not connected (state: {state}){why}",
+                       state=state, companyId=company_id)
 
     key = idempotency_key or uuid.uuid4().hex
     request = SendRequest(company_id=company_id, to=recipient, text=body.message,

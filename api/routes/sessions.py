@@ -197,7 +197,7 @@ async def initialize(
 
 @router.get(CID + "/status", summary="The session's state, phone and reconnect figures")
 async def status(ctx: CtxDep, company_id: CompanyDep) -> dict[str, Any]:
-    st = await require_status(ctx, company_id)
+    st = await ctx.holders.current(ctx.db, ctx.settings.connector_pool, await require_status(ctx, company_id))
     if ctx.events is not None and st.state is not SessionState.CONNECTED:
         ctx.events.connected.invalidate(company_id)
     return status_body(st)
@@ -206,6 +206,8 @@ async def status(ctx: CtxDep, company_id: CompanyDep) -> dict[str, Any]:
 @router.get(CID + "/health", summary="200 when connected, 503 otherwise")
 async def health(ctx: CtxDep, company_id: CompanyDep) -> JSONResponse:
     st = await session_status(ctx.client, company_id)
+    if st is not None:
+        st = await ctx.holders.current(ctx.db, ctx.settings.connector_pool, st)
     healthy = st is not None and st.state is SessionState.CONNECTED
     body = {
         "success": True,

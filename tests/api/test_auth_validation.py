@@ -33,6 +33,10 @@ COMPANY_ROUTES = {
     ("DELETE", "/api/whatsapp/sessions/{company_id}"),
     ("POST", "/api/simulator/{company_id}/{action}"),
     ("GET", "/api/simulator/{company_id}/outbox"),
+    # A company sees and acts on its own failed incoming messages (the list shows only its own).
+    ("GET", "/api/inbox/failed"),
+    ("POST", "/api/inbox/failed/{company_id}/{message_id}/redeliver"),
+    ("POST", "/api/inbox/failed/{company_id}/{message_id}/discard"),
 }
 # What a caller would send: a refused request must be refused for who it is, not for its body.
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
@@ -42,7 +46,8 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/companies/{company_id}/onboarding-link"): {"ttlSeconds": 3600},
     ("POST", "/api/schedules/{schedule_id}/{action}"): {"note": "from a company key"},
 }
-PATH_VALUES = {"schedule_id": "backup", "key_id": "1"}  # path parameters that are not a Literal
+# Path parameters that are not a Literal.
+PATH_VALUES = {"schedule_id": "backup", "key_id": "1", "message_id": "3EB0AAAA"}
 
 
 def _assert_error(resp: httpx.Response, status: int, code: str) -> dict[str, Any]:

@@ -200,7 +200,7 @@ def test_cleanup_deletes_only_without_dry_run(stack: StackProcess, stack_dsn: st
     jid = "79990007777:3@s.whatsapp.net"
 
     async def store_with_old_secrets() -> None:
-        await ensure_store_schema(stack_dsn)
+        await ensure_store_schema(f"{stack_dsn}?sslmode=disable")  # lib/pq requires TLS unless told
         conn = await asyncpg.connect(stack_dsn)
         try:
             await conn.execute("INSERT INTO companies (company_id, device_jid) VALUES ('company_962304', $1)", jid)

@@ -26,7 +26,8 @@ OPERATOR_PHONE = "79990000009"
 
 @pytest.fixture(scope="module")
 def model_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackProcess]:
-    s = StackProcess(tmp_path_factory.mktemp("doctor") / "data", WA_TRANSPORT="neonize", NEONIZE_CLIENT="model")
+    s = StackProcess(tmp_path_factory.mktemp("doctor") / "data", WA_TRANSPORT="neonize", NEONIZE_CLIENT="model",
+                     LOG_LEVEL="INFO")
     s.start()
     yield s
     s.kill()

@@ -38,6 +38,7 @@ async def test_echo_handler_set_through_the_api_replies_and_inbox_completes_when
         # (the id is claimed by the first run); the next new message is answered.
         await s.inject("hello there", chat="79991112233@s.whatsapp.net", message_id=mid)
         again = await s.inject("again", chat="79991112233@s.whatsapp.net")
+        await s.handed_over()  # the new run exists: the handle's result is its own
         second_run = await handle.result()  # the new run, idle → done: every echo it would send is out
         assert (second_run.handled, second_run.last_message_id) == (2, again)
         assert [(e.text, e.quoted) for e in s.outbox()] == [("echo: hello there", mid), ("echo: again", again)]
