@@ -1,4 +1,4 @@
-"""The FastAPI application: REST, WebSocket events, health, metrics, onboarding page."""
+"""The FastAPI application: REST, WebSocket events, health, metrics, onboarding and operator pages."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from temporalio.client import Client
 
 from api.deps import AppContext
 from api.errors import install_error_handlers
-from api.events import EventHub
+from api.events import EventHub, LastEvents
 from api.routes import all_routers
 from domain.settings import Settings
 from infra.admin_key import load_or_create_admin_key
@@ -60,7 +60,8 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
             redis, prefix=settings.redis_prefix, limit=settings.rate_limit_count,
             window_s=settings.rate_limit_window_s, counters_key=counters_key(settings.redis_prefix),
         )
-        hub = EventHub(settings.redis_dsn, settings.events_channel, counters)
+        last_events = LastEvents(redis, settings.redis_prefix)
+        hub = EventHub(settings.redis_dsn, settings.events_channel, counters, last_events)
         await hub.start()
         try:  # events published right after start-up must reach WebSocket clients
             await asyncio.wait_for(hub.subscribed.wait(), 3.0)
@@ -69,6 +70,7 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
         app.state.ctx = AppContext(
             settings, temporal, db, redis, admin_key, limiter=limiter, counters=counters, events=hub,
             publisher=EventPublisher(redis, settings.events_channel), job_metrics=job_metrics_provider(db),
+            last_events=last_events,
         )
         try:
             yield
