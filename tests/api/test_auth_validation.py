@@ -31,6 +31,7 @@ COMPANY_ENDPOINTS = [
 ]
 ADMIN_ENDPOINTS = [
     ("GET", "/api/whatsapp/metrics", None),
+    ("GET", "/api/whatsapp/dashboard", None),
     ("POST", "/api/companies/{c}/keys", None),
     ("GET", "/api/companies/{c}/keys", None),
     ("DELETE", "/api/companies/{c}/keys", None),
@@ -69,9 +70,10 @@ async def test_auth_matrix(api: Api) -> None:
     listing = await api.http.get("/api/whatsapp/sessions", headers={"X-API-Key": my_key})
     assert listing.status_code == 200 and "metrics" not in listing.json()
     assert all(s["companyId"] == mine for s in listing.json()["sessions"])
-    # Public: health and Prometheus metrics.
+    # Public: health, Prometheus metrics, and the operator page (static; it asks for the admin key).
     assert (await api.http.get("/health")).status_code in (200, 503)
     assert (await api.http.get("/metrics")).status_code == 200
+    assert (await api.http.get("/dashboard")).status_code == 200
 
 
 async def test_company_key_is_shown_once_stored_hashed_and_revocable(api: Api, database_dsn: str) -> None:
@@ -185,6 +187,6 @@ async def test_openapi_docs_describe_every_route(api: Api) -> None:
     for path in (
         "/api/whatsapp/sessions", "/api/whatsapp/sessions/{company_id}/send", "/api/whatsapp/sessions/{company_id}/qr",
         "/api/whatsapp/metrics", "/metrics", "/health", "/api/companies/{company_id}/keys",
-        "/api/simulator/{company_id}/{action}",
+        "/api/simulator/{company_id}/{action}", "/dashboard", "/api/whatsapp/dashboard",
     ):
         assert path in paths, sorted(paths)
