@@ -87,7 +87,7 @@ class LastEvents:
     """The latest event of each company (its type and time), for the operator page: one Redis hash
     that every API process writes as events go by (the same event, so the same value) and reads for
     the list. Events published while no API process is subscribed, or while Redis is down, are not
-    seen; the page then shows the session's last state change instead."""
+    seen: such a company has no entry (the page says "none seen") or an older one."""
 
     def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
         self._redis = redis
