@@ -1,4 +1,4 @@
-"""The FastAPI application: REST, WebSocket events, health, metrics, onboarding page."""
+"""The FastAPI application: REST, WebSocket events, health, metrics, onboarding and operator pages."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from temporalio.client import Client
 
 from api.deps import AppContext
 from api.errors import install_error_handlers
-from api.events import EventHub, HolderLiveness
+from api.events import EventHub, HolderLiveness, LastEvents
 from api.routes import all_routers
 from domain.settings import Settings
 from infra.admin_key import load_or_create_admin_key
@@ -64,7 +64,8 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
             window_s=settings.rate_limit_window_s, counters_key=counters_key(settings.redis_prefix),
         )
         holders = HolderLiveness()
-        hub = EventHub(settings.redis_dsn, settings.events_channel, counters, holders)
+        last_events = LastEvents(redis, settings.redis_prefix)
+        hub = EventHub(settings.redis_dsn, settings.events_channel, counters, holders, last_events)
         await hub.start()
         try:  # events published right after start-up must reach WebSocket clients
             await asyncio.wait_for(hub.subscribed.wait(), 3.0)
@@ -84,6 +85,7 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
             publisher=EventPublisher(redis, settings.events_channel),
             job_metrics=job_metrics_provider(db, settings.restore_rto_target_s),
             probes=probes, watchdog=watchdog, holders=holders,
+            last_events=last_events,
         )
         if settings.watchdog_enabled:
             await watchdog.start()

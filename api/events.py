@@ -16,6 +16,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis.asyncio as aioredis
+
 from domain.session import SessionStatus
 from domain.states import SessionState
 from infra.metrics import EventCounters
@@ -101,6 +103,42 @@ class HolderLiveness:
                                    last_error="its connector stopped; another is taking the connection over")
 
 
+class LastEvents:
+    """The latest event of each company (its type and time), for the operator page: one Redis hash
+    that every API process writes as events go by (the same event, so the same value) and reads for
+    the list. Events published while no API process is subscribed, or while Redis is down, are not
+    seen: such a company has no entry (the page says "none seen") or an older one."""
+
+    def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
+        self._redis = redis
+        self.key = f"{prefix}whatsapp:last-event"
+
+    async def record(self, company_id: str, event_type: str, timestamp: str) -> None:
+        try:
+            await self._redis.hset(self.key, company_id, json.dumps({"type": event_type, "timestamp": timestamp}))
+        except (aioredis.RedisError, OSError):
+            pass  # a live notification: the page still gets the event itself over the WebSocket
+
+    async def read(self, company_ids: list[str]) -> dict[str, dict[str, str]]:
+        """``{company: {"type", "timestamp"}}`` for the companies that have one; empty while Redis is down."""
+        if not company_ids:
+            return {}
+        try:
+            values: list[Any] = await self._redis.hmget(self.key, company_ids)
+        except (aioredis.RedisError, OSError):
+            return {}
+        out: dict[str, dict[str, str]] = {}
+        for company_id, raw in zip(company_ids, values, strict=True):
+            if raw is None:
+                continue
+            try:
+                body = json.loads(raw)
+                out[company_id] = {"type": str(body["type"]), "timestamp": str(body["timestamp"])}
+            except (ValueError, KeyError, TypeError):
+                continue
+        return out
+
+
 @dataclass(eq=False)
 class Subscriber:
     """One WebSocket client: the companies it may see (``None``: all) and its queue."""
@@ -117,9 +155,10 @@ class EventHub(EventSubscription):
     name = "event-hub"
 
     def __init__(self, redis_dsn: str, channel: str, counters: EventCounters | None,
-                 holders: HolderLiveness | None = None) -> None:
+                 holders: HolderLiveness | None = None, last_events: LastEvents | None = None) -> None:
         super().__init__(redis_dsn, channel)
         self._counters = counters
+        self._last_events = last_events
         self._subscribers: set[Subscriber] = set()
         self.received = 0
         self.connected = ConnectedCache()
@@ -138,6 +177,7 @@ class EventHub(EventSubscription):
             body: dict[str, Any] = json.loads(raw)
             company_id = str(body["companyId"])
             event_type = str(body["type"])
+            timestamp = str(body.get("timestamp") or "")
         except (ValueError, KeyError, TypeError):
             log.warning("event ignored: not an event object channel=%s", self.channel)
             return
@@ -149,6 +189,8 @@ class EventHub(EventSubscription):
         if self._counters is not None:
             reason = body.get("reason")
             await self._counters.count_event(raw, event_type, reason if isinstance(reason, str) else None)
+        if self._last_events is not None and timestamp:
+            await self._last_events.record(company_id, event_type, timestamp)
         for sub in list(self._subscribers):
             if not sub.wants(company_id):
                 continue

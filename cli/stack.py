@@ -158,6 +158,8 @@ class Stack:
             self.temporal.start()
             env["TEMPORAL_ADDRESS"] = self.temporal.address
             env["TEMPORAL_NAMESPACE"] = cfg.namespace
+            if s.temporal_ui_url is None:  # the operator page links each session to this UI
+                env["TEMPORAL_UI_URL"] = self.temporal.ui_url
             log.info("temporal dev server up address=%s ui=%s", self.temporal.address, self.temporal.ui_url)
         if s.uses_embedded_postgres:
             self.postgres = EmbeddedPostgres(data / "postgres", s.postgres_port)
@@ -239,13 +241,14 @@ async def run_stack(settings: Settings) -> int:
         api = f"http://{settings.api_host}:{settings.api_port}"
         body = await _wait_healthy(f"{api}/health", 60, stack.children)
         took = time.monotonic() - started
-        ui = stack.temporal.ui_url if stack.temporal else "(external Temporal: its own UI)"
+        ui = stack.temporal.ui_url if stack.temporal else settings.temporal_ui_url or "(external Temporal: its own UI)"
         print(
             "\n".join([
                 f"waorch stack is up in {took:.1f}s (health: {body.get('status')})",
                 f"  API            {api}",
                 f"  API docs       {api}/docs",
                 f"  onboarding     {api}/onboarding/<company_id>",
+                f"  operator page  {api}/dashboard   (asks for the admin key)",
                 f"  health         {api}/health    metrics {api}/metrics",
                 f"  Temporal UI    {ui}",
                 f"  transport      {settings.wa_transport}",

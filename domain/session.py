@@ -186,7 +186,10 @@ class SessionStatus:
     holder_queue: str | None = None
     holder: str | None = None  # connector incarnation whose lease covers the connection
     hold_id: str | None = None
-    attempt: int = 0
+    attempt: int = 0  # the current run of failed reconnect attempts (0 once connected)
+    # Connections re-established after the session's device first connected: drops, relinks, resumes,
+    # a hold adopted by another connector. Carried through continue-as-new; a new pairing starts at 0.
+    reconnects: int = 0
     next_retry_at: datetime | None = None
     last_error: str | None = None
     qr: str | None = None

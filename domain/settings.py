@@ -10,7 +10,7 @@ import socket
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     # slots, poll and schedule-to-start latency) on TEMPORAL_SDK_METRICS_HOST:port; unset → off.
     temporal_sdk_metrics_port: int | None = Field(default=None, ge=1, le=65535)
     temporal_sdk_metrics_host: str = "127.0.0.1"
+    # Base URL of the Temporal Web UI, for the links of the operator page (/dashboard). Unset: `waorch up`
+    # passes its embedded dev server's UI; an API of its own on the default dev server assumes
+    # 127.0.0.1:TEMPORAL_UI_PORT (8233); with TEMPORAL_ADDRESS set and this unset the page shows no link.
+    temporal_ui_url: str | None = None
 
     # PostgreSQL. DATABASE_URL wins; else DB_* parts (password URL-encoded for you);
     # else the embedded server.
@@ -225,6 +229,16 @@ class Settings(BaseSettings):
             raise ValueError(f"DEFAULT_PHONE_REGION {value!r} is not a region code phonenumbers knows (e.g. RU, DE)")
         return region
 
+    @field_validator("temporal_ui_url")
+    @classmethod
+    def _temporal_ui_url_is_http(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parsed = urlsplit(value.strip())
+        if parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.query or parsed.fragment:
+            raise ValueError("TEMPORAL_UI_URL must be an http(s) URL such as https://temporal.example.com")
+        return value.strip().rstrip("/")
+
     @field_validator("connector_id")
     @classmethod
     def _connector_id_is_queue_safe(cls, value: str) -> str:
@@ -265,6 +279,15 @@ class Settings(BaseSettings):
     def connector_own_queue(self) -> str:
         """The task queue only this connector polls (sends, logouts, simulator controls)."""
         return f"{self.temporal_connector_queue}.{self.connector_id}"
+
+    @property
+    def temporal_ui_base_url(self) -> str | None:
+        """Where the Temporal Web UI is, or None when nobody said (external Temporal, no TEMPORAL_UI_URL)."""
+        if self.temporal_ui_url is not None:
+            return self.temporal_ui_url
+        if self.uses_embedded_temporal:
+            return f"http://127.0.0.1:{self.temporal_ui_port or 8233}"
+        return None
 
     @property
     def temporal_target(self) -> str:

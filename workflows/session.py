@@ -568,6 +568,10 @@ class SessionWorkflow:
             return
         self._hold_connected = True
         st = self._st
+        if st.jid is None:
+            st.reconnects = 0  # a first pairing, or a new one after a logout: a new device
+        elif st.state is not SessionState.CONNECTED or sig.holder_queue != st.holder_queue:
+            st.reconnects += 1  # the same device back after a drop, relink, resume or adoption
         st.jid = sig.jid
         st.phone = sig.phone or st.phone
         st.holder_queue = sig.holder_queue

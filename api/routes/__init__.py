@@ -11,6 +11,7 @@ def all_routers(settings: Settings | None = None) -> list[APIRouter]:
     # Imported here so a route module can import api.deps without a cycle.
     from api.routes import (
         companies,
+        dashboard,
         events,
         handlers,
         health,
@@ -25,7 +26,7 @@ def all_routers(settings: Settings | None = None) -> list[APIRouter]:
     )
 
     routers = [health.router, metrics.router, sessions.router, messages.router, events.router, companies.router,
-               handlers.router, jobs.router, schedules.router, onboarding.router, inbox.router]
+               handlers.router, jobs.router, schedules.router, onboarding.router, inbox.router, dashboard.router]
     if settings is not None and (settings.wa_transport == "simulator" or settings.neonize_client == "model"):
         routers.append(transport_controls.router)
     return routers

@@ -71,6 +71,7 @@ def status_body(status: SessionStatus) -> dict[str, Any]:
         "phone": status.phone,
         "jid": status.jid,
         "reconnectAttempts": status.attempt,
+        "reconnects": status.reconnects,
         "nextRetryAt": status.next_retry_at.isoformat() if status.next_retry_at else None,
         "lastError": status.last_error,
         "qrAvailable": status.qr is not None,
@@ -136,13 +137,13 @@ async def _live_connector_figures(ctx: AppContext) -> list[ConnectorFigures]:
     return [f for f in figures if f"connector@{f.connector_id}" in live]
 
 
-@router.get("/sessions", summary="Every session (admin) or the caller's own, with a metrics summary")
-async def list_all(ctx: CtxDep, principal: PrincipalDep) -> dict[str, Any]:
-    states = await list_sessions(ctx.client)
-    visible = [(cid, st) for cid, st in states if principal.can_access(cid)]
+async def session_rows(ctx: AppContext, visible: list[tuple[str, SessionState]]) -> list[dict[str, Any]]:
+    """One row per session for the lists (``GET /sessions``, the operator page): the workflow's own
+    status, or, for a session whose worker answers no query in time, its state from visibility."""
     limit = asyncio.Semaphore(20)
+    last_events = await ctx.last_events.read([cid for cid, _ in visible]) if ctx.last_events else {}
 
-    async def detail(cid: str, state: SessionState) -> dict[str, Any]:
+    async def row(cid: str, state: SessionState) -> dict[str, Any]:
         async with limit:
             try:
                 # Bounded: a session whose worker is down answers no query, and one such
@@ -152,14 +153,24 @@ async def list_all(ctx: CtxDep, principal: PrincipalDep) -> dict[str, Any]:
                 status = None
         if status is None:
             return {"companyId": cid, "connected": state is SessionState.CONNECTED, "status": state.value,
-                    "health": "healthy" if state is SessionState.CONNECTED else "unhealthy", "phone": None}
+                    "health": "healthy" if state is SessionState.CONNECTED else "unhealthy", "phone": None,
+                    "statusSource": "visibility", "lastEvent": last_events.get(cid)}
         connected = status.state is SessionState.CONNECTED
         return {"companyId": cid, "connected": connected, "status": status.state.value,
                 "health": "healthy" if connected else "unhealthy", "phone": status.phone, "jid": status.jid,
-                "reconnectAttempts": status.attempt}
+                "reconnectAttempts": status.attempt, "reconnects": status.reconnects,
+                "since": status.since.isoformat() if status.since else None, "lastError": status.last_error,
+                "nextRetryAt": status.next_retry_at.isoformat() if status.next_retry_at else None,
+                "statusSource": "workflow", "lastEvent": last_events.get(cid)}
 
-    sessions = await asyncio.gather(*(detail(cid, st) for cid, st in visible))
-    body: dict[str, Any] = {"success": True, "count": len(sessions), "sessions": list(sessions)}
+    return list(await asyncio.gather(*(row(cid, st) for cid, st in visible)))
+
+
+@router.get("/sessions", summary="Every session (admin) or the caller's own, with a metrics summary")
+async def list_all(ctx: CtxDep, principal: PrincipalDep) -> dict[str, Any]:
+    states = await list_sessions(ctx.client)
+    sessions = await session_rows(ctx, [(cid, st) for cid, st in states if principal.can_access(cid)])
+    body: dict[str, Any] = {"success": True, "count": len(sessions), "sessions": sessions}
     if principal.is_admin:
         body["metrics"] = (await metrics_snapshot(ctx, states)).to_json()
     return body

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.timeout(60)
 # answer the admin and the company's own credentials (its key, or its onboarding link); every other
 # route is admin-only. The lists name only the first two, so a new admin route is covered the day it
 # is added, and a new route a company may call fails here until it is listed.
-PUBLIC_ROUTES = {("GET", "/health"), ("GET", "/metrics"), ("GET", "/onboarding/{company_id}")}
+# The operator page itself holds no data and no secret: it asks for the admin key (its API is admin-only).
+PUBLIC_ROUTES = {("GET", "/health"), ("GET", "/metrics"), ("GET", "/onboarding/{company_id}"), ("GET", "/dashboard")}
 COMPANY_ROUTES = {
     ("GET", "/api/whatsapp/sessions"),
     ("POST", "/api/whatsapp/sessions/{company_id}/initialize"),
@@ -136,6 +137,7 @@ async def test_company_routes_answer_only_their_own_company(api: Api) -> None:
     health = await api.http.get("/health")
     assert health.status_code == 200 and health.json()["status"] == "degraded", health.text
     assert (await api.http.get("/metrics")).status_code == 200
+    assert (await api.http.get("/dashboard")).status_code == 200
 
 
 async def test_company_key_is_shown_once_stored_hashed_and_revocable(api: Api, database_dsn: str) -> None:
@@ -249,6 +251,6 @@ async def test_openapi_docs_describe_every_route(api: Api) -> None:
     for path in (
         "/api/whatsapp/sessions", "/api/whatsapp/sessions/{company_id}/send", "/api/whatsapp/sessions/{company_id}/qr",
         "/api/whatsapp/metrics", "/metrics", "/health", "/api/companies/{company_id}/keys",
-        "/api/simulator/{company_id}/{action}",
+        "/api/simulator/{company_id}/{action}", "/dashboard", "/api/whatsapp/dashboard",
     ):
         assert path in paths, sorted(paths)

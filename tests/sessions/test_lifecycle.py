@@ -310,6 +310,27 @@ async def test_logout_and_remove_without_a_connection_delete_the_device_from_the
         )
 
 
+async def test_reconnects_count_the_same_device_coming_back(ts_stack, company_id):
+    async with ts_stack(backoff_base_s=0.2, backoff_cap_s=1) as s:
+        st = await connect(s, company_id)
+        assert st.reconnects == 0  # the first pairing is not a reconnect
+        s.sim.drop(company_id)
+        st = await s.wait_for(company_id, lambda x: x.state is SessionState.CONNECTED and x.reconnects == 1)
+        s.sim.replace(company_id)
+        await s.wait_state(company_id, SessionState.REPLACED)
+        await signal_session(s.client, company_id, "relink")
+        st = await s.wait_for(company_id, lambda x: x.state is SessionState.CONNECTED and x.reconnects == 2)
+        await signal_session(s.client, company_id, "pause")
+        await s.wait_state(company_id, SessionState.PAUSED)
+        await signal_session(s.client, company_id, "resume")
+        st = await s.wait_for(company_id, lambda x: x.state is SessionState.CONNECTED and x.reconnects == 3)
+        assert st.attempt == 0
+        # A logout and a new pairing is a new device: its count starts again.
+        await logout_session(s.client, company_id)
+        st = await connect(s, company_id)
+        assert st.reconnects == 0
+
+
 RECEIVED: list[IncomingMessage] = []
 
 
