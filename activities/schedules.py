@@ -43,6 +43,7 @@ def job_schedules(settings: Settings) -> list[JobSchedule]:
         JobSchedule("backup", f"{prefix}-backup", settings.backup_cron),
         JobSchedule("cleanup", f"{prefix}-cleanup", settings.cleanup_cron),
         JobSchedule("restore-test", f"{prefix}-restore-test", settings.restore_test_cron),
+        JobSchedule("failed-messages", f"{prefix}-failed-messages", settings.failed_messages_reminder_cron),
     ]
 
 
@@ -57,7 +58,7 @@ def build_schedule(
             task_queue=settings.temporal_core_queue,
             # Temporal stores a cron as calendars; the memo keeps the expression readable.
             memo={"cron": job.cron, "kind": job.kind},
-            static_summary=f"nightly {job.kind} ({job.cron} UTC)",
+            static_summary=f"scheduled {job.kind} ({job.cron} UTC)",
         ),
         spec=ScheduleSpec(cron_expressions=[job.cron], time_zone_name="UTC"),
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),

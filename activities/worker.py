@@ -16,6 +16,7 @@ from temporalio.worker import Worker
 from activities.backup import BackupActivities
 from activities.cleanup import CleanupActivities
 from activities.event_relay import EventRelay
+from activities.failed_messages import FailedMessageActivities
 from activities.inbox import InboxActivities
 from activities.jobs_common import JobRecorder
 from activities.notify import Notifier
@@ -53,6 +54,7 @@ def build_activities(deps: WorkerDeps) -> list[Callable[..., Any]]:
         jobs.record_job_start, jobs.record_job_finish, backup.run_backup, backup.run_restore_test,
         cleanup.run_cleanup,
         *InboxActivities(deps.settings, deps.db, deps.redis, deps.client).activities(),
+        *FailedMessageActivities(deps.db).activities(),
     ]
 
 

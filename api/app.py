@@ -1,4 +1,4 @@
-"""The FastAPI application: REST, WebSocket events, health, metrics, onboarding page."""
+"""The FastAPI application: REST, WebSocket events, health, metrics, onboarding and operator pages."""
 
 from __future__ import annotations
 
@@ -15,16 +15,19 @@ from temporalio.client import Client
 
 from api.deps import AppContext
 from api.errors import install_error_handlers
-from api.events import EventHub
+from api.events import EventHub, HolderLiveness, LastEvents
 from api.routes import all_routers
 from domain.settings import Settings
 from infra.admin_key import load_or_create_admin_key
+from infra.alerts import Alert, AlertSender
 from infra.jobs import job_metrics_provider
 from infra.metrics import EventCounters, counters_key
+from infra.probes import InfraProbes, probe_redis_client
 from infra.ratelimit import RateLimiter
 from infra.redis import EventPublisher
 from infra.sentry import init_sentry
 from infra.temporal import connect_temporal
+from infra.watchdog import Watchdog
 from storage import Database, migrate
 
 log = logging.getLogger("waorch.api")
@@ -60,22 +63,40 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
             redis, prefix=settings.redis_prefix, limit=settings.rate_limit_count,
             window_s=settings.rate_limit_window_s, counters_key=counters_key(settings.redis_prefix),
         )
-        hub = EventHub(settings.redis_dsn, settings.events_channel, counters)
+        holders = HolderLiveness()
+        last_events = LastEvents(redis, settings.redis_prefix)
+        hub = EventHub(settings.redis_dsn, settings.events_channel, counters, holders, last_events)
         await hub.start()
         try:  # events published right after start-up must reach WebSocket clients
             await asyncio.wait_for(hub.subscribed.wait(), 3.0)
         except TimeoutError:
             log.warning("events: Redis subscription not ready yet; it keeps retrying")
+        probe_redis = probe_redis_client(settings)
+        probes = InfraProbes(settings, temporal, db, probe_redis)
+        # Alerts when the worker cannot send them (issue #15.2): this process watches the infrastructure.
+        alerts = AlertSender(settings)
+
+        async def alert(text: str, severity: str) -> str:
+            return await alerts.deliver(Alert(text=text, severity=severity))
+
+        watchdog = Watchdog(settings, probes, alert, lease_redis=probe_redis)
         app.state.ctx = AppContext(
             settings, temporal, db, redis, admin_key, limiter=limiter, counters=counters, events=hub,
-            publisher=EventPublisher(redis, settings.events_channel), job_metrics=job_metrics_provider(db),
+            publisher=EventPublisher(redis, settings.events_channel),
+            job_metrics=job_metrics_provider(db, settings.restore_rto_target_s),
+            probes=probes, watchdog=watchdog, holders=holders,
+            last_events=last_events,
         )
+        if settings.watchdog_enabled:
+            await watchdog.start()
         try:
             yield
         finally:
+            await watchdog.stop()
             await hub.stop()
             await db.close()
             await redis.aclose()
+            await probe_redis.aclose()
 
     app = FastAPI(
         title="waorch",

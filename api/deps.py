@@ -20,10 +20,12 @@ from domain.settings import Settings
 from storage import Database
 
 if TYPE_CHECKING:
-    from api.events import EventHub
+    from api.events import EventHub, LastEvents
     from infra.metrics import EventCounters, JobMetricsProvider
+    from infra.probes import InfraProbes
     from infra.ratelimit import RateLimiter
     from infra.redis import EventPublisher
+    from infra.watchdog import Watchdog
 
 
 @dataclass
@@ -39,7 +41,10 @@ class AppContext:
     events: EventHub | None = None
     publisher: EventPublisher | None = None
     job_metrics: JobMetricsProvider | None = None
+    last_events: LastEvents | None = None
     holders: HolderLiveness = field(default_factory=HolderLiveness)
+    probes: InfraProbes | None = None
+    watchdog: Watchdog | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
 

@@ -10,11 +10,16 @@ The subscription has its own Redis connection with unlimited reconnects
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis.asyncio as aioredis
+
+from domain.session import SessionStatus
+from domain.states import SessionState
 from infra.metrics import EventCounters
 from infra.redis import EventSubscription
 from storage import Database
@@ -54,31 +59,84 @@ class ConnectedCache:
 
 
 class HolderLiveness:
-    """Whether the connector process holding a session still runs: one that stopped or was declared
-    dead has its holds adopted by another, and a send queued for it meanwhile would wait for a queue
-    nobody polls. Unknown (database slow or down) counts as alive; answers are kept ``ttl_s``."""
+    """Whether a connected session's connection is held by a live connector process right now.
 
-    def __init__(self, ttl_s: float = 2.0, timeout_s: float = 0.3) -> None:
+    The session workflow hears "connected" once; when its connector stops or dies, another adopts
+    the hold (connector/holds.py), and until then, or for good when the adopter has the same
+    CONNECTOR_ID, the workflow's holder is out of date. The hold's row says who holds it now: a
+    session whose holder stopped or was declared dead is being taken over, and a send queued for it
+    would wait for a queue nobody polls. Unknown (database slow or down) counts as held; answers are
+    kept ``ttl_s`` per company, and dropped by any state-change event of the company.
+    """
+
+    def __init__(self, ttl_s: float = 0.5, timeout_s: float = 0.3) -> None:
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
         self._answers: dict[str, tuple[float, bool]] = {}
 
-    async def alive(self, db: Database, holder: str) -> bool:
+    async def held(self, db: Database, pool: str, company_id: str) -> bool:
         now = asyncio.get_running_loop().time()
-        hit = self._answers.get(holder)
+        hit = self._answers.get(company_id)
         if hit is not None and hit[0] > now:
             return hit[1]
         try:
             gone = await asyncio.wait_for(db.fetchval(
-                "SELECT dead_at IS NOT NULL OR released_at IS NOT NULL FROM connector_leases WHERE incarnation = $1",
-                holder,
+                """SELECT l.dead_at IS NOT NULL OR l.released_at IS NOT NULL FROM session_holds h
+                   JOIN connector_leases l ON l.incarnation = h.holder WHERE h.pool = $1 AND h.company_id = $2""",
+                pool, company_id,
             ), self.timeout_s)
         except Exception:
             gone = None
-        if len(self._answers) > 1000:
+        if len(self._answers) > 10_000:
             self._answers.clear()
-        self._answers[holder] = (now + self.ttl_s, not gone)
+        self._answers[company_id] = (now + self.ttl_s, not gone)
         return not gone
+
+    def invalidate(self, company_id: str) -> None:
+        self._answers.pop(company_id, None)
+
+    async def current(self, db: Database, pool: str, status: SessionStatus) -> SessionStatus:
+        """``status``, or, when it says connected but its connector stopped, the same as ``connecting``."""
+        if status.state is not SessionState.CONNECTED or await self.held(db, pool, status.company_id):
+            return status
+        return dataclasses.replace(status, state=SessionState.CONNECTING,
+                                   last_error="its connector stopped; another is taking the connection over")
+
+
+class LastEvents:
+    """The latest event of each company (its type and time), for the operator page: one Redis hash
+    that every API process writes as events go by (the same event, so the same value) and reads for
+    the list. Events published while no API process is subscribed, or while Redis is down, are not
+    seen: such a company has no entry (the page says "none seen") or an older one."""
+
+    def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
+        self._redis = redis
+        self.key = f"{prefix}whatsapp:last-event"
+
+    async def record(self, company_id: str, event_type: str, timestamp: str) -> None:
+        try:
+            await self._redis.hset(self.key, company_id, json.dumps({"type": event_type, "timestamp": timestamp}))
+        except (aioredis.RedisError, OSError):
+            pass  # a live notification: the page still gets the event itself over the WebSocket
+
+    async def read(self, company_ids: list[str]) -> dict[str, dict[str, str]]:
+        """``{company: {"type", "timestamp"}}`` for the companies that have one; empty while Redis is down."""
+        if not company_ids:
+            return {}
+        try:
+            values: list[Any] = await self._redis.hmget(self.key, company_ids)
+        except (aioredis.RedisError, OSError):
+            return {}
+        out: dict[str, dict[str, str]] = {}
+        for company_id, raw in zip(company_ids, values, strict=True):
+            if raw is None:
+                continue
+            try:
+                body = json.loads(raw)
+                out[company_id] = {"type": str(body["type"]), "timestamp": str(body["timestamp"])}
+            except (ValueError, KeyError, TypeError):
+                continue
+        return out
 
 
 @dataclass(eq=False)
@@ -96,12 +154,15 @@ class Subscriber:
 class EventHub(EventSubscription):
     name = "event-hub"
 
-    def __init__(self, redis_dsn: str, channel: str, counters: EventCounters | None) -> None:
+    def __init__(self, redis_dsn: str, channel: str, counters: EventCounters | None,
+                 holders: HolderLiveness | None = None, last_events: LastEvents | None = None) -> None:
         super().__init__(redis_dsn, channel)
         self._counters = counters
+        self._last_events = last_events
         self._subscribers: set[Subscriber] = set()
         self.received = 0
         self.connected = ConnectedCache()
+        self.holders = holders
 
     def add(self, companies: frozenset[str] | None) -> Subscriber:
         sub = Subscriber(companies)
@@ -116,14 +177,20 @@ class EventHub(EventSubscription):
             body: dict[str, Any] = json.loads(raw)
             company_id = str(body["companyId"])
             event_type = str(body["type"])
+            timestamp = str(body.get("timestamp") or "")
         except (ValueError, KeyError, TypeError):
             log.warning("event ignored: not an event object channel=%s", self.channel)
             return
         self.received += 1
         if event_type not in _NOT_STATE_CHANGES:
             self.connected.invalidate(company_id)
+            if self.holders is not None:
+                self.holders.invalidate(company_id)
         if self._counters is not None:
-            await self._counters.count_event(raw, event_type)
+            reason = body.get("reason")
+            await self._counters.count_event(raw, event_type, reason if isinstance(reason, str) else None)
+        if self._last_events is not None and timestamp:
+            await self._last_events.record(company_id, event_type, timestamp)
         for sub in list(self._subscribers):
             if not sub.wants(company_id):
                 continue

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -81,11 +82,41 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     for name in ("trigger", "pause", "unpause"):
         schedules.add_parser(name, parents=[common]).add_argument("schedule_id")
 
+    inbox = sub.add_parser("inbox", help="incoming messages that need a person").add_subparsers(
+        dest="action", required=True)
+    failed = inbox.add_parser("failed", help="messages whose handler failed: list, redeliver, discard")
+    failed_actions = failed.add_subparsers(dest="failed_action", required=True)
+    listing = failed_actions.add_parser("list", parents=[common], help="waiting messages, oldest first")
+    listing.add_argument("--company", help="only this company")
+    listing.add_argument("--limit", type=int, default=100)
+    for name, text in (("redeliver", "run the company's handler on it again (and send its reply)"),
+                       ("discard", "give it up (recorded in the audit)")):
+        act = failed_actions.add_parser(name, parents=[common], help=text)
+        act.add_argument("company_id")
+        act.add_argument("message_id", nargs="?", help="one message (or --all)")
+        act.add_argument("--all", action="store_true", help="every waiting message of the company, oldest first")
+
+    links = sub.add_parser(
+        "onboarding-links", parents=[common],
+        help="cut-over: an onboarding link per company of a list, as CSV for one mail-merge",
+        description="Reads company ids (one per line, or a CSV whose first column is the id; other columns, "
+                    "such as an e-mail address, are carried into the output) and writes CSV: company_id, "
+                    "onboarding_url, expires_at, error, then the input's other columns. Exit 1 if any row failed "
+                    "(every row is still written).")
+    links.add_argument("input", help="file of company ids, or - for stdin")
+    links.add_argument("--output", help="write the CSV here (mode 0600: the links are credentials); default stdout")
+    links.add_argument("--ttl-hours", type=float, default=168.0,
+                       help="how long each link works (1-168 h; default 168: a week to act on the mail)")
+
     keys = sub.add_parser("keys", help="company API keys").add_subparsers(dest="action", required=True)
     keys.add_parser("issue", parents=[common], help="issue a key (shown once)").add_argument("company_id")
     revoke = keys.add_parser("revoke", parents=[common], help="revoke one key, or every key of the company")
     revoke.add_argument("company_id")
     revoke.add_argument("key_id", nargs="?")
+
+    from cli.doctor import add_doctor
+
+    add_doctor(sub, common)
 
 
 class Api:
@@ -170,7 +201,14 @@ def pairs(body: dict[str, Any], keys: Sequence[str]) -> str:
 
 def run_command(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        api = Api(args.api or f"http://{settings.api_host}:{settings.api_port}", _resolve_key(args, settings))
+        key = _resolve_key(args, settings)
+        api = Api(args.api or f"http://{settings.api_host}:{settings.api_port}", key)
+        if args.command == "doctor":
+            from cli.doctor import run_doctor
+
+            code, text = run_doctor(api, key, args)
+            print(text)
+            return code
         body, text = _dispatch(api, args)
     except CommandError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -211,6 +249,10 @@ def _dispatch(api: Api, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
                                                    ("next run", "next_run"), ("workflow", "workflow")])
         body = api.call("POST", f"/api/schedules/{seg(args.schedule_id)}/{action}")
         return body, f"schedule {args.schedule_id}: {action} done"
+    if cmd == "onboarding-links":
+        return _onboarding_links(api, args)
+    if cmd == "inbox":
+        return _failed_messages(api, str(args.failed_action), args)
     if cmd == "keys":
         if action == "issue":
             body = api.call("POST", f"/api/companies/{seg(args.company_id)}/keys")
@@ -219,6 +261,98 @@ def _dispatch(api: Api, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         body = api.call("DELETE", path)
         return body, f"revoked: {body.get('revoked', body)}"
     raise CommandError(f"unknown command {cmd} {action}", 2)
+
+
+HEADER_NAMES = frozenset({"company", "company_id", "companyid", "id", "salon_id"})
+LINK_COLUMNS = ["company_id", "onboarding_url", "expires_at", "error"]
+
+
+def _onboarding_links(api: Api, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """The cut-over mail-merge: one onboarding link per listed company (README "Coming from the old system")."""
+    import csv
+    import io
+    import os
+
+    if not 1 <= args.ttl_hours <= 168:
+        raise CommandError("--ttl-hours must be between 1 and 168", 2)
+    try:
+        text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise CommandError(f"cannot read {args.input}: {exc.strerror}", 2) from None
+    rows = [r for r in csv.reader(io.StringIO(text)) if r and any(cell.strip() for cell in r)]
+    extra_header: list[str] = []
+    if rows and rows[0][0].strip().lower() in HEADER_NAMES:
+        extra_header = [h.strip() for h in rows[0][1:]]
+        rows = rows[1:]
+    width = max([len(extra_header), *(len(r) - 1 for r in rows)], default=0)
+    extra_header += [f"column_{i + 2}" for i in range(len(extra_header), width)]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(LINK_COLUMNS + extra_header)
+    results, failures = [], 0
+    for n, row in enumerate(rows, 1):
+        raw, extra = row[0].strip(), [c.strip() for c in row[1:]] + [""] * (width - len(row) + 1)
+        try:
+            body = api.call("POST", f"/api/companies/{seg(raw)}/onboarding-link",
+                            json_body={"ttlSeconds": int(args.ttl_hours * 3600)})
+            record = {"company_id": body["companyId"], "onboarding_url": body["url"],
+                      "expires_at": body["expiresAt"], "error": ""}
+        except CommandError as exc:
+            if exc.exit_code == 3:
+                raise  # the API is unreachable: stop, do not write a sheet of errors
+            failures += 1
+            record = {"company_id": raw, "onboarding_url": "", "expires_at": "", "error": str(exc)}
+        writer.writerow([record[c] for c in LINK_COLUMNS] + extra[:width])
+        results.append(record)
+        if n % 50 == 0:
+            print(f"{n} of {len(rows)} links issued", file=sys.stderr, flush=True)
+    if args.output:
+        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(out.getvalue())
+        shown = f"{len(rows) - failures} link(s) written to {args.output}" + (
+            f"; {failures} row(s) failed (see the error column)" if failures else "")
+    else:
+        shown = out.getvalue().rstrip("\n")
+    summary = {"success": failures == 0, "count": len(rows), "failed": failures, "links": results}
+    if failures:
+        print(json.dumps(summary, indent=2) if args.json else shown)
+        raise CommandError(f"{failures} of {len(rows)} companies got no link (see the error column)")
+    return summary, shown
+
+
+def _failed_messages(api: Api, action: str, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    if action == "list":
+        query = f"?limit={args.limit}" + (f"&company={seg(args.company)}" if args.company else "")
+        body = api.call("GET", f"/api/inbox/failed{query}")
+        shown = table(body["messages"], [("company", "companyId"), ("message", "messageId"), ("chat", "chat"),
+                                         ("failed at", "failedAt"), ("attempts", "attempts"), ("error", "error")])
+        return body, f"{shown}\n{body['count']} shown of {body['total']} waiting"
+    if args.all == bool(args.message_id):
+        raise CommandError("give one message id, or --all", 2)
+    ids = [args.message_id] if args.message_id else [
+        m["messageId"] for m in api.call("GET", f"/api/inbox/failed?limit=1000&company={seg(args.company_id)}")[
+            "messages"]]
+    results, lines, failures = [], [], 0
+    for message_id in ids:
+        path = f"/api/inbox/failed/{seg(args.company_id)}/{seg(message_id)}/{action}"
+        try:
+            body = api.call("POST", path, timeout=150)
+        except CommandError as exc:
+            failures += 1
+            body = {"messageId": message_id, "status": "error", "error": str(exc)}
+        results.append(body)
+        line = f"{message_id}: {body.get('status')}" + (f" ({body['error']})" if body.get("error") else "")
+        lines.append(line)
+        if len(ids) > 1:
+            print(line, file=sys.stderr, flush=True)  # progress on a long run
+    if failures and len(ids) == 1:
+        raise CommandError(results[0]["error"])
+    summary = {"success": failures == 0, "count": len(ids), "failed": failures, "results": results}
+    if failures:
+        print(json.dumps(summary, indent=2, default=str) if args.json else "\n".join(lines))
+        raise CommandError(f"{failures} of {len(ids)} not {action}ed")
+    return summary, "\n".join(lines) if ids else "(none waiting)"
 
 
 def _sessions(api: Api, action: str, args: argparse.Namespace) -> tuple[dict[str, Any], str]:

@@ -15,7 +15,6 @@ user ``pgserver`` (created if missing, as the pgserver package itself does).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
@@ -30,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from cli.logfiles import RotatingLogFile
 from storage.pg_tools import pg_bin_dir, pg_program
 
 log = logging.getLogger("waorch.embedded")
@@ -158,10 +158,12 @@ def default_dev_config_path() -> Path:
 
 
 class TemporalDevServer:
-    def __init__(self, config: TemporalDevConfig, data_dir: Path, *, ui: bool = True) -> None:
+    def __init__(self, config: TemporalDevConfig, data_dir: Path, *, ui: bool = True,
+                 log: RotatingLogFile | None = None) -> None:
         self.config = config
         self.data_dir = data_dir
         self.ui = ui
+        self.log = log  # None: append to data_dir/temporal.log
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -179,12 +181,16 @@ class TemporalDevServer:
                 "Set TEMPORAL_ADDRESS to use it, or stop it"
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        logfile = open(self.data_dir / "temporal.log", "ab")
         cmd = [venv_binary("temporal"), "server", "start-dev", *self.config.server_args(self.data_dir, ui=self.ui)]
-        self.proc = subprocess.Popen(
-            cmd, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent
-        )
-        logfile.close()
+        if self.log is None:
+            with open(self.data_dir / "temporal.log", "ab") as logfile:
+                self.proc = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True,
+                                             preexec_fn=die_with_parent)
+        else:
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                         start_new_session=True, preexec_fn=die_with_parent)
+            assert self.proc.stdout is not None
+            self.log.follow(self.proc.stdout, "temporal")
         wait_port(self.config.port, timeout, self.proc, "temporal dev server")
         self._set_retention(timeout)
 
@@ -208,6 +214,14 @@ class TemporalDevServer:
             terminate(self.proc, 15)
             self.proc = None
 
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def restart(self) -> None:
+        """Start again on the same database file: namespaces, workflows and schedules are all there."""
+        self.stop()
+        self.start()
+
 
 # --------------------------------------------------------------------------- PostgreSQL
 
@@ -215,17 +229,20 @@ class TemporalDevServer:
 class EmbeddedPostgres:
     """PostgreSQL 16 from the pgserver wheel, on ``127.0.0.1:port``, trust auth on loopback."""
 
-    def __init__(self, data_dir: Path, port: int) -> None:
+    def __init__(self, data_dir: Path, port: int, max_connections: int = 300) -> None:
         self.pgdata = data_dir.resolve()
         self.port = port
+        self.max_connections = max_connections
         self._run_as = PG_SYSTEM_USER if os.geteuid() == 0 else None
 
     @property
     def dsn(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        return self.dsn_for("postgres")
 
     def dsn_for(self, database: str) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+        # Spelled out: the embedded server has no TLS, and whatsmeow's driver (lib/pq) requires
+        # TLS when the DSN names no sslmode.
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}?sslmode=disable"
 
     def _run(self, args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -276,7 +293,8 @@ class EmbeddedPostgres:
             raise RuntimeError(f"port {self.port} is already in use; set DATABASE_URL or POSTGRES_PORT")
         opts = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' "
-            "-c max_connections=300 -c shared_buffers=128MB -c fsync=on -c log_min_messages=warning"
+            f"-c max_connections={self.max_connections} -c shared_buffers=128MB -c fsync=on "
+            "-c log_min_messages=warning"
         )
         self._run([
             str(pg_program("pg_ctl")), "start", "-D", str(self.pgdata), "-w", "-t", str(int(timeout)),
@@ -290,6 +308,34 @@ class EmbeddedPostgres:
                 [str(pg_program("pg_ctl")), "stop", "-D", str(self.pgdata), "-m", mode, "-w", "-t", "30"],
                 capture_output=True, user=self._run_as, cwd="/",
             )
+
+    def postmaster_pid(self) -> int | None:
+        """The PID in ``postmaster.pid`` (the running server's, or a dead one's after a crash)."""
+        try:
+            first = (self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0].strip()
+        except OSError:
+            return None
+        return int(first) if first.isdigit() else None
+
+    def alive(self) -> bool:
+        pid = self.postmaster_pid()
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True  # exists, owned by another user
+        return True
+
+    def restart(self) -> None:
+        """Start again on the same data directory: PostgreSQL replays its WAL (crash recovery).
+
+        Backends of a killed postmaster may hold its shared memory for a moment; the
+        start then fails and the launcher tries again after a pause.
+        """
+        self.start()
 
     def create_database(self, name: str) -> None:
         """``CREATE DATABASE`` if missing (name is checked by the caller: identifiers only)."""
@@ -337,14 +383,34 @@ class EmbeddedRedis:
             terminate(self.proc)
             self.proc = None
 
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def restart(self) -> None:
+        """Start again on the same directory (its last RDB snapshot; events and rate-limit windows
+        of the last minute may be gone, which costs nothing durable)."""
+        self.stop()
+        self.start()
+
 
 async def wait_until(check: Any, timeout: float, interval: float = 0.05) -> None:
-    """Poll an async predicate until it returns truthy (for readiness checks)."""
+    """Poll an async predicate until it returns truthy (for readiness checks).
+
+    An error while polling (a server not answering yet) counts as "not yet", and the
+    last one is chained to the ``TimeoutError``. An ``AssertionError`` is never "not
+    yet": a predicate that asserts a condition that must hold all along fails at once.
+    """
     deadline = time.monotonic() + timeout
+    last: Exception | None = None
     while True:
-        with contextlib.suppress(Exception):
+        try:
             if await check():
                 return
+        except AssertionError:
+            raise
+        except Exception as exc:
+            last = exc
         if time.monotonic() > deadline:
-            raise TimeoutError(f"not ready after {timeout:.0f}s")
+            raise TimeoutError(f"not ready after {timeout:.0f}s"
+                               + (f" (last error: {type(last).__name__}: {last})" if last else "")) from last
         await asyncio.sleep(interval)

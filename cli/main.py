@@ -14,7 +14,7 @@ from domain.settings import Settings
 from infra.logs import setup_logging
 from infra.sentry import init_sentry
 
-OPERATOR_COMMANDS = frozenset({"sessions", "send", "jobs", "schedules", "keys"})
+OPERATOR_COMMANDS = frozenset({"sessions", "send", "jobs", "schedules", "keys", "doctor", "inbox", "onboarding-links"})
 EXIT_CONFIG = 78  # sysexits EX_CONFIG: the configuration cannot work; restarting will not help
 
 
@@ -30,6 +30,14 @@ def _run_api(settings: Settings) -> int:
     return 0
 
 
+def _exit_now(code: int) -> None:
+    """Leave at once with ``code``, logs flushed, without interpreter finalization."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="waorch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -37,6 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("worker", help="run the workflow worker against configured services")
     sub.add_parser("connector", help="run the WhatsApp connector against configured services")
     sub.add_parser("api", help="run the HTTP API against configured services")
+    restore = sub.add_parser("restore", help="replace the configured database with a verified backup "
+                                             "(docs/disaster-recovery.md)")
+    restore.add_argument("backup", help="a backup file (path or name in BACKUP_DIR / BACKUP_COPY_DIR) or 'latest'")
+    restore.add_argument("--force", action="store_true",
+                         help="restore even while sessions are held, or when Temporal cannot be asked")
     add_commands(sub)
     args = parser.parse_args(argv)
 
@@ -61,19 +74,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "connector":
             from connector.main import run_connector
 
-            asyncio.run(run_connector(settings))
-            return 0
+            code = asyncio.run(run_connector(settings))
+            # neonize's threads of pairings that ended without a device never return (FetchMe), and they
+            # are not daemon threads: once the connector has closed everything, leave without them.
+            _exit_now(code)
     except TemporalConfigError as exc:
         # Wrong certificates or key: no restart can fix it (systemd: RestartPreventExitStatus=78).
         logging.getLogger(f"waorch.{args.command}").error("cannot start: %s", exc)
         # Exit without interpreter finalization: the SDK's core threads, left from the failed connect,
         # can abort a finalizing interpreter (SIGABRT in PyGILState_Release) and hide the 78.
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(EXIT_CONFIG)
+        _exit_now(EXIT_CONFIG)
     if args.command == "api":
         return _run_api(settings)
+    if args.command == "restore":
+        from cli.restore import run_restore
+
+        return run_restore(settings, args.backup, args.force)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -2,15 +2,16 @@
 
 Order: Temporal dev server, PostgreSQL, Redis (each embedded unless its URL
 is set), then connector, worker and api as child processes. Waits for
-``/health``, prints the URLs, restarts a child that dies (with a growing
-pause, so a crash loop does not spin), and on Ctrl-C / SIGTERM stops the
-children first (the connector closes WhatsApp clients without logging out),
-then the servers.
+``/health``, prints the URLs, restarts a child or an embedded server that dies
+(with a growing pause, so a crash loop does not spin; a server on its own data),
+and on Ctrl-C / SIGTERM stops the children first (the connector closes WhatsApp
+clients without logging out), then the servers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import subprocess
@@ -18,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 
@@ -29,6 +31,7 @@ from cli.embedded import (
     default_dev_config_path,
     die_with_parent,
 )
+from cli.logfiles import RotatingLogFile
 from domain.settings import Settings
 from infra.admin_key import load_or_create_admin_key
 from infra.process import stop_event_on_signals
@@ -47,16 +50,20 @@ class Child:
     restarts: int = 0
     started_at: float = 0.0
     next_start_at: float = 0.0
-    log_path: Path | None = None
+    log: RotatingLogFile | None = None
+
+    @property
+    def log_path(self) -> Path | None:
+        return self.log.path if self.log is not None else None
 
     def start(self) -> None:
-        assert self.log_path is not None
-        logfile = open(self.log_path, "ab")
+        assert self.log is not None
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", self.name], env=self.env, stdout=logfile, stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,
+            [sys.executable, "-m", "cli.main", self.name], env=self.env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
         )
-        logfile.close()
+        assert self.proc.stdout is not None
+        self.log.follow(self.proc.stdout, self.name)  # rotated by size (LOG_MAX_BYTES, LOG_BACKUP_COUNT)
         self.started_at = time.monotonic()
 
     def stop(self, timeout: float) -> None:
@@ -71,6 +78,58 @@ class Child:
             self.proc.wait(5)
 
 
+class EmbeddedServer(Protocol):
+    def alive(self) -> bool: ...
+
+    def restart(self) -> None: ...
+
+
+@dataclass(eq=False)
+class ServerWatch:
+    """An embedded server under supervision: found dead → restarted on its own data, with a growing
+    pause (1 s, 2 s, … 30 s) while restarts keep failing or it keeps dying."""
+
+    name: str
+    server: EmbeddedServer
+    restarts: int = 0
+    up_since: float = field(default_factory=time.monotonic)
+    next_start_at: float | None = None  # set while it is down
+    restarting: asyncio.Task[None] | None = None
+
+    def check(self, now: float) -> None:
+        if self.restarting is not None:
+            if not self.restarting.done():
+                return
+            failed = self.restarting.exception()
+            self.restarting = None
+            if failed is None:
+                self.up_since, self.next_start_at = now, None
+                log.info("server restarted name=%s restarts=%d", self.name, self.restarts)
+                return
+            log.warning("server restart failed name=%s error=%s", self.name, str(failed)[:300])
+            self._schedule(now)
+            return
+        if self.next_start_at is None:
+            if not self.server.alive():
+                if now - self.up_since > 60:
+                    self.restarts = 0  # it ran fine for a while: a new failure, not a loop
+                self._schedule(now)
+        elif now >= self.next_start_at:
+            self.restarting = asyncio.create_task(asyncio.to_thread(self.server.restart))
+
+    def _schedule(self, now: float) -> None:
+        pause = min(30.0, 2.0**self.restarts)
+        self.restarts += 1
+        self.next_start_at = now + pause
+        log.warning("server down name=%s restart_in_s=%.0f", self.name, pause)
+
+    async def settle(self) -> None:
+        """Wait for a restart in progress (so stopping does not race it)."""
+        if self.restarting is not None:
+            with contextlib.suppress(Exception):
+                await self.restarting
+
+
 @dataclass
 class Stack:
     settings: Settings
@@ -78,6 +137,12 @@ class Stack:
     postgres: EmbeddedPostgres | None = None
     redis: EmbeddedRedis | None = None
     children: list[Child] = field(default_factory=list)
+
+    def watches(self) -> list[ServerWatch]:
+        """The embedded servers to supervise (none for a server given by URL)."""
+        servers: list[tuple[str, EmbeddedServer | None]] = [
+            ("temporal", self.temporal), ("postgres", self.postgres), ("redis", self.redis)]
+        return [ServerWatch(name, server) for name, server in servers if server is not None]
 
     def start_servers(self, env: dict[str, str]) -> None:
         s = self.settings
@@ -88,10 +153,13 @@ class Stack:
             cfg.ui_port = s.temporal_ui_port or cfg.ui_port
             if s.temporal_port:
                 cfg.metrics_port = None  # a second stack must not collide on the server's metrics port
-            self.temporal = TemporalDevServer(cfg, data / "temporal")
+            self.temporal = TemporalDevServer(cfg, data / "temporal",
+                                              log=log_file(s, data / "logs" / "temporal.log"))
             self.temporal.start()
             env["TEMPORAL_ADDRESS"] = self.temporal.address
             env["TEMPORAL_NAMESPACE"] = cfg.namespace
+            if s.temporal_ui_url is None:  # the operator page links each session to this UI
+                env["TEMPORAL_UI_URL"] = self.temporal.ui_url
             log.info("temporal dev server up address=%s ui=%s", self.temporal.address, self.temporal.ui_url)
         if s.uses_embedded_postgres:
             self.postgres = EmbeddedPostgres(data / "postgres", s.postgres_port)
@@ -112,6 +180,10 @@ class Stack:
                     server.stop()
                 except Exception:
                     log.exception("failed to stop %s", type(server).__name__)
+
+
+def log_file(settings: Settings, path: Path) -> RotatingLogFile:
+    return RotatingLogFile(path, settings.log_max_bytes, settings.log_backup_count)
 
 
 async def _wait_healthy(url: str, timeout: float, children: list[Child]) -> dict[str, object]:
@@ -162,20 +234,21 @@ async def run_stack(settings: Settings) -> int:
             child_env = dict(env)
             if settings.temporal_sdk_metrics_port:  # one SDK metrics port each: connector, worker+1, api+2
                 child_env["TEMPORAL_SDK_METRICS_PORT"] = str(settings.temporal_sdk_metrics_port + offset)
-            child = Child(name, child_env, log_path=data / "logs" / f"{name}.log")
+            child = Child(name, child_env, log=log_file(settings, data / "logs" / f"{name}.log"))
             child.start()
             stack.children.append(child)
 
         api = f"http://{settings.api_host}:{settings.api_port}"
         body = await _wait_healthy(f"{api}/health", 60, stack.children)
         took = time.monotonic() - started
-        ui = stack.temporal.ui_url if stack.temporal else "(external Temporal: its own UI)"
+        ui = stack.temporal.ui_url if stack.temporal else settings.temporal_ui_url or "(external Temporal: its own UI)"
         print(
             "\n".join([
                 f"waorch stack is up in {took:.1f}s (health: {body.get('status')})",
                 f"  API            {api}",
                 f"  API docs       {api}/docs",
                 f"  onboarding     {api}/onboarding/<company_id>",
+                f"  operator page  {api}/dashboard   (asks for the admin key)",
                 f"  health         {api}/health    metrics {api}/metrics",
                 f"  Temporal UI    {ui}",
                 f"  transport      {settings.wa_transport}",
@@ -185,7 +258,12 @@ async def run_stack(settings: Settings) -> int:
             ]),
             flush=True,
         )
-        await _supervise(stack.children, stop)
+        watches = stack.watches()
+        try:
+            await _supervise(stack.children, watches, stop)
+        finally:
+            for watch in watches:
+                await watch.settle()
         return 0
     finally:
         log.info("stopping stack")
@@ -195,10 +273,14 @@ async def run_stack(settings: Settings) -> int:
         log.info("stack stopped")
 
 
-async def _supervise(children: list[Child], stop: asyncio.Event) -> None:
-    """Restart a child that dies; pause 1 s, 2 s, … 30 s between restarts of a crash-looping one."""
+async def _supervise(children: list[Child], servers: list[ServerWatch], stop: asyncio.Event) -> None:
+    """Restart a child or an embedded server that dies; pause 1 s, 2 s, … 30 s between restarts of
+    a crash-looping one. A server restarts on its own data (Temporal on its database file,
+    PostgreSQL through crash recovery); the children reconnect to it by themselves."""
     while not stop.is_set():
         now = time.monotonic()
+        for server in servers:
+            server.check(now)
         for child in children:
             if child.proc is not None and child.proc.poll() is not None:
                 code = child.proc.returncode

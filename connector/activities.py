@@ -41,9 +41,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from connector.devices import DeviceDirectory
 from connector.holds import HeldElsewhereError, HoldRow, HoldTable
 from connector.lease import Incarnation, LeaseKeeper, PeerWatch
-from connector.simulator import SimulatorError, SimulatorTransport
 from connector.spool import IncomingSpool
-from connector.transport import NotConnectedError, Transport
+from connector.transport import NotConnectedError, Transport, TransportControlError
 from domain.events import Event, EventType
 from domain.inbox import INBOX_WORKFLOW, SIGNAL_INBOX_MESSAGE, InboxWorkflowInput, IncomingMessage, inbox_workflow_id
 from domain.session import (
@@ -51,8 +50,8 @@ from domain.session import (
     ACTIVITY_LOGOUT_DEVICE,
     ACTIVITY_RELEASE_SESSION,
     ACTIVITY_SEND_MESSAGE,
-    ACTIVITY_SIMULATOR_CONTROL,
-    ACTIVITY_SIMULATOR_OUTBOX,
+    ACTIVITY_TRANSPORT_CONTROL,
+    ACTIVITY_TRANSPORT_OUTBOX,
     ERROR_CONNECTOR_SHUTDOWN,
     ERROR_HELD_ELSEWHERE,
     ERROR_NOT_CONNECTED,
@@ -74,10 +73,11 @@ from domain.session import (
     ReleaseRequest,
     SendRequest,
     SendResult,
-    SimulatorCommand,
+    TransportCommand,
     session_workflow_id,
 )
 from domain.settings import Settings
+from infra.alerts import Alert, AlertSender
 from infra.redis import EventPublisher
 
 log = logging.getLogger("waorch.connector")
@@ -90,6 +90,7 @@ _OUTCOME_EVENTS: dict[HoldOutcomeKind, EventType] = {
     HoldOutcomeKind.LOGGED_OUT: EventType.LOGGED_OUT,
     HoldOutcomeKind.TEMP_BANNED: EventType.ERROR,
     HoldOutcomeKind.PAIRING_TIMEOUT: EventType.LOGGED_OUT,
+    HoldOutcomeKind.CLIENT_OUTDATED: EventType.ERROR,
 }
 # Starts a session workflow that already holds a connection: (company, hold id, jid, phone, holder queue,
 # holder) -> whether this call started it (False: it was running already).
@@ -181,7 +182,7 @@ class _HoldListener:
         await self._acts.signal(h, SIGNAL_DISCONNECTED, DisconnectedSignal(reason, h.hold_id), durable=False)
 
     async def message(self, msg: IncomingMessage) -> None:
-        await self._acts.spool.put(msg)
+        await self._acts.deliver_incoming(msg)
 
 
 class ConnectorActivities:
@@ -219,6 +220,8 @@ class ConnectorActivities:
         self._ticks = 0
         self.adopted = 0
         self.lost_peers: list[str] = []
+        self._taking_over: dict[str, tuple[str, int]] = {}  # dead incarnation -> (its id, sessions it held)
+        self._alerts = AlertSender(settings)
 
     @property
     def held(self) -> list[str]:
@@ -228,7 +231,7 @@ class ConnectorActivities:
 
     async def start(self) -> None:
         """Register the lease, then adopt, watch peers and drain the spool in the background."""
-        await self.lease.register(self.settings.database_dsn, self.redis)
+        await self.lease.register(self.devices.db.dsn, self.redis)
         self._background = [
             asyncio.create_task(self._tick_forever(), name="connector-tick"),
             asyncio.create_task(self.spool.drain(self._hand_off, self._shutting_down), name="spool-drain"),
@@ -254,7 +257,7 @@ class ConnectorActivities:
         if pending:
             await asyncio.wait(pending, timeout=timeout)
         if self.lease.registered and not self.lease.fenced:
-            await self.lease.release(self.settings.database_dsn, self.redis)
+            await self.lease.release(self.devices.db.dsn, self.redis)
 
     async def _tick_forever(self) -> None:
         while not self._shutting_down.is_set():
@@ -270,12 +273,21 @@ class ConnectorActivities:
         """One round of coordination: declare dead peers, adopt orphaned holds, check my rows."""
         self._ticks += 1
         for peer in await self.watch.check(self.devices.db, self.redis):
+            # This process declared it dead (exactly one watcher does): one alert for the connector,
+            # not one per session, and one more once every session it held is held again.
             self.lost_peers.append(peer.incarnation)
-            log.warning("connector lost connector_id=%s holds=%d reason=%s", peer.connector_id, peer.holds,
-                        peer.reason)
-            for cid in await self.holds.of(peer.incarnation):
+            companies = await self.holds.of(peer.incarnation)
+            for cid in companies:
                 await self.publish(cid, EventType.DISCONNECTED, reason=f"connector {peer.connector_id} lost",
                                    connector=peer.connector_id)
+            self._taking_over[peer.incarnation] = (peer.connector_id, len(companies))
+            await self._alert(f"WhatsApp connector {peer.connector_id} lost ({peer.reason}); its {len(companies)} "
+                              "sessions are being taken over by the other connectors", "warning")
+        for incarnation, (connector_id, count) in list(self._taking_over.items()):
+            if not await self.holds.of(incarnation):
+                del self._taking_over[incarnation]
+                await self._alert(f"The {count} sessions of lost WhatsApp connector {connector_id} are held again",
+                                  "info")
         await self._adopt()
         if self._ticks % VERIFY_EVERY_TICKS == 0:
             await self._verify()
@@ -306,7 +318,8 @@ class ConnectorActivities:
             # Its holder died after the connection ended and before the workflow heard of it.
             self._watch(hold, self._report_end(hold, row.ended))
             return
-        jid = row.jid
+        # The device as stored now: a hold that began as a pairing has one only since its scan.
+        jid = await self.devices.device_jid(row.company_id) or row.jid
         if jid and not await self.transport.device_exists(jid):
             self._watch(hold, self._report_end(hold, HoldOutcome(HoldOutcomeKind.LOGGED_OUT, "device gone")))
             return
@@ -323,21 +336,39 @@ class ConnectorActivities:
 
     # ------------------------------------------------------------------ one hold
 
-    async def _start_client(self, hold: _Hold, *, jid: str | None, pairing_phone: str | None) -> None:
+    async def _start_client(self, hold: _Hold, *, jid: str | None, pairing_phone: str | None,
+                            wait: bool = True) -> None:
+        """Start the hold's client; ``wait=False`` returns at once and lets it start in the background
+        (a transport may first wait for the device's previous client to die), a failed start ending
+        the hold like any other dial failure."""
+        log.info("hold start company_id=%s resume=%s hold_id=%s", hold.company_id, bool(jid), hold.hold_id)
         old = self._held.get(hold.company_id)
         if old is not None and old is not hold:
             old.closing = old.closing or "lost"
             await self._stop_client(old)
         self._held[hold.company_id] = hold
+        if wait:
+            await self._open(hold, jid, pairing_phone, raise_errors=True)
+        else:
+            self._watch(hold, self._open(hold, jid, pairing_phone, raise_errors=False))
+
+    async def _open(self, hold: _Hold, jid: str | None, pairing_phone: str | None, *, raise_errors: bool) -> None:
         try:
-            hold.outcome = await self.transport.start(
+            outcome = await self.transport.start(
                 hold.company_id, jid=jid, pairing_phone=pairing_phone, listener=_HoldListener(self, hold)
             )
-        except Exception:
-            if self._held.get(hold.company_id) is hold:
-                del self._held[hold.company_id]
-            raise
-        self._watch(hold, self._await_end(hold, hold.outcome))
+        except Exception as exc:
+            if raise_errors:
+                if self._held.get(hold.company_id) is hold:
+                    del self._held[hold.company_id]
+                raise
+            log.warning("client start failed company_id=%s error=%r", hold.company_id, exc)
+            outcome = asyncio.get_running_loop().create_future()
+            outcome.set_result(HoldOutcome(HoldOutcomeKind.DIAL_FAILED, f"client start failed: {type(exc).__name__}"))
+        hold.outcome = outcome
+        self._watch(hold, self._await_end(hold, outcome))
+        if hold.closing and not outcome.done():  # asked to close while it was starting
+            await self._stop_client(hold)
 
     def _watch(self, hold: _Hold, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -409,6 +440,12 @@ class ConnectorActivities:
             await asyncio.sleep(_SIGNAL_RETRY_S[min(attempt, len(_SIGNAL_RETRY_S) - 1)])
             attempt += 1
 
+    async def _alert(self, text: str, severity: str) -> None:
+        try:
+            await self._alerts.deliver(Alert(text=text, severity=severity))
+        except Exception as exc:  # the alert channel is down: the log line above says it anyway
+            log.warning("alert not delivered error=%s", type(exc).__name__)
+
     async def publish(self, company_id: str, kind: EventType, **data: Any) -> None:
         await self.events.publish(Event(type=kind, company_id=company_id, data=data))
 
@@ -467,14 +504,9 @@ class ConnectorActivities:
             await self.holds.claim(cid, req.hold_id, req.workflow_id, jid, req.pairing_phone)
         except HeldElsewhereError as exc:
             raise ApplicationError(str(exc), exc.holder, type=ERROR_HELD_ELSEWHERE, non_retryable=True) from None
-        log.info("hold start company_id=%s resume=%s hold_id=%s", cid, bool(jid), req.hold_id)
         hold = _Hold(cid, req.hold_id, req.workflow_id)
-        try:
-            await self._start_client(hold, jid=jid, pairing_phone=req.pairing_phone)
-        except Exception:
-            with contextlib.suppress(Exception):
-                await self.holds.delete(cid, req.hold_id)
-            raise
+        # The client starts in the background: this activity only has to say who holds the session.
+        await self._start_client(hold, jid=jid, pairing_phone=req.pairing_phone, wait=False)
         return HoldStarted(holder_queue=self.me.own_queue, holder=self.me.incarnation)
 
     # ------------------------------------------------------------------ incoming messages
@@ -539,27 +571,25 @@ class ConnectorActivities:
         await self.transport.logout(req.company_id)
         return True
 
-    @activity.defn(name=ACTIVITY_SIMULATOR_CONTROL)
-    async def simulator_control(self, cmd: SimulatorCommand) -> dict[str, Any]:
-        sim = self._simulator()
+    @activity.defn(name=ACTIVITY_TRANSPORT_CONTROL)
+    async def transport_control(self, cmd: TransportCommand) -> dict[str, Any]:
         try:
-            return await sim.control(cmd.company_id, cmd.action, cmd.params)
-        except SimulatorError as exc:
-            raise ApplicationError(str(exc), type="SimulatorError", non_retryable=True) from exc
+            return await self.transport.control(cmd.company_id, cmd.action, cmd.params)
+        except TransportControlError as exc:
+            raise ApplicationError(str(exc), type="TransportControlError", non_retryable=True) from exc
 
-    @activity.defn(name=ACTIVITY_SIMULATOR_OUTBOX)
-    async def simulator_outbox(self, company_id: str) -> list[OutboxEntry]:
-        return list(self._simulator().outbox.get(company_id, []))
-
-    def _simulator(self) -> SimulatorTransport:
-        if not isinstance(self.transport, SimulatorTransport):
-            raise ApplicationError("this connector does not run the simulator transport",
-                                   type="SimulatorError", non_retryable=True)
-        return self.transport
+    @activity.defn(name=ACTIVITY_TRANSPORT_OUTBOX)
+    async def transport_outbox(self, company_id: str) -> list[OutboxEntry]:
+        """What the company's phone sent, from PostgreSQL: it survives a connector's SIGKILL."""
+        rows = await self.devices.db.fetch(
+            "SELECT message_id, to_jid, text, sent_at, quoted FROM transport_outbox WHERE company_id = $1 ORDER BY id",
+            company_id,
+        )
+        return [OutboxEntry(r["message_id"], r["to_jid"], r["text"], r["sent_at"], r["quoted"]) for r in rows]
 
     def shared_queue_activities(self) -> list[Any]:
-        return [self.hold_session]
+        return [self.hold_session, self.transport_outbox]
 
     def own_queue_activities(self) -> list[Any]:
         return [self.send_message, self.release_session, self.logout_device,
-                self.simulator_control, self.simulator_outbox]
+                self.transport_control, self.transport_outbox]

@@ -99,7 +99,7 @@ class Incarnation:
     @classmethod
     def new(cls, settings: Settings) -> Incarnation:
         return cls(
-            pool=f"{settings.temporal_namespace}/{settings.temporal_connector_queue}",
+            pool=settings.connector_pool,
             connector_id=settings.connector_id,
             incarnation=f"{settings.connector_id}:{secrets.token_hex(4)}",
             own_queue=settings.connector_own_queue,

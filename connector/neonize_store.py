@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -29,11 +30,22 @@ _ENV_DSN = "WAORCH_STORE_DSN"
 _MIGRATION_LOCK = 0x7761_6D73  # "wams"
 
 
-def neonize_dsn(dsn: str) -> str:
-    """whatsmeow's pgx driver wants sslmode spelled out for a loopback server without TLS."""
-    if "sslmode=" in dsn:
+def neonize_dsn(dsn: str, application_name: str | None = None) -> str:
+    """The DSN handed to whatsmeow's store driver (lib/pq).
+
+    An ``sslmode`` in the DSN is kept as it is; without one lib/pq's own default
+    applies, which is ``require`` (a server without TLS refuses it with "SSL is
+    not enabled on the server"): a loopback PostgreSQL without TLS needs
+    ``?sslmode=disable`` in ``DATABASE_URL`` (the embedded one gets it from the
+    launcher). ``application_name`` names the connector's store connections, so
+    they can be counted in ``pg_stat_activity``.
+    """
+    if not application_name:
         return dsn
-    return dsn + ("&" if "?" in dsn else "?") + "sslmode=disable"
+    parts = urlsplit(dsn)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "application_name"]
+    query.append(("application_name", application_name))
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 async def store_schema_version(dsn: str) -> int | None:
@@ -90,8 +102,8 @@ def _migrate_in_this_process() -> int:
     client = NewClient(os.environ[_ENV_DSN])
     try:
         client.connect(ProxySettings(proxy_address=f"http://127.0.0.1:{closed_port}"))
-    except NeonizeError:
-        return 0
+    except NeonizeError as exc:
+        print(f"dial ended: {exc}", file=sys.stderr)  # expected; shown when the store is missing after all
     return 0
 
 

@@ -1,16 +1,41 @@
 """The real WhatsApp transport: one sync neonize ``NewClient`` per company, each on its own thread.
 
-Hazards handled here (NEONIZE.md):
+What neonize 0.5.2 and whatsmeow really do (NEONIZE.md "Read from the source"),
+and how this module copes:
 
-* Go keeps per-client state in unlocked global maps: every ``connect()`` start
-  and every ``stop()`` goes through one process-wide lock, starts staggered.
-* A shared store resumes its *first* device without ``jid=``: the company's
-  own device jid (``companies.device_jid``) is passed, after checking it is in
-  ``whatsmeow_device`` (an unknown jid aborts the process); a fresh pairing
-  uses ``new_device=True``.
-* whatsmeow reconnects by itself after a drop; the session workflow owns the
-  backoff, so the client is stopped on the first terminal event.
-* The QR timeout is not surfaced to Python: our own timer stops the client.
+* **Go's global maps are unlocked.** ``Neonize()`` writes ``clients[uuid]`` and two
+  more maps after store round trips; ``Stop`` deletes them; every other call
+  (send, ``PairPhone``, logout, ``Disconnect``) reads them. :class:`GoCalls` is the
+  one gate for every call into Go: a start holds it exclusively until Go has
+  loaded the device on the client's own store connection (its last query
+  before the map write, seen in ``pg_stat_activity``; bounded by
+  ``NEONIZE_START_SETTLE_S``), a stop holds it exclusively; other calls share it
+  for the instant of their map read. Go callbacks never call back into Go (``client.me`` instead
+  of ``get_me()``, which aborts the process after ``stop()``).
+* **whatsmeow reconnects by itself** after a drop. An attempt ends only after its
+  client is dead: ``disconnect()`` (cancels the auto-reconnect, waits for a dial
+  in flight), then ``stop()``. Until then the hold does not end, so the session
+  workflow cannot start a second client on the device (two sockets on one
+  device is a 440). A fresh pairing has no device yet: its hold ends at once.
+* **uuid and finalizer.** With ``jid=`` neonize uses ``jid.User`` as the uuid and
+  registers a ``weakref.finalize`` that calls Go ``Stop(uuid)`` at some later GC,
+  stopping whichever client of that number then runs. Every client gets a
+  unique uuid and its finalizer detached before ``connect()``.
+* **The QR channel's end is reported only through the private
+  ``__onLoginStatus`` hook** (``timeout``, ``error``, ``err-client-outdated``,
+  ``err-unexpected-state``, ``success``); the hook is where a pairing attempt
+  learns that it is over. After a channel that ended without pairing, neonize's
+  thread waits in ``FetchMe`` for good: it is counted as leaked (``/metrics``)
+  and a connector past ``CONNECTOR_LEAK_THRESHOLD`` drains and restarts.
+* **A new-device attempt with no first QR** has a deadline
+  (``QR_FIRST_TIMEOUT_S``), and **a scan** cancels the pairing deadline: the
+  515 restart then gets ``NEONIZE_PAIRED_CONNECT_TIMEOUT_S`` to bring ``Connected``.
+* **Keepalive timeouts** are tolerated for ``NEONIZE_KEEPALIVE_GRACE_S``
+  (whatsmeow restores the socket or forces a reconnect by itself), then they are
+  a drop.
+* **Messages**: ``MessageEv.Info.Timestamp`` is in milliseconds; ``@lid`` senders'
+  numbers come from ``SenderAlt``; senders lose their device part; status
+  broadcasts and newsletters never reach the inbox.
 
 :func:`outcome_for_event` is the one mapping of whatsmeow events to session outcomes.
 """
@@ -18,15 +43,19 @@ Hazards handled here (NEONIZE.md):
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import itertools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from connector.devices import DeviceDirectory
 from connector.neonize_store import neonize_dsn
-from connector.transport import LinkStatus, NotConnectedError, SessionListener
+from connector.transport import LinkStatus, NotConnectedError, SessionListener, TransportControlError, TransportLeaks
 from domain.addresses import phone_of as phone_from_jid
 from domain.inbox import IncomingMessage
 from domain.session import HoldOutcome, HoldOutcomeKind, SendResult
@@ -34,10 +63,13 @@ from domain.settings import Settings
 
 log = logging.getLogger("waorch.neonize")
 
-# One lock for every connect() start and stop() in this process (Go's global maps).
-_GO_LOCK = asyncio.Lock()
-_START_STAGGER_S = 0.02
 STOP_TIMEOUT_S = 20.0
+# An incoming message waits this long, in its Go callback, for the spool to confirm it durable (the spool
+# journals to disk within seconds when PostgreSQL is down; longer only when it is full: backpressure).
+HAND_OVER_TIMEOUT_S = 120.0
+_MAP_WRITE_MARGIN_S = 0.005  # after the last store query Go only builds the client and writes the map
+# Chats that are not conversations with a customer: never handed to the inbox (no reply goes there).
+IGNORED_CHAT_SERVERS = frozenset({"broadcast", "newsletter"})
 
 
 def outcome_for_event(ev: Any) -> HoldOutcome | None:
@@ -46,7 +78,6 @@ def outcome_for_event(ev: Any) -> HoldOutcome | None:
         ClientOutdatedEv,
         ConnectFailureEv,
         DisconnectedEv,
-        KeepAliveTimeoutEv,
         LoggedOutEv,
         StreamErrorEv,
         StreamReplacedEv,
@@ -56,7 +87,8 @@ def outcome_for_event(ev: Any) -> HoldOutcome | None:
     if isinstance(ev, StreamReplacedEv):
         return HoldOutcome(HoldOutcomeKind.REPLACED, "stream replaced (440)")
     if isinstance(ev, LoggedOutEv):
-        return HoldOutcome(HoldOutcomeKind.LOGGED_OUT, f"logged out (reason {getattr(ev, 'Reason', '?')})")
+        when = " on connect" if getattr(ev, "OnConnect", False) else ""
+        return HoldOutcome(HoldOutcomeKind.LOGGED_OUT, f"logged out{when} (reason {getattr(ev, 'Reason', '?')})")
     if isinstance(ev, TemporaryBanEv):
         expire = float(getattr(ev, "Expire", 0) or 0)
         return HoldOutcome(HoldOutcomeKind.TEMP_BANNED, f"temporary ban code {getattr(ev, 'Code', '?')}",
@@ -64,12 +96,23 @@ def outcome_for_event(ev: Any) -> HoldOutcome | None:
     if isinstance(ev, ConnectFailureEv):
         return HoldOutcome(HoldOutcomeKind.DIAL_FAILED, f"connect failure (reason {getattr(ev, 'Reason', '?')})")
     if isinstance(ev, ClientOutdatedEv):
-        return HoldOutcome(HoldOutcomeKind.DIAL_FAILED, "client outdated")
+        return HoldOutcome(HoldOutcomeKind.CLIENT_OUTDATED, "client outdated (405): update neonize")
     if isinstance(ev, StreamErrorEv):
         return HoldOutcome(HoldOutcomeKind.DROPPED, f"stream error {getattr(ev, 'Code', '')}".strip())
-    if isinstance(ev, DisconnectedEv | KeepAliveTimeoutEv):
-        return HoldOutcome(HoldOutcomeKind.DROPPED, type(ev).__name__)
+    if isinstance(ev, DisconnectedEv):
+        return HoldOutcome(HoldOutcomeKind.DROPPED, "disconnected")
     return None
+
+
+# What each item of whatsmeow's QR channel means when neonize hands it to __onLoginStatus.
+LOGIN_STATUS_OUTCOMES: dict[str, HoldOutcome] = {
+    "timeout": HoldOutcome(HoldOutcomeKind.PAIRING_TIMEOUT, "QR not scanned in time"),
+    "error": HoldOutcome(HoldOutcomeKind.PAIRING_TIMEOUT, "pairing failed"),
+    "err-client-outdated": HoldOutcome(HoldOutcomeKind.CLIENT_OUTDATED, "client outdated (405): update neonize"),
+    "err-unexpected-state": HoldOutcome(HoldOutcomeKind.DIAL_FAILED, "connect failure before pairing"),
+    "err-scanned-without-multidevice": HoldOutcome(HoldOutcomeKind.PAIRING_TIMEOUT,
+                                                   "scanned by a phone without multi-device"),
+}
 
 
 def parse_jid(text: str) -> Any:
@@ -83,78 +126,270 @@ def parse_jid(text: str) -> Any:
 
 
 def jid_text(jid: Any) -> str:
-    from neonize.utils.jid import Jid2String
+    """JID → ``user[:device]@server`` (whatsmeow's ``String()``)."""
+    device = f":{jid.Device}" if getattr(jid, "Device", 0) else ""
+    return f"{jid.User}{device}@{jid.Server}"
 
-    return str(Jid2String(jid))
+
+def non_ad(jid: Any) -> str:
+    """whatsmeow's ``ToNonAD()``: the JID without its device part."""
+    return f"{jid.User}@{jid.Server}"
+
+
+class GoCalls:
+    """The process-wide gate for calls into the Go library (its per-client maps are unlocked).
+
+    Exclusive: a client's start (until Go has written its maps) and ``stop()``
+    (which deletes them). Shared: every other call, for the instant of its map
+    read — the call itself may go on (a send's network round trip, a
+    ``Disconnect`` that waits for a dial) without holding the gate.
+    """
+
+    READ_GRACE_S = 0.05  # the map read is the first statement of every exported Go function
+
+    def __init__(self) -> None:
+        self._readers = 0
+        self._writer = False
+        self._cond: asyncio.Condition | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _condition(self) -> asyncio.Condition:
+        loop = asyncio.get_running_loop()
+        if self._cond is None or self._loop is not loop:
+            self._cond, self._loop, self._readers, self._writer = asyncio.Condition(), loop, 0, False
+        return self._cond
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        cond = self._condition()
+        async with cond:
+            await cond.wait_for(lambda: not self._writer and self._readers == 0)
+            self._writer = True
+        try:
+            yield
+        finally:
+            async with cond:
+                self._writer = False
+                cond.notify_all()
+
+    async def call(self, fn: Callable[..., Any], *args: Any, timeout: float = STOP_TIMEOUT_S) -> Any:
+        """Run a Go call that reads the maps; the gate is shared for its first ``READ_GRACE_S``."""
+        cond = self._condition()
+        async with cond:
+            await cond.wait_for(lambda: not self._writer)
+            self._readers += 1
+        task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        try:
+            await asyncio.wait({task}, timeout=self.READ_GRACE_S)
+        finally:
+            async with cond:
+                self._readers -= 1
+                cond.notify_all()
+        return await asyncio.wait_for(task, timeout)
+
+    async def write(self, fn: Callable[..., Any], *args: Any, timeout: float = STOP_TIMEOUT_S) -> Any:
+        async with self.exclusive():
+            return await asyncio.wait_for(asyncio.to_thread(fn, *args), timeout)
+
+
+GO_CALLS = GoCalls()
+_UUIDS = itertools.count(1)
+
+
+@dataclass
+class NeonizeTuning:
+    qr_first_timeout_s: float = 60.0
+    qr_total_timeout_s: float = 160.0
+    start_settle_s: float = 0.1
+    stop_timeout_s: float = 75.0
+    paired_connect_timeout_s: float = 60.0
+    keepalive_grace_s: float = 200.0
+    leak_grace_s: float = 2.0  # a stopped client's thread still alive this long after is counted as leaked
+
+    @classmethod
+    def from_settings(cls, s: Settings | None) -> NeonizeTuning:
+        if s is None:
+            return cls()
+        return cls(s.qr_first_timeout_s, s.qr_total_timeout_s, s.neonize_start_settle_s, s.neonize_stop_timeout_s,
+                   s.neonize_paired_connect_timeout_s, s.neonize_keepalive_grace_s)
 
 
 class _Client:
-    """One company's client, its thread and its outcome."""
+    """One company's client, its thread and the one way its attempt ends."""
 
     def __init__(self, company_id: str, client: Any, listener: SessionListener,
-                 loop: asyncio.AbstractEventLoop, pairing_phone: str | None) -> None:
+                 loop: asyncio.AbstractEventLoop, pairing_phone: str | None, device: str | None) -> None:
         self.company_id = company_id
         self.client = client
         self.listener = listener
         self.loop = loop
         self.pairing_phone = pairing_phone
+        self.device = device  # the stored device this client resumes, or the one it just paired
         self.outcome: asyncio.Future[HoldOutcome] = loop.create_future()
         self.thread: threading.Thread | None = None
+        self.first_sign = threading.Event()
         self.connected = False
+        self.paired = False
         self.jid: str | None = None
         self.qr_sequence = 0
-        self.stopping = False
-        self.deferred_stop = False
-        self.qr_timer: asyncio.TimerHandle | None = None
+        self.ending: HoldOutcome | None = None
+        self.dead = asyncio.Event()
+        self.timers: dict[str, asyncio.TimerHandle] = {}
+        self.tasks: set[asyncio.Future[Any]] = set()
 
-    def resolve(self, outcome: HoldOutcome) -> None:
-        """Thread-safe: the first terminal event wins."""
-        def set_it() -> None:
-            if not self.outcome.done():
-                self.outcome.set_result(outcome)
-        self.loop.call_soon_threadsafe(set_it)
+    def on_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        """From a Go thread: run ``fn`` on the event loop (never call into Go from a Go callback)."""
+        self.first_sign.set()
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the process is ending
+            self.loop.call_soon_threadsafe(fn, *args)
 
-    def call(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run a listener coroutine on the event loop from a Go thread."""
-        asyncio.run_coroutine_threadsafe(fn(*args), self.loop)
+    def hand_over(self, msg: IncomingMessage) -> None:
+        """From a Go thread: give an incoming message to the listener and return only once it is durable.
+
+        whatsmeow has acknowledged it to WhatsApp already (neonize exposes no ``SynchronousAck``), so
+        the connector's spool is its only copy: this Go callback waits for the spool's commit. That
+        also keeps one client's messages in order, and holds whatsmeow back while the spool is full.
+        """
+        self.first_sign.set()
+        try:
+            done = asyncio.run_coroutine_threadsafe(self.listener.message(msg), self.loop)
+        except RuntimeError:  # the loop is closed: the process is ending
+            log.error("incoming message not kept: connector ending company_id=%s message_id=%s",
+                      self.company_id, msg.message_id)
+            return
+        try:
+            done.result(timeout=HAND_OVER_TIMEOUT_S)
+        except Exception as exc:
+            log.error("incoming message not confirmed durable company_id=%s message_id=%s error=%r",
+                      self.company_id, msg.message_id, exc)
+
+    def spawn(self, coro: Any, what: str) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+
+        def done(t: asyncio.Future[Any]) -> None:
+            self.tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.warning("listener call failed company_id=%s call=%s error=%r", self.company_id, what,
+                            t.exception())
+
+        task.add_done_callback(done)
+
+    def arm(self, name: str, delay_s: float, fn: Callable[[], None]) -> None:
+        self.disarm(name)
+        self.timers[name] = self.loop.call_later(delay_s, fn)
+
+    def disarm(self, name: str) -> None:
+        timer = self.timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
 
 
 class NeonizeTransport:
     name = "neonize"
 
     def __init__(self, dsn: str, devices: DeviceDirectory, *, settings: Settings | None = None,
-                 proxy: str | None = None) -> None:
-        self._dsn = neonize_dsn(dsn)
+                 proxy: str | None = None, client_factory: Callable[..., Any] | None = None,
+                 connector_id: str | None = None) -> None:
+        self._base_dsn = dsn
+        self._app_name = store_application_name(connector_id or (settings.connector_id if settings else None))
+        self._dsn = neonize_dsn(dsn, application_name=self._app_name)
         self._devices = devices
         self._proxy = proxy
-        s = settings
-        self.qr_first_timeout_s = s.qr_first_timeout_s if s else 60.0
-        self.qr_total_timeout_s = s.qr_total_timeout_s if s else 160.0
+        self._factory = client_factory
+        self.tuning = NeonizeTuning.from_settings(settings)
+        self.store_connection_cap = settings.neonize_store_max_connections if settings else None
         self._clients: dict[str, _Client] = {}
-        self._stopping: set[asyncio.Future[None]] = set()
+        self._ending: dict[str, _Client] = {}  # device jid → a client of it that is not dead yet
+        self._zombies: list[_Client] = []  # stopped in Go, but neonize's thread never returned
+        self.dials: dict[str, int] = {}
+        self.clients_started = 0
+        self.on_resources: Callable[[], Awaitable[None]] | None = None  # the connector's ResourceWatch
+
+    @property
+    def store_dsn(self) -> str:
+        return self._dsn
+
+    def _new_client(self, company_id: str, jid: str | None) -> Any:
+        factory = self._factory
+        if factory is None:
+            from neonize.client import NewClient
+
+            factory = NewClient
+        seq = next(_UUIDS)
+        # Each client's store connection carries its own name: pg_stat_activity then shows when Go has
+        # loaded the device (the last store query before it writes its client map), and counts them.
+        dsn = neonize_dsn(self._base_dsn, application_name=client_application_name(self._app_name, seq))
+        client = factory(dsn, jid=parse_jid(jid)) if jid else factory(dsn, new_device=True)
+        # neonize would stop "whichever client has this uuid" from a finalizer at some later GC,
+        # and with jid= the uuid is the phone number, shared by every client of the company.
+        client._stop_finalizer.detach()
+        client.uuid = f"{company_id}-{seq}".encode()
+        return client
+
+    # ------------------------------------------------------------------ protocol
 
     async def start(
         self, company_id: str, *, jid: str | None, pairing_phone: str | None, listener: SessionListener
     ) -> asyncio.Future[HoldOutcome]:
-        from neonize.client import NewClient
-
         if company_id in self._clients:
             await self.stop(company_id)
+        if jid is not None and jid in self._ending:
+            # The device's previous client has not finished dying: a second socket would be a 440.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ending[jid].dead.wait(), self.tuning.stop_timeout_s)
         loop = asyncio.get_running_loop()
-        if jid is not None:
-            client = NewClient(self._dsn, jid=parse_jid(jid))
-        else:
-            client = NewClient(self._dsn, new_device=True, uuid=f"{company_id}-{loop.time():.0f}")
-        entry = _Client(company_id, client, listener, loop, pairing_phone)
+        if self.store_connection_cap is not None:
+            held = await self.store_connections()
+            if held is not None and held >= self.store_connection_cap:
+                # Every connect() leaves one store connection open for good: past the cap no new
+                # client starts here (the connector drains and restarts; the session backs off).
+                refused: asyncio.Future[HoldOutcome] = loop.create_future()
+                refused.set_result(HoldOutcome(HoldOutcomeKind.DIAL_FAILED,
+                                               f"store connection cap reached ({held}): connector draining"))
+                if self.on_resources is not None:
+                    await self.on_resources()
+                return refused
+        client = self._new_client(company_id, jid)
+        entry = _Client(company_id, client, listener, loop, pairing_phone, jid)
         self._register(entry)
         self._clients[company_id] = entry
+        self.dials[company_id] = self.dials.get(company_id, 0) + 1
+        self.clients_started += 1
         thread = threading.Thread(target=self._run, args=(entry,), name=f"wa-{company_id}", daemon=True)
         entry.thread = thread
-        async with _GO_LOCK:
+        if jid is None:
+            entry.arm("first_qr", self.tuning.qr_first_timeout_s,
+                      lambda: self._end(entry, HoldOutcome(HoldOutcomeKind.DIAL_FAILED,
+                                                           "no QR code from WhatsApp in time")))
+        async with GO_CALLS.exclusive():
             thread.start()
-            await asyncio.sleep(_START_STAGGER_S)
-        entry.outcome.add_done_callback(lambda _f: self._after_outcome(entry))
+            # Go writes its maps for this client after its store round trips: hold the gate until then.
+            await self._store_loaded(entry, application_name_of(client.name), resumed=jid is not None)
         return entry.outcome
+
+    async def _store_loaded(self, entry: _Client, application_name: str | None, *, resumed: bool) -> None:
+        """Wait until Go has loaded the device on the client's new store connection (or gave a sign of life).
+
+        In ``Neonize()`` the last store query before ``clients[uuid] = client`` is ``GetDevice``
+        (``… FROM whatsmeow_device``) for a stored device, the schema check (``… FROM
+        whatsmeow_version``) for a new one; seen idle in pg_stat_activity, the map write follows
+        without I/O. Bounded by ``NEONIZE_START_SETTLE_S``.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.tuning.start_settle_s
+        marker = "whatsmeow_device" if resumed else "whatsmeow_version"
+        while loop.time() < deadline and not entry.first_sign.is_set():
+            if application_name is not None:
+                row = await self._devices.db.fetchrow(
+                    "SELECT state, query FROM pg_stat_activity WHERE application_name = $1", application_name)
+                if row is not None and row["state"] == "idle" and marker in (row["query"] or ""):
+                    await asyncio.sleep(_MAP_WRITE_MARGIN_S)
+                    return
+            await asyncio.sleep(0.002)
+        if not entry.first_sign.is_set():
+            log.warning("client start not seen in the store within %.1fs company_id=%s: gate released",
+                        self.tuning.start_settle_s, entry.company_id)
 
     def _run(self, entry: _Client) -> None:
         from neonize.exc import NeonizeError
@@ -167,12 +402,12 @@ class NeonizeTransport:
             else:
                 entry.client.connect()
         except NeonizeError as exc:
-            entry.resolve(HoldOutcome(HoldOutcomeKind.DIAL_FAILED, f"dial failed: {exc}"[:300]))
-            return
+            outcome = HoldOutcome(HoldOutcomeKind.DIAL_FAILED, f"dial failed: {exc}"[:300])
         except Exception as exc:  # never let a client thread die silently
-            entry.resolve(HoldOutcome(HoldOutcomeKind.DIAL_FAILED, f"client error: {type(exc).__name__}"))
-            return
-        entry.resolve(HoldOutcome(HoldOutcomeKind.STOPPED, "stopped"))
+            outcome = HoldOutcome(HoldOutcomeKind.DIAL_FAILED, f"client error: {type(exc).__name__}: {exc}"[:300])
+        else:
+            outcome = HoldOutcome(HoldOutcomeKind.STOPPED, "stopped")
+        entry.on_loop(self._end, entry, outcome)
 
     def _register(self, entry: _Client) -> None:
         from neonize.events import (
@@ -180,6 +415,7 @@ class NeonizeTransport:
             ConnectedEv,
             ConnectFailureEv,
             DisconnectedEv,
+            KeepAliveRestoredEv,
             KeepAliveTimeoutEv,
             LoggedOutEv,
             MessageEv,
@@ -190,153 +426,191 @@ class NeonizeTransport:
         )
 
         c = entry.client
-
-        def late(entry: _Client) -> bool:
-            """The attempt ended while dialling: stop the client now that stop() is quick."""
-            if not entry.deferred_stop:
-                return False
-            entry.deferred_stop = False
-            asyncio.run_coroutine_threadsafe(self._stop_client(entry), entry.loop)
-            return True
-
-        def on_qr(_client: Any, data: bytes) -> None:
-            entry.qr_sequence += 1
-            if late(entry):
-                return
-            seq = entry.qr_sequence
-            timeout = self.qr_first_timeout_s if seq == 1 else 20.0
-            expires = datetime.now(UTC) + timedelta(seconds=timeout)
-            entry.call(entry.listener.qr, data.decode(), seq, expires)
-            if seq == 1:
-                entry.loop.call_soon_threadsafe(self._arm_qr_timer, entry)
-                if entry.pairing_phone:
-                    asyncio.run_coroutine_threadsafe(self._request_pair_code(entry), entry.loop)
-
-        c.event.qr(on_qr)
-
-        def on_connected(_client: Any, _ev: Any) -> None:
-            try:
-                me = c.get_me()
-                jid = jid_text(me.JID)
-                push_name = getattr(me, "PushName", None) or None
-            except Exception:  # get_me can fail on an unregistered client; keep the session anyway
-                jid, push_name = entry.jid or "", None
-            entry.connected = True
-            entry.jid = jid
-            if late(entry):
-                return
-            if entry.qr_timer is not None:
-                entry.loop.call_soon_threadsafe(entry.qr_timer.cancel)
-            entry.call(entry.listener.connected, jid, phone_from_jid(jid) if jid else None, push_name)
-
-        c.event(ConnectedEv)(on_connected)
-
-        def on_pair(_client: Any, ev: Any) -> None:
-            if getattr(ev, "Status", 0) == 1:
-                entry.resolve(HoldOutcome(HoldOutcomeKind.PAIRING_TIMEOUT, "pairing failed"))
-
-        c.event(PairStatusEv)(on_pair)
-
-        def on_terminal(_client: Any, ev: Any) -> None:
-            outcome = outcome_for_event(ev)
-            if outcome is None:
-                return
-            if outcome.kind is HoldOutcomeKind.DROPPED and entry.connected:
-                entry.connected = False
-                entry.call(entry.listener.disconnected, outcome.detail)
-            entry.resolve(outcome)
-
+        # Plain functions, not bound methods: neonize holds bound methods weakly.
+        c.event.qr(lambda _c, data: entry.on_loop(self._on_qr, entry, data.decode()))
+        c._NewClient__onLoginStatus = lambda _uuid, status: entry.on_loop(
+            self._on_login_status, entry, ctypes.string_at(status).decode(errors="replace"))
+        c.event(ConnectedEv)(lambda _c, _ev: entry.on_loop(self._on_connected, entry, _c.me))
+        c.event(PairStatusEv)(lambda _c, ev: entry.on_loop(self._on_pair_status, entry, ev))
+        c.event(KeepAliveTimeoutEv)(lambda _c, ev: entry.on_loop(self._on_keepalive, entry, False))
+        c.event(KeepAliveRestoredEv)(lambda _c, ev: entry.on_loop(self._on_keepalive, entry, True))
         for ev_type in (StreamReplacedEv, LoggedOutEv, TemporaryBanEv, ConnectFailureEv, ClientOutdatedEv,
-                        StreamErrorEv, DisconnectedEv, KeepAliveTimeoutEv):
-            c.event(ev_type)(on_terminal)
+                        StreamErrorEv, DisconnectedEv):
+            c.event(ev_type)(lambda _c, ev: entry.on_loop(self._on_terminal, entry, ev))
 
         def on_message(_client: Any, ev: Any) -> None:
             try:
-                msg = _incoming(entry.company_id, ev)
+                msg = incoming_message(entry.company_id, ev)
             except Exception as exc:
-                log.warning("unreadable message company_id=%s error=%s", entry.company_id, type(exc).__name__)
+                log.warning("unreadable message company_id=%s error=%s: %s", entry.company_id,
+                            type(exc).__name__, exc)
                 return
-            entry.call(entry.listener.message, msg)
+            if msg is not None:
+                entry.hand_over(msg)
 
         c.event(MessageEv)(on_message)
 
-    def _arm_qr_timer(self, entry: _Client) -> None:
-        def expire() -> None:
-            if not entry.connected and not entry.outcome.done():
-                entry.outcome.set_result(HoldOutcome(HoldOutcomeKind.PAIRING_TIMEOUT, "QR not scanned in time"))
-        entry.qr_timer = entry.loop.call_later(self.qr_total_timeout_s, expire)
+    # ------------------------------------------------------------------ events (on the loop)
+
+    def _on_qr(self, entry: _Client, code: str) -> None:
+        if entry.ending is not None:
+            return
+        entry.qr_sequence += 1
+        seq = entry.qr_sequence
+        timeout = self.tuning.qr_first_timeout_s if seq == 1 else 20.0
+        expires = datetime.now(UTC) + timedelta(seconds=timeout)
+        entry.spawn(entry.listener.qr(code, seq, expires), "qr")
+        if seq == 1:
+            entry.disarm("first_qr")
+            entry.arm("pairing", self.tuning.qr_total_timeout_s,
+                      lambda: self._end(entry, HoldOutcome(HoldOutcomeKind.PAIRING_TIMEOUT, "QR not scanned in time")))
+            if entry.pairing_phone:
+                entry.spawn(self._request_pair_code(entry), "pairing_code")
+
+    def _on_login_status(self, entry: _Client, status: str) -> None:
+        log.info("login status company_id=%s status=%s", entry.company_id, status)
+        if status == "success":
+            self._paired(entry)
+            return
+        if entry.paired:
+            return
+        outcome = LOGIN_STATUS_OUTCOMES.get(status) or HoldOutcome(HoldOutcomeKind.PAIRING_TIMEOUT,
+                                                                   f"pairing ended: {status}")
+        if outcome.kind is HoldOutcomeKind.PAIRING_TIMEOUT and entry.qr_sequence == 0:
+            outcome = HoldOutcome(HoldOutcomeKind.DIAL_FAILED, f"pairing ended before the first QR: {status}")
+        self._end(entry, outcome)
+
+    def _paired(self, entry: _Client) -> None:
+        """The phone scanned (or entered the code): the device exists now; wait for the 515 restart."""
+        if entry.paired:
+            return
+        entry.paired = True
+        entry.disarm("pairing")
+        entry.disarm("first_qr")
+        entry.arm("paired_connect", self.tuning.paired_connect_timeout_s,
+                  lambda: self._end(entry, HoldOutcome(HoldOutcomeKind.DROPPED, "paired, but never connected")))
+
+    def _on_pair_status(self, entry: _Client, ev: Any) -> None:
+        from neonize.proto.Neonize_pb2 import PairStatus
+
+        if ev.Status == PairStatus.SUCCESS:
+            entry.device = jid_text(ev.ID) if ev.HasField("ID") and ev.ID.User else entry.device
+            self._paired(entry)
+        else:
+            self._end(entry, HoldOutcome(HoldOutcomeKind.PAIRING_TIMEOUT, f"pairing failed: {ev.Error}"[:300]))
+
+    def _on_connected(self, entry: _Client, me: Any) -> None:
+        if entry.ending is not None:
+            return
+        jid = jid_text(me.JID) if me is not None and me.JID.User else (entry.device or "")
+        push_name = (getattr(me, "PushName", "") or None) if me is not None else None
+        entry.connected = True
+        entry.jid = jid or None
+        entry.device = entry.device or entry.jid
+        for name in ("first_qr", "pairing", "paired_connect", "keepalive"):
+            entry.disarm(name)
+        entry.spawn(entry.listener.connected(jid, phone_from_jid(jid) if jid else None, push_name), "connected")
+
+    def _on_keepalive(self, entry: _Client, restored: bool) -> None:
+        if restored:
+            entry.disarm("keepalive")
+            return
+        if "keepalive" not in entry.timers and entry.ending is None:
+            log.warning("keepalive timeout company_id=%s: waiting %.0fs for whatsmeow to recover",
+                        entry.company_id, self.tuning.keepalive_grace_s)
+            entry.arm("keepalive", self.tuning.keepalive_grace_s,
+                      lambda: self._end(entry, HoldOutcome(HoldOutcomeKind.DROPPED, "keepalive failing")))
+
+    def _on_terminal(self, entry: _Client, ev: Any) -> None:
+        outcome = outcome_for_event(ev)
+        if outcome is not None:
+            self._end(entry, outcome)
 
     async def _request_pair_code(self, entry: _Client) -> None:
-        if not entry.pairing_phone:
-            return
+        assert entry.pairing_phone
         try:
             code = await self.pair_code(entry.company_id, entry.pairing_phone)
         except Exception as exc:
-            log.warning("pairing code failed company_id=%s error=%s", entry.company_id, type(exc).__name__)
+            log.warning("pairing code failed company_id=%s error=%s", entry.company_id, exc)
+            self._end(entry, HoldOutcome(HoldOutcomeKind.PAIRING_TIMEOUT, f"pairing code request failed: {exc}"[:300]))
             return
         await entry.listener.pairing_code(code)
 
-    def _after_outcome(self, entry: _Client) -> None:
-        """Whatever ended the attempt, stop the client: whatsmeow must not reconnect on its own."""
-        if entry.qr_timer is not None:
-            entry.qr_timer.cancel()
+    # ------------------------------------------------------------------ how an attempt ends
+
+    def _end(self, entry: _Client, outcome: HoldOutcome) -> None:
+        """The first terminal cause wins; the outcome is given once the client is dead."""
+        if entry.ending is not None:
+            return
+        entry.ending = outcome
+        for name in list(entry.timers):
+            entry.disarm(name)
+        if entry.connected and outcome.kind is HoldOutcomeKind.DROPPED:
+            entry.spawn(entry.listener.disconnected(outcome.detail), "disconnected")
+        entry.connected = False
         if self._clients.get(entry.company_id) is entry:
             del self._clients[entry.company_id]
-        task = asyncio.ensure_future(self._stop_client(entry))
-        self._stopping.add(task)
-        task.add_done_callback(self._stopping.discard)
+        if entry.device:
+            self._ending[entry.device] = entry
+        elif not entry.outcome.done():
+            entry.outcome.set_result(outcome)  # no device, no second socket to fear: the hold ends now
+        entry.spawn(self._teardown(entry), "teardown")
 
-    async def _stop_client(self, entry: _Client) -> None:
-        if entry.stopping:
-            return
-        if self._dialling(entry) and entry.thread is not None and entry.thread.is_alive():
-            # whatsmeow's stop() blocks until a running dial times out (15-60 s), holding the
-            # process-wide lock all that time. Leave the dial to fail by itself; if it succeeds
-            # instead, the first callback sees the attempt is over and stops the client then.
-            entry.deferred_stop = True
-            return
-        entry.stopping = True
-        async with _GO_LOCK:
-            try:
-                await asyncio.wait_for(asyncio.to_thread(entry.client.stop), STOP_TIMEOUT_S)
-            except TimeoutError:
-                log.warning("stop did not return in %.0fs company_id=%s", STOP_TIMEOUT_S, entry.company_id)
-            except Exception as exc:
-                log.warning("stop failed company_id=%s error=%s", entry.company_id, type(exc).__name__)
+    async def _teardown(self, entry: _Client) -> None:
+        try:
+            # disconnect() sets whatsmeow's expect-disconnect flag (no more auto-reconnect) and
+            # waits for a dial in flight; then stop() frees Go's maps, quickly, under the gate.
+            await GO_CALLS.call(entry.client.disconnect, timeout=self.tuning.stop_timeout_s)
+            await GO_CALLS.write(entry.client.stop, timeout=STOP_TIMEOUT_S)
+        except TimeoutError:
+            log.error("client did not stop in %.0fs company_id=%s", self.tuning.stop_timeout_s, entry.company_id)
+        except Exception as exc:
+            log.warning("stop failed company_id=%s error=%s", entry.company_id, type(exc).__name__)
+        finally:
+            entry.dead.set()
+            if entry.device and self._ending.get(entry.device) is entry:
+                del self._ending[entry.device]
+            if not entry.outcome.done():
+                assert entry.ending is not None
+                entry.outcome.set_result(entry.ending)
+            entry.loop.call_later(self.tuning.leak_grace_s, self._watch_thread, entry)
+
+    def _watch_thread(self, entry: _Client) -> None:
+        if entry.thread is not None and entry.thread.is_alive():
+            log.warning("client thread did not return company_id=%s: counted as leaked", entry.company_id)
+            self._zombies.append(entry)
+        if self.on_resources is not None:
+            entry.spawn(self.on_resources(), "resources")
 
     async def stop(self, company_id: str) -> None:
         entry = self._clients.get(company_id)
         if entry is None:
             return
-        del self._clients[company_id]
-        if not entry.outcome.done():
-            entry.outcome.set_result(HoldOutcome(HoldOutcomeKind.STOPPED, "stopped"))
-        await self._stop_client(entry)
-
-    @staticmethod
-    def _dialling(entry: _Client) -> bool:
-        """No QR and no connection yet: the first dial is still running."""
-        return not entry.connected and entry.qr_sequence == 0
+        self._end(entry, HoldOutcome(HoldOutcomeKind.STOPPED, "stopped"))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(entry.outcome), self.tuning.stop_timeout_s + STOP_TIMEOUT_S)
 
     async def logout(self, company_id: str) -> None:
         entry = self._clients.get(company_id)
         if entry is None:
             return
         try:
-            await asyncio.wait_for(asyncio.to_thread(entry.client.logout), STOP_TIMEOUT_S)
+            await GO_CALLS.call(entry.client.logout)
         except Exception as exc:
-            log.warning("logout failed company_id=%s error=%s", company_id, type(exc).__name__)
-        if entry.jid:
-            await self._devices.db.execute("DELETE FROM whatsmeow_device WHERE jid = $1", entry.jid)
+            log.warning("logout at WhatsApp failed company_id=%s error=%s", company_id, exc)
+        device = entry.device or entry.jid
+        if device:  # also when the client never connected: the credentials go either way
+            await self._devices.db.execute("DELETE FROM whatsmeow_device WHERE jid = $1", device)
         await self._devices.forget(company_id)
-        if not entry.outcome.done():
-            entry.outcome.set_result(HoldOutcome(HoldOutcomeKind.LOGGED_OUT, "logged out by request"))
+        self._end(entry, HoldOutcome(HoldOutcomeKind.LOGGED_OUT, "logged out by request"))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(entry.outcome), self.tuning.stop_timeout_s + STOP_TIMEOUT_S)
 
     async def pair_code(self, company_id: str, phone: str) -> str:
         entry = self._clients.get(company_id)
         if entry is None:
             raise NotConnectedError(f"company {company_id} has no client on this connector")
-        code: str = await asyncio.to_thread(entry.client.PairPhone, phone, True)
+        code: str = await GO_CALLS.call(entry.client.PairPhone, phone, True)
         return code
 
     async def send(self, company_id: str, to: str, text: str, quoted: str | None = None) -> SendResult:
@@ -346,7 +620,13 @@ class NeonizeTransport:
         from neonize.utils.jid import build_jid
 
         target = parse_jid(to) if "@" in to else build_jid(to)
-        resp = await asyncio.to_thread(entry.client.send_message, target, text)
+        message: Any = text
+        if quoted:
+            from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import ContextInfo, ExtendedTextMessage, Message
+
+            message = Message(extendedTextMessage=ExtendedTextMessage(
+                text=text, contextInfo=ContextInfo(stanzaID=quoted, participant=non_ad(target))))
+        resp = await GO_CALLS.call(entry.client.send_message, target, message)
         return SendResult(message_id=str(resp.ID), timestamp=datetime.fromtimestamp(int(resp.Timestamp), UTC))
 
     def status(self, company_id: str) -> LinkStatus | None:
@@ -360,23 +640,139 @@ class NeonizeTransport:
     async def close(self) -> None:
         await asyncio.gather(*(self.stop(cid) for cid in list(self._clients)), return_exceptions=True)
 
+    @property
+    def held(self) -> list[str]:
+        return sorted(self._clients)
 
-def _incoming(company_id: str, ev: Any) -> IncomingMessage:
+    # ------------------------------------------------------------------ resources
+
+    async def leaks(self) -> TransportLeaks:
+        self._zombies = [z for z in self._zombies if z.thread is not None and z.thread.is_alive()]
+        connections = await self.store_connections()
+        return TransportLeaks(leaked_threads=len(self._zombies), store_connections=connections,
+                              clients_started=self.clients_started)
+
+    async def store_connections(self) -> int | None:
+        """PostgreSQL connections the store holds for this connector (counted by their application_name)."""
+        if not self._app_name:
+            return None
+        count: int = await self._devices.db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 OR application_name LIKE $2",
+            self._app_name, self._app_name.replace("_", r"\_") + "-c%")
+        return count
+
+    # ------------------------------------------------------------------ phone side (the model only)
+
+    async def control(self, company_id: str, action: str, params: dict[str, Any]) -> dict[str, Any]:
+        entry = self._clients.get(company_id)
+        if entry is None:
+            raise TransportControlError(f"company {company_id} is not held by this connector")
+        try:
+            phone = entry.client.phone
+        except AttributeError:
+            raise TransportControlError("transport controls need NEONIZE_CLIENT=model") from None
+        except ValueError as exc:
+            raise TransportControlError(str(exc)) from None
+        return await asyncio.to_thread(model_control, phone, entry, action, params)
+
+
+def model_control(phone: Any, entry: _Client, action: str, params: dict[str, Any]) -> dict[str, Any]:
+    """One phone-side action on the model of neonize's client (connector.whatsmeow_model)."""
+    from connector.simulator import simulated_phone
+    from connector.whatsmeow_model import RUNTIME, ModelControlError
+
+    def opt(name: str) -> str | None:
+        value = params.get(name)
+        return None if value is None else str(value)
+
+    try:
+        match action:
+            case "scan" | "pair":
+                if action == "pair" and phone._go.pending_code_phone:
+                    return {"ok": True, "jid": phone.confirm_code()}
+                number = opt("phone") or entry.pairing_phone or simulated_phone(entry.company_id)
+                return {"ok": True, "jid": phone.scan(number)}
+            case "pair_error":
+                phone.pair_error()
+            case "disconnect":
+                phone.drop()
+            case "replace":
+                phone.replace()
+            case "logout":
+                phone.logout()
+            case "ban":
+                phone.ban(int(float(str(params.get("expires_s", 3600)))))
+            case "dial_fail" | "outdated" | "connect_failure":
+                step = {"dial_fail": "refuse", "outdated": "outdated",
+                        "connect_failure": f"failure:{params.get('reason', 1)}"}[action]
+                times = int(str(params.get("times", 1)))
+                if times == 0:
+                    RUNTIME.server.clear(phone.device)
+                RUNTIME.server.plan(phone.device, *[step] * times)
+                if params.get("drop", True) and entry.connected:
+                    phone.drop()
+            case "stream_error":
+                phone.stream_error(str(params.get("code", "500")))
+            case "keepalive_timeout":
+                phone.keepalive_timeout(float(str(params.get("failing_for_s", 0))))
+            case "keepalive_restore":
+                phone.keepalive_restore()
+            case "incoming":
+                sender = opt("sender") or "79990000001@s.whatsapp.net"
+                mid = phone.incoming(
+                    str(params.get("text", "hello")), sender=sender, chat=opt("chat"), sender_alt=opt("sender_alt"),
+                    message_id=opt("message_id"), quoted=opt("quoted"),
+                )
+                return {"ok": True, "message_id": mid}
+            case _:
+                raise TransportControlError(f"unknown transport control {action!r}")
+    except ModelControlError as exc:
+        raise TransportControlError(str(exc)) from None
+    return {"ok": True}
+
+
+def incoming_message(company_id: str, ev: Any) -> IncomingMessage | None:
+    """A neonize ``MessageEv`` as the inbox's message; None for chats that are not conversations."""
     info = ev.Info
     src = info.MessageSource
-    chat = jid_text(src.Chat)
-    sender = jid_text(src.Sender)
+    if src.Chat.Server in IGNORED_CHAT_SERVERS or src.Chat.User == "status":
+        return None
+    chat = non_ad(src.Chat)
+    sender = non_ad(src.Sender)
+    sender_phone = phone_from_jid(sender)
+    if sender_phone is None and src.HasField("SenderAlt") and src.SenderAlt.User:
+        sender_phone = phone_from_jid(non_ad(src.SenderAlt))  # an @lid sender's number
     msg = ev.Message
     text = msg.conversation or (msg.extendedTextMessage.text if msg.HasField("extendedTextMessage") else None)
+    metadata: dict[str, str] = {}
+    if msg.HasField("extendedTextMessage") and msg.extendedTextMessage.contextInfo.stanzaID:
+        metadata["quoted"] = msg.extendedTextMessage.contextInfo.stanzaID
     return IncomingMessage(
         company_id=company_id,
         message_id=str(info.ID),
         chat=chat,
         sender=sender,
-        timestamp=datetime.fromtimestamp(int(info.Timestamp), UTC),
+        timestamp=datetime.fromtimestamp(int(info.Timestamp) / 1000, UTC),  # UnixMilli() on the Go side
         text=text,
-        sender_phone=phone_from_jid(sender),
+        sender_phone=sender_phone,
         push_name=str(info.Pushname) or None,
         message_type=str(info.Type) or "text",
         from_me=bool(src.IsFromMe),
+        metadata=metadata,
     )
+
+
+def store_application_name(connector_id: str | None) -> str | None:
+    return f"waorch-store-{connector_id}"[:50] if connector_id else None
+
+
+def client_application_name(connector_name: str | None, seq: int) -> str | None:
+    return f"{connector_name}-c{seq}" if connector_name else None
+
+
+def application_name_of(dsn: str) -> str | None:
+    from urllib.parse import parse_qs, urlsplit
+
+    values = parse_qs(urlsplit(dsn).query).get("application_name")
+    return values[0] if values else None
+

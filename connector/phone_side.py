@@ -10,7 +10,7 @@ a process running the simulator transport can serve its controls (scan, incoming
     GET  /phone/stats                   connection attempts per company (every dial, as WhatsApp counts them)
     GET  /phone/{company_id}/outbox     what the company's phone sent
 
-The same controls also reach the connector through Temporal (the ``simulator_control`` activity);
+The same controls also reach the connector through Temporal (the ``transport_control`` activity);
 this path exists for what must work without it.
 """
 
@@ -26,8 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from connector.simulator import SimulatorError
-from connector.transport import Transport
+from connector.transport import Transport, TransportControlError
 
 log = logging.getLogger("waorch.phone_side")
 
@@ -36,9 +35,6 @@ def phone_side_app(transport: Transport) -> Starlette:
     async def control(request: Request) -> JSONResponse:
         company_id = request.path_params["company_id"]
         action = request.path_params["action"]
-        control_fn = getattr(transport, "control", None)
-        if control_fn is None:
-            return JSONResponse({"error": "this transport has no phone side"}, status_code=404)
         try:
             params: dict[str, Any] = await request.json() if await request.body() else {}
         except ValueError:
@@ -46,8 +42,8 @@ def phone_side_app(transport: Transport) -> Starlette:
         if transport.status(company_id) is None:
             return JSONResponse({"error": f"{company_id} is not held by this connector"}, status_code=404)
         try:
-            answer: dict[str, Any] = await control_fn(company_id, action, params)
-        except SimulatorError as exc:
+            answer: dict[str, Any] = await transport.control(company_id, action, params)
+        except TransportControlError as exc:
             return JSONResponse({"error": str(exc)}, status_code=422)
         return JSONResponse(answer)
 

@@ -9,7 +9,7 @@ injectable trouble: incoming messages, drops, 440, logout, temporary bans,
 dial failures and flapping. Sent messages go to an outbox.
 
 Deterministic: nothing random but the QR payload; every injected event happens
-when a test (or the ``simulator_control`` activity) asks for it.
+when a test (or the ``transport_control`` activity) asks for it.
 """
 
 from __future__ import annotations
@@ -24,14 +24,21 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from connector.devices import DeviceDirectory
-from connector.transport import LinkStatus, NotConnectedError, SessionListener
+from connector.live_sockets import LiveSockets
+from connector.transport import (
+    LinkStatus,
+    NotConnectedError,
+    SessionListener,
+    TransportControlError,
+    TransportLeaks,
+)
 from domain.inbox import IncomingMessage
 from domain.session import HoldOutcome, HoldOutcomeKind, OutboxEntry, SendResult
 
 log = logging.getLogger("waorch.simulator")
 
 
-class SimulatorError(ValueError):
+class SimulatorError(TransportControlError):
     """A control that does not apply to the company's current simulated state."""
 
 
@@ -46,6 +53,7 @@ class _Link:
     connected: bool = False
     qr_sequence: int = 0
     pairing_code: str | None = None
+    socket_id: str | None = None  # the live-socket registry's entry while connected
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
@@ -74,8 +82,11 @@ class SimulatorTransport:
         self.dial_delay_s = dial_delay_s
         self._links: dict[str, _Link] = {}
         self._dial_failures: dict[str, int] = defaultdict(int)
+        self._outdated: set[str] = set()  # companies whose next dials meet "client outdated" (405)
         self._flaps: dict[str, tuple[int, float]] = {}
+        # What each phone sent, as this process saw it; the durable record is transport_outbox.
         self.outbox: dict[str, list[OutboxEntry]] = defaultdict(list)
+        self.sockets = LiveSockets(devices.db.dsn)
         self.dials: dict[str, int] = defaultdict(int)  # connection attempts per company
 
     # ------------------------------------------------------------------ protocol
@@ -89,6 +100,9 @@ class SimulatorTransport:
         link = _Link(company_id, listener, loop.create_future(), pairing_phone)
         self._links[company_id] = link
         self.dials[company_id] += 1
+        if company_id in self._outdated:
+            self._end(link, HoldOutcome(HoldOutcomeKind.CLIENT_OUTDATED, "client outdated (405): update neonize"))
+            return link.outcome
         if self._dial_failures[company_id] > 0:
             self._dial_failures[company_id] -= 1
             self._end(link, HoldOutcome(HoldOutcomeKind.DIAL_FAILED, "simulated dial failure"))
@@ -126,6 +140,11 @@ class SimulatorTransport:
         now = datetime.now(UTC)
         entry = OutboxEntry(message_id=f"SIM{uuid.uuid4().hex[:16].upper()}", to=to, text=text, timestamp=now,
                             quoted=quoted)
+        await self._devices.db.execute(
+            """INSERT INTO transport_outbox (company_id, transport, message_id, to_jid, text, quoted, sent_at)
+               VALUES ($1, 'simulator', $2, $3, $4, $5, $6)""",
+            company_id, entry.message_id, to, text, quoted, now,
+        )
         self.outbox[company_id].append(entry)
         return SendResult(message_id=entry.message_id, timestamp=now)
 
@@ -141,15 +160,19 @@ class SimulatorTransport:
     async def close(self) -> None:
         for company_id in list(self._links):
             await self.stop(company_id)
+        await asyncio.to_thread(self.sockets.close_connection)
+
+    async def leaks(self) -> TransportLeaks:
+        return TransportLeaks(clients_started=sum(self.dials.values()))
 
     @property
     def held(self) -> list[str]:
         return sorted(self._links)
 
-    # ------------------------------------------------------------------ controls (tests, simulator_control)
+    # ------------------------------------------------------------------ controls (tests, transport_control)
 
     async def control(self, company_id: str, action: str, params: dict[str, Any]) -> dict[str, Any]:
-        """Dispatch one :class:`~domain.session.SimulatorCommand`; returns a small JSON-able answer."""
+        """Dispatch one :class:`~domain.session.TransportCommand`; returns a small JSON-able answer."""
         match action:
             case "scan" | "pair":
                 jid = await self.scan(company_id, phone=_opt_str(params.get("phone")))
@@ -166,6 +189,14 @@ class SimulatorTransport:
                 self.fail_dials(company_id, int(str(params.get("times", 1))))
                 if params.get("drop", True) and self._connected(company_id):
                     self.drop(company_id, "simulated network drop")
+            case "outdated":
+                # WhatsApp refuses this client version from the next dial on (times=0: updated again).
+                if int(str(params.get("times", 1))) == 0:
+                    self._outdated.discard(company_id)
+                else:
+                    self._outdated.add(company_id)
+                    if params.get("drop", True) and self._connected(company_id):
+                        self.drop(company_id, "simulated network drop")
             case "flap":
                 self.flap(company_id, int(str(params.get("times", 3))), float(str(params.get("interval_s", 0.5))))
             case "incoming":
@@ -274,6 +305,10 @@ class SimulatorTransport:
         if self._links.get(link.company_id) is link:
             del self._links[link.company_id]
         link.connected = False
+        if link.socket_id is not None:
+            # Closed before the outcome is known, so the next hold of the device never overlaps it.
+            self.sockets.close(link.socket_id)
+            link.socket_id = None
         for task in list(link.tasks):
             if task is not asyncio.current_task():
                 task.cancel()
@@ -299,6 +334,13 @@ class SimulatorTransport:
         await self._connect(link, jid, phone, push_name)
 
     async def _connect(self, link: _Link, jid: str, phone: str | None, push_name: str | None) -> None:
+        link.socket_id = await asyncio.to_thread(self.sockets.open, jid, transport="simulator",
+                                                 company_id=link.company_id)
+        if self._links.get(link.company_id) is not link:  # ended while the socket opened
+            if link.socket_id is not None:
+                self.sockets.close(link.socket_id)
+            link.socket_id = None
+            return
         link.jid, link.phone, link.connected = jid, phone, True
         await link.listener.connected(jid, phone, push_name)
         flaps = self._flaps.get(link.company_id)

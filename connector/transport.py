@@ -9,9 +9,10 @@ callbacks into workflow signals and Redis events.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from domain.inbox import IncomingMessage
 from domain.session import HoldOutcome, SendResult
@@ -19,6 +20,19 @@ from domain.session import HoldOutcome, SendResult
 
 class NotConnectedError(RuntimeError):
     """The company has no connected client in this connector."""
+
+
+class TransportControlError(ValueError):
+    """A phone-side control (tests, demos) that the transport cannot apply now, or at all."""
+
+
+@dataclass
+class TransportLeaks:
+    """Resources a transport holds that it cannot give back (SPEC: bounded resources)."""
+
+    leaked_threads: int = 0  # client threads that never returned after their client was stopped
+    store_connections: int | None = None  # PostgreSQL connections of the WhatsApp store (None: not counted)
+    clients_started: int = 0
 
 
 class SessionListener(Protocol):
@@ -80,3 +94,21 @@ class Transport(Protocol):
     async def close(self) -> None:
         """Stop every connection without logging out (graceful shutdown)."""
         ...
+
+    async def control(self, company_id: str, action: str, params: dict[str, Any]) -> dict[str, Any]:
+        """A phone-side action (scan, drop, 440, logout, incoming, …): the simulator, or neonize's model.
+
+        Raises :class:`TransportControlError` where it does not apply.
+        """
+        ...
+
+    async def leaks(self) -> TransportLeaks:
+        """What this transport could not give back: leaked threads, store connections."""
+        ...
+
+
+@runtime_checkable
+class ResourceReporting(Protocol):
+    """A transport that calls ``on_resources`` whenever its leak figures may have changed."""
+
+    on_resources: Callable[[], Awaitable[None]] | None

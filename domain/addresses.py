@@ -65,25 +65,45 @@ def parse_jid(text: str) -> Jid:
 def normalize_phone(text: str, default_region: str | None = None) -> str:
     """Validate a phone number with ``phonenumbers``; return its E.164 digits (no ``+``).
 
+    A number with a leading ``+`` is international. One without is read in
+    ``default_region`` first (``8 999 123-45-67`` and ``999 123-45-67`` in ``RU``
+    are ``79991234567``), then as international digits (``79991234567``,
+    ``4915112345678``); with no region, only as international digits.
+
     Raises:
-        InvalidAddress: not a valid number.
+        InvalidAddress: not a valid number; the message names the region tried.
     """
     raw = text.strip()
-    candidate = raw if raw.startswith("+") or default_region else "+" + raw
-    try:
-        number = phonenumbers.parse(candidate, default_region)
-    except phonenumbers.NumberParseException as exc:
-        raise InvalidAddress(f"{raw!r} is not a phone number: {exc}") from None
-    if not phonenumbers.is_valid_number(number):
-        raise InvalidAddress(f"{raw!r} is not a valid phone number")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164).lstrip("+")
+    if raw.startswith("+"):
+        readings: list[tuple[str, str | None]] = [(raw, None)]
+    elif default_region:
+        readings = [(raw, default_region), ("+" + raw, None)]
+    else:
+        readings = [("+" + raw, None)]
+    problem = "not a valid phone number"
+    for candidate, region in readings:
+        try:
+            number = phonenumbers.parse(candidate, region)
+        except phonenumbers.NumberParseException as exc:
+            problem = f"not a phone number: {exc}"
+            continue
+        if phonenumbers.is_valid_number(number):
+            return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164).lstrip("+")
+        problem = "not a valid phone number"
+    if raw.startswith("+"):
+        raise InvalidAddress(f"{raw!r} is {problem}")
+    if default_region:
+        raise InvalidAddress(f"{raw!r} is {problem} (tried as a {default_region} number, the "
+                             "DEFAULT_PHONE_REGION, and as international digits)")
+    raise InvalidAddress(f"{raw!r} is {problem} (tried as international digits: no DEFAULT_PHONE_REGION is set "
+                         "for numbers without a leading +)")
 
 
-def recipient_jid(to: str) -> Jid:
+def recipient_jid(to: str, default_region: str | None = None) -> Jid:
     """A recipient given as a JID (kept as is, ``@lid`` included) or a phone number."""
     if "@" in to:
         return parse_jid(to)
-    return Jid(user=normalize_phone(to), server=USER_SERVER)
+    return Jid(user=normalize_phone(to, default_region), server=USER_SERVER)
 
 
 def phone_of(jid_text: str) -> str | None:

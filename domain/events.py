@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from domain.addresses import phone_of
+
 EVENTS_CHANNEL = "whatsapp:events"
 
 
@@ -52,6 +54,8 @@ class Event(BaseModel):
             companyId=self.company_id,
             timestamp=self.timestamp.isoformat(),
         )
+        for old, value in _legacy_fields(self.type, body).items():
+            body.setdefault(old, value)
         return body
 
     def to_json(self) -> str:
@@ -61,10 +65,33 @@ class Event(BaseModel):
 
     @classmethod
     def from_wire(cls, body: dict[str, Any]) -> Event:
+        kind = EventType(body["type"])
         rest = {k: v for k, v in body.items() if k not in {"type", "companyId", "timestamp"}}
+        for old, value in _legacy_fields(kind, rest).items():
+            if old in rest and rest[old] == value:
+                del rest[old]  # to_wire adds it again: the event is the same
         return cls(
-            type=EventType(body["type"]),
+            type=kind,
             company_id=str(body["companyId"]),
             timestamp=datetime.fromisoformat(str(body["timestamp"])),
             data=rest,
         )
+
+
+def _legacy_fields(kind: EventType, body: dict[str, Any]) -> dict[str, Any]:
+    """The names the old back end's clients read, beside the new ones (nothing renamed or removed).
+
+    ``connected`` carries ``phoneNumber`` (digits, as the old events had them), ``message``
+    carries ``message`` (its text), ``error`` carries ``error`` (its reason). README "Coming
+    from the old system" lists what still differs.
+    """
+    if kind is EventType.CONNECTED:
+        phone = body.get("phone")
+        if not phone and isinstance(body.get("jid"), str):
+            phone = phone_of(body["jid"])
+        return {"phoneNumber": phone}
+    if kind is EventType.MESSAGE and "text" in body:
+        return {"message": body["text"]}
+    if kind is EventType.ERROR and "reason" in body:
+        return {"error": body["reason"]}
+    return {}

@@ -7,7 +7,7 @@ activities and the API's handler settings use the same names.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -41,6 +41,8 @@ class IncomingMessage:
     message_type: str = "text"
     from_me: bool = False
     metadata: dict[str, str] = field(default_factory=dict)
+    # When the inbox workflow queued it (set there; the backlog's age is measured from it).
+    received_at: datetime | None = None
 
 
 
@@ -50,7 +52,19 @@ ACTIVITY_RESERVE_REPLY = "reserve_reply"  # ReplyReservation -> ReplySlot
 ACTIVITY_DELIVER_EVENT = "deliver_inbox_event"  # InboxEvent -> int (HTTP status; 0 = no event webhook)
 FAILED_MESSAGE_WORKFLOW = "FailedInboxMessage"
 QUERY_INBOX = "inbox"
-ERROR_HANDLER_FAILED = "InboxHandlerFailed"
+
+# A failed message waits for a person (issue #15.1): its row in PostgreSQL (failed_messages) is the
+# durable copy; its FailedInboxMessage workflow stays running until an operator sends one of these
+# signals (API, CLI, or "Send a Signal" in the Temporal UI; the optional argument names who).
+SIGNAL_REDELIVER = "redeliver"
+SIGNAL_DISCARD = "discard"
+FAILED_ACTIONS = (SIGNAL_REDELIVER, SIGNAL_DISCARD)
+QUERY_FAILED_MESSAGE = "failed_message"
+ACTIVITY_PARK_FAILED = "park_failed_message"  # FailedMessageRecord -> ParkResult
+ACTIVITY_FAILED_ATTEMPT = "record_failed_attempt"  # FailedAttempt -> int (attempts so far)
+ACTIVITY_RESOLVE_FAILED = "resolve_failed_message"  # FailedResolution -> bool (a row was resolved)
+ACTIVITY_FAILED_SUMMARY = "failed_messages_summary"  # None -> FailedMessagesSummary
+FAILED_REMINDER_WORKFLOW = "FailedMessagesReminder"
 
 
 def failed_message_workflow_id(company_id: str, message_id: str) -> str:
@@ -141,14 +155,97 @@ class InboxSummary:
     duplicates: int
     pending: int
     last_message_id: str | None = None
+    oldest_pending_at: datetime | None = None  # when the oldest message not yet handled arrived
 
 
 @dataclass
 class FailedMessageInput:
     message: IncomingMessage
     error: str
-    tuning: InboxTuning
+    tuning: InboxTuning | None  # None: the worker's settings (a start by the API from the stored row)
     claim: str
+    # Operator requests not yet served when the workflow continued as new.
+    requests: list[OperatorRequest] = field(default_factory=list)
+
+
+@dataclass
+class OperatorRequest:
+    action: str  # SIGNAL_REDELIVER | SIGNAL_DISCARD
+    actor: str
+
+
+@dataclass
+class FailedMessageRecord:
+    """What the failed_messages row keeps: enough to deliver the message again in the inbox's name."""
+
+    message: IncomingMessage
+    error: str
+    claim: str
+    workflow_id: str
+
+
+@dataclass
+class ParkResult:
+    first_for_company: bool  # no other message of the company was waiting: alert
+    attempts: int
+    waiting_for_company: int
+
+
+@dataclass
+class FailedAttempt:
+    company_id: str
+    message_id: str
+    error: str
+
+
+@dataclass
+class FailedResolution:
+    company_id: str
+    message_id: str
+    outcome: str  # "redelivered" | "discarded"
+    actor: str
+
+
+@dataclass
+class FailedMessageState:
+    """The ``failed_message`` query: where this failed message stands."""
+
+    company_id: str
+    message_id: str
+    chat: str
+    error: str
+    attempts: int = 1
+    status: str = "waiting"  # waiting | redelivering | redelivered | discarded
+
+
+@dataclass
+class FailedCompanyCount:
+    company_id: str
+    waiting: int
+    oldest: datetime
+
+
+@dataclass
+class FailedMessagesSummary:
+    total: int = 0
+    companies: list[FailedCompanyCount] = field(default_factory=list)
+
+
+def incoming_to_json(msg: IncomingMessage) -> dict[str, Any]:
+    """The message as stored in failed_messages.message (JSON; datetimes ISO 8601)."""
+    out = asdict(msg)
+    for key in ("timestamp", "received_at"):
+        if out.get(key) is not None:
+            out[key] = out[key].isoformat()
+    return out
+
+
+def incoming_from_json(data: dict[str, Any]) -> IncomingMessage:
+    values = {k: v for k, v in data.items() if k in IncomingMessage.__dataclass_fields__}
+    for key in ("timestamp", "received_at"):
+        if isinstance(values.get(key), str):
+            values[key] = datetime.fromisoformat(values[key])
+    return IncomingMessage(**values)
 
 
 # A handler of type "callable": ``package.module:function``.

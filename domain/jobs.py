@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from domain.inbox import FAILED_REMINDER_WORKFLOW
+
 JOB_KINDS = ("backup", "restore-test", "cleanup")
 
 # Failures that retrying cannot fix: a wrong pg_dump, a dump that does not match
@@ -45,8 +47,11 @@ class JobResult:
 
 
 # The workflow type that runs each kind (workflows/jobs.py registers them under these names).
+# "failed-messages" is the daily reminder of failed incoming messages still waiting (workflows/inbox.py):
+# scheduled like the jobs (listed, paused, triggered with them), not a job with job_runs rows.
 JOB_WORKFLOW_TYPES: dict[str, str] = {
     "backup": "BackupWorkflow",
     "restore-test": "RestoreTestWorkflow",
     "cleanup": "CleanupWorkflow",
+    "failed-messages": FAILED_REMINDER_WORKFLOW,
 }

@@ -37,13 +37,16 @@ QUERY_STATUS = "status"
 # queue "connector.<id>" (SessionStatus.holder_queue).
 ACTIVITY_HOLD_SESSION = "hold_session"  # HoldRequest -> HoldStarted; HeldElsewhere if a live connector holds it
 ACTIVITY_SEND_MESSAGE = "send_message"  # SendRequest -> SendResult; NotConnected if not held here
-ACTIVITY_SIMULATOR_CONTROL = "simulator_control"  # SimulatorCommand -> dict (simulator transport only)
-ACTIVITY_SIMULATOR_OUTBOX = "simulator_outbox"  # company_id -> list[OutboxEntry]
+# Phone-side controls of the test transports (the simulator, or NEONIZE_CLIENT=model) on the holder's queue.
+ACTIVITY_TRANSPORT_CONTROL = "transport_control"  # TransportCommand -> dict
+ACTIVITY_TRANSPORT_OUTBOX = "transport_outbox"  # company_id -> list[OutboxEntry] (from PostgreSQL; any connector)
 ACTIVITY_LOGOUT_DEVICE = "logout_device"  # ReleaseRequest -> bool (holder's queue: unlink the device at WhatsApp)
 ACTIVITY_RELEASE_SESSION = "release_session"  # ReleaseRequest -> bool (holder's queue: close without logout)
+# The connector drains (as on SIGTERM) and exits for its supervisor to start it again (waorch doctor --live).
+ACTIVITY_RESTART_CONNECTOR = "restart_connector"  # reason: str -> bool
 # Worker-side activities of the session workflow (core queue).
 ACTIVITY_DELETE_CREDENTIALS = "delete_credentials"  # CredentialsDeletion -> int (rows deleted)
-ACTIVITY_SEND_ALERT = "send_alert"  # activities.notify.Alert-shaped SessionAlert -> channel
+ACTIVITY_SEND_ALERT = "send_alert"  # SessionAlert -> channel (activities/notify.py)
 ACTIVITY_PUBLISH_EVENT = "publish_session_event"  # SessionEventRequest -> None
 ACTIVITY_END_HOLD = "end_hold"  # ReleaseRequest -> bool: forget a hold whose connector cannot be reached
 
@@ -71,6 +74,7 @@ class HoldOutcomeKind(StrEnum):
     LOGGED_OUT = "logged_out"  # device unlinked from the phone or server
     TEMP_BANNED = "temp_banned"  # wait ban_expires_s, then hold again
     PAIRING_TIMEOUT = "pairing_timeout"  # QR / pairing code not completed in time
+    CLIENT_OUTDATED = "client_outdated"  # WhatsApp refuses this client version (405): failed until relink
     STOPPED = "stopped"  # cancelled on purpose (pause, logout, remove, shutdown)
 
 
@@ -182,7 +186,10 @@ class SessionStatus:
     holder_queue: str | None = None
     holder: str | None = None  # connector incarnation whose lease covers the connection
     hold_id: str | None = None
-    attempt: int = 0
+    attempt: int = 0  # the current run of failed reconnect attempts (0 once connected)
+    # Connections re-established after the session's device first connected: drops, relinks, resumes,
+    # a hold adopted by another connector. Carried through continue-as-new; a new pairing starts at 0.
+    reconnects: int = 0
     next_retry_at: datetime | None = None
     last_error: str | None = None
     qr: str | None = None
@@ -207,8 +214,8 @@ class SendResult:
 
 
 @dataclass
-class SimulatorCommand:
-    """A simulator control: scan | pair | disconnect | replace | logout | ban | incoming | dial_fail | flap."""
+class TransportCommand:
+    """A phone-side control: scan | pair | disconnect | replace | logout | ban | incoming | dial_fail | …"""
 
     company_id: str
     action: str
@@ -254,7 +261,7 @@ class CredentialsDeletion:
 
 @dataclass
 class SessionAlert:
-    """Same shape as ``activities.notify.Alert`` (workflows do not import activities)."""
+    """One alert (the ``send_alert`` activity's payload; ``infra.alerts.Alert`` is this class)."""
 
     text: str
     company_id: str | None = None

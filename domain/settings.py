@@ -10,7 +10,7 @@ import socket
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     environment: Literal["development", "test", "production"] = "development"
     data_dir: Path = Path(".data")
     log_level: str = "INFO"
+    # `waorch up` writes each process's output to DATA_DIR/logs/<name>.log, rotated past LOG_MAX_BYTES;
+    # LOG_BACKUP_COUNT old files (<name>.log.1 …) are kept.
+    log_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    log_backup_count: int = Field(default=5, ge=0)
 
     # Temporal. Unset address → the launcher runs the embedded dev server.
     temporal_address: str | None = None
@@ -49,6 +53,10 @@ class Settings(BaseSettings):
     # slots, poll and schedule-to-start latency) on TEMPORAL_SDK_METRICS_HOST:port; unset → off.
     temporal_sdk_metrics_port: int | None = Field(default=None, ge=1, le=65535)
     temporal_sdk_metrics_host: str = "127.0.0.1"
+    # Base URL of the Temporal Web UI, for the links of the operator page (/dashboard). Unset: `waorch up`
+    # passes its embedded dev server's UI; an API of its own on the default dev server assumes
+    # 127.0.0.1:TEMPORAL_UI_PORT (8233); with TEMPORAL_ADDRESS set and this unset the page shows no link.
+    temporal_ui_url: str | None = None
 
     # PostgreSQL. DATABASE_URL wins; else DB_* parts (password URL-encoded for you);
     # else the embedded server.
@@ -109,6 +117,37 @@ class Settings(BaseSettings):
     spool_max_pending: int = Field(default=100_000, ge=10)
     # Session workflows the worker keeps in memory (each one not cached is replayed on its next task).
     worker_max_cached_workflows: int = Field(default=10_000, ge=100)
+    # NEONIZE_CLIENT: "neonize" (the real library) or "model" (connector.whatsmeow_model, a model of
+    # neonize's client for tests and fault-injection benchmarks; refused in production).
+    neonize_client: Literal["neonize", "model"] = "neonize"
+    # A client start holds the Go gate until Go has loaded the device on its store connection (seen in
+    # pg_stat_activity), at most this long.
+    neonize_start_settle_s: float = Field(default=5.0, gt=0, le=60)
+    # A stop waits this long for whatsmeow to give up a dial in flight (the client must be dead first).
+    neonize_stop_timeout_s: float = Field(default=75.0, gt=0)
+    # After a scan, the 515 restart must bring "connected" within this.
+    neonize_paired_connect_timeout_s: float = Field(default=60.0, gt=0)
+    # Keepalive timeouts are tolerated this long (whatsmeow restores or reconnects by itself), then a drop.
+    neonize_keepalive_grace_s: float = Field(default=200.0, gt=0)
+    # The connector drains (hands its sessions on, exits non-zero, the launcher restarts it) when its
+    # whatsmeow store holds this many PostgreSQL connections (each connect() leaves one open) ...
+    neonize_store_max_connections: int = Field(default=200, ge=2)
+    # ... or when this many client threads never returned (neonize's FetchMe wait).
+    connector_leak_threshold: int = Field(default=50, ge=1)
+
+    # Health (SPEC H1): a probe not answering within HEALTH_PROBE_TIMEOUT_S is down; one answering slower
+    # than HEALTH_PROBE_SLOW_S is degraded. A task-queue poller (worker, connector) not seen by Temporal
+    # for POLLER_STALE_S is gone (an idle worker re-polls about once a minute).
+    health_probe_timeout_s: float = Field(default=5.0, gt=0)
+    health_probe_slow_s: float = Field(default=1.0, gt=0)
+    poller_stale_s: float = Field(default=120.0, gt=0)
+    # The API's infrastructure watchdog (alerts when Temporal, PostgreSQL, Redis, the worker or every
+    # connector has been down longer than WATCHDOG_GRACE_S, once more when back; and on an inbox
+    # backlog: a message queued longer than INBOX_BACKLOG_ALERT_S).
+    watchdog_enabled: bool = True
+    watchdog_interval_s: float = Field(default=15.0, gt=0)
+    watchdog_grace_s: float = Field(default=60.0, ge=0)
+    inbox_backlog_alert_s: float = Field(default=600.0, gt=0)
 
     # Reconnection (SPEC S3) and alerts (SPEC H4).
     backoff_base_s: float = Field(default=1.0, gt=0)
@@ -117,14 +156,24 @@ class Settings(BaseSettings):
     alert_grace_s: float = Field(default=10.0, ge=0)
     telegram_bot_token: SecretStr | None = None
     telegram_chat_id: str | None = None
+    # TELEGRAM_API_URL: the Bot API's base URL (a local Bot API server, a proxy, or a test's stand-in).
+    telegram_api_url: str = Field(default="https://api.telegram.org", pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
     sentry_dsn: SecretStr | None = None
 
     # Sending (SPEC M2).
     rate_limit_count: int = Field(default=30, ge=1)
     rate_limit_window_s: float = Field(default=60.0, gt=0)
+    # DEFAULT_PHONE_REGION: numbers without a leading + are read in this region first ("RU": 8 999…,
+    # 999… → 7999…); unset → they are read as international digits only.
+    default_phone_region: str | None = None
 
     # Nightly jobs (SPEC B1-B3).
     backup_dir: Path | None = None
+    # BACKUP_COPY_DIR: a second place (e.g. a mounted network share) each verified backup is copied to and
+    # checked at; unset → none.
+    backup_copy_dir: Path | None = None
+    # RESTORE_RTO_TARGET_S: a restore test slower than this alerts.
+    restore_rto_target_s: float = Field(default=600.0, gt=0)
     backup_keep_daily: int = Field(default=7, ge=1)
     backup_keep_monthly: int = Field(default=4, ge=0)
     backup_cron: str = "0 3 * * *"
@@ -151,7 +200,7 @@ class Settings(BaseSettings):
     inbox_default_callable: str | None = None  # "package.module:function"
     inbox_webhook_connect_timeout_s: float = Field(default=5.0, gt=0)
     inbox_webhook_timeout_s: float = Field(default=10.0, gt=0)
-    # INBOX_RETRY_WINDOW_S: a handler that keeps failing this long leaves a failed workflow and an alert.
+    # INBOX_RETRY_WINDOW_S: a handler that keeps failing this long leaves the message waiting for an operator.
     inbox_retry_window_s: float = Field(default=3600.0, gt=0)
     inbox_retry_initial_s: float = Field(default=1.0, gt=0)
     inbox_retry_max_interval_s: float = Field(default=60.0, gt=0)
@@ -165,6 +214,30 @@ class Settings(BaseSettings):
     # A handled WhatsApp id stays claimed (a Redis key with this TTL) so a redelivery after the inbox
     # went idle is dropped too; keys expire, so Redis does not grow per message beyond this window.
     inbox_claim_ttl_s: int = Field(default=86400, ge=60)
+    # Failed messages wait for an operator; while any remain, this schedule (UTC) reminds once a day.
+    failed_messages_reminder_cron: str = "0 8 * * *"
+
+    @field_validator("default_phone_region")
+    @classmethod
+    def _known_region(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        import phonenumbers
+
+        region = value.strip().upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"DEFAULT_PHONE_REGION {value!r} is not a region code phonenumbers knows (e.g. RU, DE)")
+        return region
+
+    @field_validator("temporal_ui_url")
+    @classmethod
+    def _temporal_ui_url_is_http(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parsed = urlsplit(value.strip())
+        if parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.query or parsed.fragment:
+            raise ValueError("TEMPORAL_UI_URL must be an http(s) URL such as https://temporal.example.com")
+        return value.strip().rstrip("/")
 
     @field_validator("connector_id")
     @classmethod
@@ -183,6 +256,8 @@ class Settings(BaseSettings):
             raise ValueError("PHONE_SIDE_PORT is for tests and fault runs; it is refused in production")
         if self.environment == "production" and self.api_admin_key is None:
             raise ValueError("API_ADMIN_KEY must be set in production")
+        if self.environment == "production" and self.neonize_client == "model":
+            raise ValueError("NEONIZE_CLIENT=model is a test double of WhatsApp: refused when ENVIRONMENT=production")
         if self.api_admin_key is not None and len(self.api_admin_key.get_secret_value()) < 16:
             raise ValueError("API_ADMIN_KEY must be at least 16 characters")
         if (self.temporal_tls_cert is None) != (self.temporal_tls_key is None):
@@ -196,9 +271,23 @@ class Settings(BaseSettings):
         return self.backup_dir or self.data_dir / "backups"
 
     @property
+    def connector_pool(self) -> str:
+        """The connectors that adopt each other's holds: one Temporal namespace and connector queue."""
+        return f"{self.temporal_namespace}/{self.temporal_connector_queue}"
+
+    @property
     def connector_own_queue(self) -> str:
         """The task queue only this connector polls (sends, logouts, simulator controls)."""
         return f"{self.temporal_connector_queue}.{self.connector_id}"
+
+    @property
+    def temporal_ui_base_url(self) -> str | None:
+        """Where the Temporal Web UI is, or None when nobody said (external Temporal, no TEMPORAL_UI_URL)."""
+        if self.temporal_ui_url is not None:
+            return self.temporal_ui_url
+        if self.uses_embedded_temporal:
+            return f"http://127.0.0.1:{self.temporal_ui_port or 8233}"
+        return None
 
     @property
     def temporal_target(self) -> str:
@@ -219,7 +308,8 @@ class Settings(BaseSettings):
             }
             query = urlencode({k: str(v) for k, v in tls.items() if v is not None})
             return f"{url}?{query}" if query else url
-        return build_database_url("postgres", "", "127.0.0.1", self.postgres_port, self.db_name)
+        # The embedded server has no TLS: say so (whatsmeow's lib/pq requires TLS by default).
+        return build_database_url("postgres", "", "127.0.0.1", self.postgres_port, self.db_name) + "?sslmode=disable"
 
     @property
     def redis_dsn(self) -> str:

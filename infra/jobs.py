@@ -135,6 +135,8 @@ class LatestJobFigures:
     last_duration_s: dict[str, float] = field(default_factory=dict)
     backup_size_bytes: int | None = None
     backup_total_rows: int | None = None
+    backup_duration_s: float | None = None
+    backup_copied: bool | None = None  # None: no second location configured
     restore_rto_s: float | None = None
     cleanup_rows_deleted_last: int | None = None
     cleanup_rows_deleted_total: int = 0
@@ -161,6 +163,10 @@ async def latest_job_figures(db: Database) -> LatestJobFigures:
         if r["kind"] == "backup":
             figures.backup_size_bytes = _int(details.get("size_bytes"))
             figures.backup_total_rows = _int(details.get("total_rows"))
+            duration = details.get("duration_s")
+            figures.backup_duration_s = float(duration) if isinstance(duration, int | float) else None
+            copy = details.get("copy")
+            figures.backup_copied = bool(copy.get("ok")) if isinstance(copy, dict) else None
         elif r["kind"] == "restore-test" and details.get("rto_s") is not None:
             figures.restore_rto_s = float(details["rto_s"])
         elif r["kind"] == "cleanup":
@@ -172,7 +178,8 @@ async def latest_job_figures(db: Database) -> LatestJobFigures:
     return figures
 
 
-def job_metrics_provider(db: Database) -> Callable[[], Awaitable[MetricsJobFigures]]:
+def job_metrics_provider(db: Database, rto_target_s: float | None = None
+                         ) -> Callable[[], Awaitable[MetricsJobFigures]]:
     """For ``infra.metrics.register_job_metrics``: the API's /metrics figures, from ``job_runs``."""
 
     async def provide() -> MetricsJobFigures:
@@ -184,6 +191,10 @@ def job_metrics_provider(db: Database) -> Callable[[], Awaitable[MetricsJobFigur
             else None,
             last_restore_rto_seconds=latest.restore_rto_s,
             keys_cleaned_total=latest.cleanup_rows_deleted_total if "cleanup" in latest.last_status else None,
+            last_backup_duration_seconds=latest.backup_duration_s,
+            last_backup_rows=latest.backup_total_rows,
+            last_backup_copied=latest.backup_copied,
+            restore_rto_target_seconds=rto_target_s,
         )
 
     return provide

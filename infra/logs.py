@@ -15,3 +15,6 @@ def setup_logging(level: str = "INFO", component: str = "waorch") -> None:
     root.setLevel(level.upper())
     # Temporal's own worker logs are chatty at INFO; keep them to warnings.
     logging.getLogger("temporalio").setLevel(max(logging.WARNING, root.level))
+    # httpx logs every request's full URL at INFO, and the Telegram Bot API's URL holds the bot token.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -11,7 +11,11 @@ Where the figures come from, so every API process reports the same numbers:
 * rate-limited requests: counted by the limiter in the same hash (in-process
   while Redis is down);
 * backup / restore / cleanup figures: from a provider the jobs code registers
-  with :func:`register_job_metrics` (none registered → not reported).
+  with :func:`register_job_metrics` (none registered → not reported);
+* each connector's leaked client threads and WhatsApp-store connections: the
+  connector writes them to a Redis hash whenever they change
+  (:func:`publish_connector_figures`); the API reports the connectors that poll
+  their queue now (a killed connector's figures are dropped).
 
 Counters survive API restarts (they live in Redis); events published while no
 API process is subscribed are not counted.
@@ -19,8 +23,11 @@ API process is subscribed are not counted.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,22 +47,30 @@ COUNTER_NAMES = (
     "reconnect_attempts",
     "errors",
     "rate_limited",
+    "failed_reconnects",
 )
 
-# Which counter each event type moves.
-EVENT_COUNTER: dict[str, str] = {
-    EventType.MESSAGE_SENT.value: "messages_sent",
-    EventType.MESSAGE.value: "messages_received",
-    EventType.QR.value: "qr_codes_generated",
-    EventType.RECONNECTING.value: "reconnect_attempts",
-    EventType.ERROR.value: "errors",
-    EventType.FAILED.value: "errors",
+# Which counters each event type moves. ``failed``: a session that gave up reconnecting (SPEC S3),
+# the old back end's ``failedReconnects``.
+EVENT_COUNTER: dict[str, tuple[str, ...]] = {
+    EventType.MESSAGE_SENT.value: ("messages_sent",),
+    EventType.MESSAGE.value: ("messages_received",),
+    EventType.QR.value: ("qr_codes_generated",),
+    EventType.RECONNECTING.value: ("reconnect_attempts",),
+    EventType.ERROR.value: ("errors",),
+    EventType.FAILED.value: ("errors", "failed_reconnects"),
 }
+# Events whose reason becomes the ``lastError`` of the metrics (kept in the counters hash).
+LAST_ERROR_EVENTS = frozenset({EventType.ERROR.value, EventType.FAILED.value})
+LAST_ERROR_FIELD = "last_error"
 
-# KEYS[1] seen marker, KEYS[2] counters hash; ARGV[1] field, ARGV[2] marker ttl (s).
+# KEYS[1] seen marker, KEYS[2] counters hash; ARGV[1] marker ttl (s), ARGV[2] last error ("" = keep),
+# ARGV[3..] fields to increment.
 _COUNT_ONCE = """
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[2])) then
-  return redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) then
+  if ARGV[2] ~= '' then redis.call('HSET', KEYS[2], 'last_error', ARGV[2]) end
+  for i = 3, #ARGV do redis.call('HINCRBY', KEYS[2], ARGV[i], 1) end
+  return 1
 end
 return 0
 """
@@ -63,6 +78,41 @@ return 0
 
 def counters_key(prefix: str) -> str:
     return f"{prefix}whatsapp:metrics"
+
+
+def connectors_key(prefix: str) -> str:
+    return f"{prefix}whatsapp:connectors"
+
+
+@dataclass
+class ConnectorFigures:
+    """What one connector cannot give back (SPEC: bounded resources); see connector.transport.TransportLeaks."""
+
+    connector_id: str
+    leaked_threads: int = 0
+    store_connections: int | None = None
+    clients_started: int = 0
+    updated_at: float = 0.0
+
+
+async def publish_connector_figures(redis: aioredis.Redis, prefix: str, figures: ConnectorFigures) -> None:
+    figures.updated_at = time.time()
+    try:
+        await redis.hset(connectors_key(prefix), figures.connector_id, json.dumps(figures.__dict__))
+    except (aioredis.RedisError, OSError) as exc:
+        log.warning("connector figures not published error=%s", type(exc).__name__)
+
+
+async def read_connector_figures(redis: aioredis.Redis, prefix: str) -> list[ConnectorFigures]:
+    try:
+        raw: dict[Any, Any] = await redis.hgetall(connectors_key(prefix))
+    except (aioredis.RedisError, OSError):
+        return []
+    out = []
+    for value in raw.values():
+        with contextlib.suppress(ValueError, TypeError):
+            out.append(ConnectorFigures(**json.loads(value)))
+    return sorted(out, key=lambda f: f.connector_id)
 
 
 @dataclass
@@ -74,6 +124,18 @@ class JobFigures:
     last_backup_success: bool | None = None
     last_restore_rto_seconds: float | None = None
     keys_cleaned_total: float | None = None
+    # The last verified backup: how long it took, how many rows it holds, whether its second copy was
+    # checked (None: no second location configured); the RTO target restore tests are judged by.
+    last_backup_duration_seconds: float | None = None
+    last_backup_rows: float | None = None
+    last_backup_copied: bool | None = None
+    restore_rto_target_seconds: float | None = None
+
+
+    def last_backup_age_seconds(self) -> float | None:
+        if self.last_backup_timestamp is None:
+            return None
+        return max(0.0, round(time.time() - self.last_backup_timestamp, 1))
 
 
 JobMetricsProvider = Callable[[], Awaitable[JobFigures]]
@@ -110,17 +172,24 @@ class EventCounters:
         self._key = counters_key(prefix)
         self._script = redis.register_script(_COUNT_ONCE)
         self.local: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
+        # The reason of the newest error/failed event (as of the last read; in-process while Redis is down).
+        self.last_error: str | None = None
 
-    async def count_event(self, raw: str, event_type: str) -> None:
-        """Count one event as published (``raw`` is its JSON, used as its identity)."""
-        name = EVENT_COUNTER.get(event_type)
-        if name is None:
+    async def count_event(self, raw: str, event_type: str, reason: str | None = None) -> None:
+        """Count one event as published (``raw`` is its JSON, used as its identity); an error's
+        ``reason`` becomes the last error."""
+        names = EVENT_COUNTER.get(event_type)
+        if names is None:
             return
+        last_error = (reason or event_type)[:300] if event_type in LAST_ERROR_EVENTS else ""
         seen = f"{self._prefix}whatsapp:metrics:seen:{hashlib.sha1(raw.encode()).hexdigest()}"
         try:
-            await self._script(keys=[seen, self._key], args=[name, 600])
+            await self._script(keys=[seen, self._key], args=[600, last_error, *names])
         except (aioredis.RedisError, OSError):
-            self.local[name] += 1
+            for name in names:
+                self.local[name] += 1
+            if last_error:
+                self.last_error = last_error
 
     async def read(self, extra_local: Mapping[str, int] | None = None) -> dict[str, int]:
         values = dict(self.local)
@@ -132,6 +201,9 @@ class EventCounters:
             stored = {}
         for raw_name, raw_value in stored.items():
             name = raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name)
+            if name == LAST_ERROR_FIELD:
+                self.last_error = raw_value.decode() if isinstance(raw_value, bytes) else str(raw_value)
+                continue
             values[name] = values.get(name, 0) + int(raw_value)
         return values
 
@@ -142,6 +214,12 @@ class MetricsSnapshot:
     counters: dict[str, int]
     jobs: JobFigures | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    connectors: list[ConnectorFigures] = field(default_factory=list)
+    last_error: str | None = None
+    # Incoming messages: failed ones waiting for an operator (PostgreSQL); the backlog (messages
+    # queued longer than INBOX_BACKLOG_ALERT_S) as the watchdog last saw it. None: unknown.
+    failed_messages: int | None = None
+    inbox_backlog: int | None = None
 
     @property
     def total_sessions(self) -> int:
@@ -162,7 +240,17 @@ class MetricsSnapshot:
             "reconnectAttempts": self.counters.get("reconnect_attempts", 0),
             "errors": self.counters.get("errors", 0),
             "rateLimitedRequests": self.counters.get("rate_limited", 0),
+            # The old back end's names (README "Coming from the old system").
+            "failedReconnects": self.counters.get("failed_reconnects", 0),
+            "lastError": self.last_error,
+            "failedMessages": self.failed_messages,
+            "inboxBacklog": self.inbox_backlog,
         }
+        body["connectors"] = [
+            {"connectorId": c.connector_id, "leakedThreads": c.leaked_threads,
+             "storeConnections": c.store_connections, "clientsStarted": c.clients_started}
+            for c in self.connectors
+        ]
         if self.jobs is not None:
             body["jobs"] = {
                 "lastBackupTimestamp": self.jobs.last_backup_timestamp,
@@ -170,6 +258,11 @@ class MetricsSnapshot:
                 "lastBackupSuccess": self.jobs.last_backup_success,
                 "lastRestoreRtoSeconds": self.jobs.last_restore_rto_seconds,
                 "keysCleanedTotal": self.jobs.keys_cleaned_total,
+                "lastBackupAgeSeconds": self.jobs.last_backup_age_seconds(),
+                "lastBackupDurationSeconds": self.jobs.last_backup_duration_seconds,
+                "lastBackupRows": self.jobs.last_backup_rows,
+                "lastBackupCopied": self.jobs.last_backup_copied,
+                "restoreRtoTargetSeconds": self.jobs.restore_rto_target_seconds,
             }
         return body
 
@@ -187,9 +280,25 @@ class MetricsSnapshot:
             "reconnect_attempts": ("whatsapp_reconnect_attempts", "Reconnect attempts"),
             "errors": ("whatsapp_errors", "Errors (error and failed events)"),
             "rate_limited": ("whatsapp_rate_limited_requests", "Send requests refused by the rate limit"),
+            "failed_reconnects": ("whatsapp_failed_reconnects", "Sessions that gave up reconnecting (failed)"),
         }
         for key, (name, doc) in counters.items():
             Counter(name, doc, registry=registry).inc(self.counters.get(key, 0))
+        leaked = Gauge("whatsapp_connector_leaked_client_threads",
+                       "Client threads that never returned after their client stopped", ["connector"],
+                       registry=registry)
+        store = Gauge("whatsapp_connector_store_connections",
+                      "PostgreSQL connections held by the connector's WhatsApp store", ["connector"], registry=registry)
+        for c in self.connectors:
+            leaked.labels(connector=c.connector_id).set(c.leaked_threads)
+            if c.store_connections is not None:
+                store.labels(connector=c.connector_id).set(c.store_connections)
+        if self.failed_messages is not None:
+            Gauge("whatsapp_inbox_failed_messages", "Incoming messages whose handler failed, waiting for an operator",
+                  registry=registry).set(self.failed_messages)
+        if self.inbox_backlog is not None:
+            Gauge("whatsapp_inbox_backlog_messages", "Incoming messages queued longer than INBOX_BACKLOG_ALERT_S",
+                  registry=registry).set(self.inbox_backlog)
         jobs = self.jobs
         if jobs is not None:
             figures = {
@@ -201,6 +310,17 @@ class MetricsSnapshot:
                 ),
                 "whatsapp_last_restore_rto_seconds": ("RTO of the last restore test", jobs.last_restore_rto_seconds),
                 "whatsapp_keys_cleaned": ("Session keys removed by cleanup", jobs.keys_cleaned_total),
+                "whatsapp_last_backup_age_seconds": ("Seconds since the last verified backup",
+                                                     jobs.last_backup_age_seconds()),
+                "whatsapp_last_backup_duration_seconds": ("Duration of the last verified backup (dump + verify)",
+                                                          jobs.last_backup_duration_seconds),
+                "whatsapp_last_backup_rows": ("Rows in the last verified backup", jobs.last_backup_rows),
+                "whatsapp_last_backup_copy_ok": (
+                    "1 if the last backup was copied to BACKUP_COPY_DIR and checked there",
+                    None if jobs.last_backup_copied is None else float(jobs.last_backup_copied),
+                ),
+                "whatsapp_restore_rto_target_seconds": ("RTO target restore tests are judged by",
+                                                        jobs.restore_rto_target_seconds),
             }
             for name, (doc, value) in figures.items():
                 if value is not None:

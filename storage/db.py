@@ -72,6 +72,11 @@ class Database:
     def __repr__(self) -> str:
         return f"Database({self.where})"
 
+    @property
+    def dsn(self) -> str:
+        """The DSN this pool connects with (a secret: never log it; ``where`` is the loggable form)."""
+        return self._dsn
+
     async def _get_pool(self) -> asyncpg.Pool:
         if self._pool is None:
             async with self._pool_lock:

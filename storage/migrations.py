@@ -105,6 +105,45 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         "ALTER TABLE companies ADD COLUMN IF NOT EXISTS handler_callable text;",
     ),
     (
+        60,
+        "test transports: live sockets per device, invariant breaches, what each phone sent",
+        # connector.live_sockets: every socket the simulator or the model of neonize's client
+        # opens, keyed by device (never two live ones: SPEC S1); breaches of that rule; and the
+        # outbox of the test transports, kept here so it survives a connector SIGKILL.
+        """
+        CREATE TABLE IF NOT EXISTS live_sockets (
+            socket_id   text PRIMARY KEY,
+            device      text NOT NULL,
+            transport   text NOT NULL,
+            company_id  text,
+            host        text NOT NULL,
+            pid         integer NOT NULL,
+            pid_started bigint NOT NULL,
+            opened_at   timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX IF NOT EXISTS live_sockets_device ON live_sockets (device);
+        CREATE TABLE IF NOT EXISTS transport_breaches (
+            id          bigserial PRIMARY KEY,
+            at          timestamptz NOT NULL DEFAULT now(),
+            kind        text NOT NULL,
+            device      text,
+            company_id  text,
+            detail      text NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS transport_outbox (
+            id          bigserial PRIMARY KEY,
+            company_id  text NOT NULL,
+            transport   text NOT NULL,
+            message_id  text NOT NULL,
+            to_jid      text NOT NULL,
+            text        text NOT NULL,
+            quoted      text,
+            sent_at     timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX IF NOT EXISTS transport_outbox_company ON transport_outbox (company_id, id);
+        """,
+    ),
+    (
         100,
         "connector leases, session holds, incoming spool",
         # A pool is the connectors of one deployment (Temporal namespace + connector queue): they
@@ -158,6 +197,29 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         CREATE INDEX incoming_spool_owner ON incoming_spool (owner, id);
         CREATE INDEX incoming_spool_chat ON incoming_spool (company_id, chat, id);
+        """,
+    ),
+    (
+        110,
+        "failed incoming messages waiting for an operator",
+        # A message whose handler failed for the whole retry window (issue #15.1). Temporal's
+        # retention cannot be the only copy: the row stays until an operator redelivers or
+        # discards it (then it is deleted and the audit table says who did what).
+        """
+        CREATE TABLE failed_messages (
+            company_id       text NOT NULL,
+            message_id       text NOT NULL,
+            chat             text NOT NULL,
+            message          jsonb NOT NULL,
+            error            text NOT NULL,
+            claim            text NOT NULL,
+            workflow_id      text NOT NULL,
+            attempts         integer NOT NULL DEFAULT 1,
+            failed_at        timestamptz NOT NULL DEFAULT now(),
+            last_attempt_at  timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (company_id, message_id)
+        );
+        CREATE INDEX failed_messages_failed_at ON failed_messages (failed_at);
         """,
     ),
 ]

@@ -7,6 +7,7 @@ task queue, so tests never see each other's data.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -21,6 +22,7 @@ from temporalio.common import SearchAttributeKey
 from temporalio.testing import WorkflowEnvironment
 
 from cli.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, venv_binary
+from connector.neonize_store import ensure_store_schema
 from domain.settings import Settings
 from storage import Database, migrate
 
@@ -92,6 +94,27 @@ async def database_dsn(pg_server: PgServer) -> AsyncIterator[str]:
     await pg_server.drop_database(name)
 
 
+@pytest.fixture(autouse=True)
+def no_transport_breach(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fails any test during which a transport breached "never two live sockets for one device"
+    (or made a call that would abort neonize's Go side): connector.live_sockets records each one."""
+    from connector.live_sockets import BREACHES_SEEN
+
+    seen = len(BREACHES_SEEN)
+    dsn = request.getfixturevalue("database_dsn") if "database_dsn" in request.fixturenames else None
+    yield
+    breaches = list(BREACHES_SEEN[seen:])
+    if dsn is not None:
+        import psycopg
+
+        with contextlib.suppress(psycopg.Error), psycopg.connect(dsn, autocommit=True) as conn:
+            if conn.execute("SELECT to_regclass('public.transport_breaches') IS NOT NULL").fetchone() == (True,):
+                rows = conn.execute("SELECT kind, detail FROM transport_breaches ORDER BY id").fetchall()
+                breaches += [f"{kind}: {detail}" for kind, detail in rows if f"{kind}: {detail}" not in breaches]
+    if breaches:
+        pytest.fail("transport invariant breached during the test:\n" + "\n".join(breaches), pytrace=False)
+
+
 @pytest.fixture
 async def db(database_dsn: str) -> AsyncIterator[Database]:
     """A migrated project database for one test."""
@@ -99,6 +122,36 @@ async def db(database_dsn: str) -> AsyncIterator[Database]:
     await migrate(database)
     yield database
     await database.close()
+
+
+@pytest.fixture(scope="session")
+async def store_template(pg_server: PgServer) -> str:
+    """A database with the real whatsmeow schema and the project's tables, made once."""
+    name = f"store_tpl_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(pg_server.admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    dsn = pg_server.dsn_for(name)
+    await ensure_store_schema(f"{dsn}?sslmode=disable")  # lib/pq requires TLS unless told; the test server has none
+    db = Database(dsn)
+    await migrate(db)
+    await db.close()
+    return name
+
+
+@pytest.fixture
+async def store_dsn(pg_server: PgServer, store_template: str) -> AsyncIterator[str]:
+    """A fresh copy of the store for one test (dropped afterwards, with its restore-test scratch copies)."""
+    name = f"store_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(pg_server.admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{store_template}"')
+    finally:
+        await conn.close()
+    yield pg_server.dsn_for(name)
+    await pg_server.drop_database(name)
 
 
 # --------------------------------------------------------------------------- Redis

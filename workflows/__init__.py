@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from workflows.company_events import CompanyEventsWorkflow
-from workflows.inbox import FailedInboxMessageWorkflow, InboxWorkflow
+from workflows.inbox import FailedInboxMessageWorkflow, FailedMessagesReminderWorkflow, InboxWorkflow
 from workflows.jobs import BackupWorkflow, CleanupWorkflow, RestoreTestWorkflow
 from workflows.send import ConnectorCallWorkflow, SendMessageWorkflow
 from workflows.session import SessionWorkflow
@@ -11,5 +11,5 @@ from workflows.session import SessionWorkflow
 ALL_WORKFLOWS: list[type] = [
     SessionWorkflow, SendMessageWorkflow, ConnectorCallWorkflow,
     BackupWorkflow, RestoreTestWorkflow, CleanupWorkflow,
-    InboxWorkflow, FailedInboxMessageWorkflow, CompanyEventsWorkflow,
+    InboxWorkflow, FailedInboxMessageWorkflow, FailedMessagesReminderWorkflow, CompanyEventsWorkflow,
 ]

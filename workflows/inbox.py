@@ -20,16 +20,21 @@ it; any other run drops it), so a redelivery after the inbox went idle is not
 handled, nor replied to, twice.
 
 A handler that keeps failing past the window does not block the chat and is
-not lost: an alert goes out and a ``FailedInboxMessage`` workflow holding the
-message fails visibly (kept for the failed-history retention; resetting it in
-the UI delivers it again). The inbox completes after an idle period and
-continues as new after a number of messages, carrying the queue and the recent
-seen ids, so its history stays small and expires with the namespace retention.
+not lost: a ``FailedInboxMessage`` workflow (``inbox-failed-<company>-<message>``)
+keeps it in PostgreSQL (``failed_messages``) and stays running, waiting for an
+operator's ``redeliver`` or ``discard`` (API, CLI, or a signal from the Temporal
+UI), for as long as that takes: the namespace retention applies to closed
+workflows only, and the row is the durable copy either way. The first failed
+message of a company alerts; a daily ``FailedMessagesReminder`` repeats it while
+any remain. The inbox completes after an idle period and continues as new after
+a number of messages, carrying the queue and the recent seen ids, so its history
+stays small and expires with the namespace retention.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import timedelta
 from typing import Any
 
@@ -47,15 +52,27 @@ from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 with workflow.unsafe.imports_passed_through():
     from domain.inbox import (
         ACTIVITY_DELIVER_EVENT,
+        ACTIVITY_FAILED_ATTEMPT,
+        ACTIVITY_FAILED_SUMMARY,
         ACTIVITY_HANDLE_INCOMING,
         ACTIVITY_INBOX_TUNING,
+        ACTIVITY_PARK_FAILED,
         ACTIVITY_RESERVE_REPLY,
-        ERROR_HANDLER_FAILED,
+        ACTIVITY_RESOLVE_FAILED,
         FAILED_MESSAGE_WORKFLOW,
+        FAILED_REMINDER_WORKFLOW,
         INBOX_WORKFLOW,
+        QUERY_FAILED_MESSAGE,
         QUERY_INBOX,
+        SIGNAL_DISCARD,
         SIGNAL_INBOX_MESSAGE,
+        SIGNAL_REDELIVER,
+        FailedAttempt,
         FailedMessageInput,
+        FailedMessageRecord,
+        FailedMessagesSummary,
+        FailedMessageState,
+        FailedResolution,
         HandleOutcome,
         HandleRequest,
         InboxEvent,
@@ -63,6 +80,8 @@ with workflow.unsafe.imports_passed_through():
         InboxSummary,
         InboxTuning,
         IncomingMessage,
+        OperatorRequest,
+        ParkResult,
         ReplyReservation,
         ReplySlot,
         failed_message_workflow_id,
@@ -263,12 +282,15 @@ class InboxWorkflow:
             return
         self._seen.append(msg.message_id)
         self._seen_set.add(msg.message_id)
+        if msg.received_at is None:
+            msg = dataclasses.replace(msg, received_at=workflow.now())
         self._pending.append(msg)
 
     @workflow.query(name=QUERY_INBOX)
     def summary(self) -> InboxSummary:
+        oldest = self._pending[0].received_at if self._pending else None
         return InboxSummary(self._company_id, self._chat, self._handled, self._duplicates, len(self._pending),
-                            self._last)
+                            self._last, oldest)
 
     @workflow.run
     async def run(self, inp: InboxRunInput) -> InboxSummary:
@@ -330,26 +352,24 @@ class InboxWorkflow:
                              f"{_root_message(err)}", msg.company_id)
 
     async def _give_up(self, processing: _MessageProcessing, msg: IncomingMessage, err: ActivityError) -> None:
-        """The handler failed for the whole window: alert, and keep the message in a failed, visible workflow."""
+        """The handler failed for the whole window: hand the message to a workflow that keeps it until an
+        operator redelivers or discards it (it alerts), and go on with the chat."""
         tuning = processing.tuning
         wf_id = failed_message_workflow_id(msg.company_id, msg.message_id)
-        reason = _root_message(err)
-        await _alert(f"inbox: message {msg.message_id} in chat {msg.chat} not handled after "
-                     f"{tuning.retry_window_s:g} s: {reason}. Failed workflow {wf_id} (reset it to deliver again).",
-                     msg.company_id, severity="critical")
+        reason = f"not handled after {tuning.retry_window_s:g} s: {_root_message(err)}"
         try:
             await workflow.start_child_workflow(
                 FAILED_MESSAGE_WORKFLOW,
                 FailedMessageInput(msg, reason, tuning, processing.claim),
                 id=wf_id,
                 parent_close_policy=workflow.ParentClosePolicy.ABANDON,
-                static_summary=f"undelivered message {msg.message_id} of chat {msg.chat}",
+                static_summary=f"failed message {msg.message_id} of chat {msg.chat}: waits for redeliver/discard",
             )
         except WorkflowAlreadyStartedError:
             pass
 
 
-async def _alert(text: str, company_id: str, severity: str = "warning") -> None:
+async def _alert(text: str, company_id: str | None, severity: str = "warning") -> None:
     try:
         await workflow.execute_activity(
             ACTIVITY_SEND_ALERT,
@@ -363,26 +383,125 @@ async def _alert(text: str, company_id: str, severity: str = "warning") -> None:
 
 @workflow.defn(name=FAILED_MESSAGE_WORKFLOW, sandboxed=False)
 class FailedInboxMessageWorkflow:
-    """A message whose handler failed for the whole retry window, visible as a failed workflow.
+    """A message whose handler failed for the whole retry window, waiting for a person.
 
-    It tries the handler once more (the receiver may be back by now) and fails with
-    the error otherwise; resetting it from the Temporal UI delivers the message again,
-    and its reply goes out through the same send path; it carries the inbox's claim on
-    the message id, so the message is handled in its name.
+    It first keeps the message in PostgreSQL (the durable copy; alerting when it is the
+    company's first waiting one), then waits, without a timeout, for a signal:
+    ``redeliver`` runs the handler once more in the inbox's name (its claim on the
+    message id) and sends the reply through the send path — on success the row is
+    resolved and the workflow completes, on failure the row counts the attempt and it
+    waits again; ``discard`` resolves the row and completes. Running workflows are not
+    touched by the namespace retention.
     """
 
+    @workflow.init
+    def __init__(self, inp: FailedMessageInput) -> None:
+        msg = inp.message
+        self._state = FailedMessageState(msg.company_id, msg.message_id, msg.chat, inp.error)
+        self._requests: list[OperatorRequest] = list(inp.requests)
+
+    @workflow.signal(name=SIGNAL_REDELIVER)
+    def redeliver(self, actor: str | None = None) -> None:
+        self._requests.append(OperatorRequest(SIGNAL_REDELIVER, actor or "temporal-signal"))
+
+    @workflow.signal(name=SIGNAL_DISCARD)
+    def discard(self, actor: str | None = None) -> None:
+        self._requests.append(OperatorRequest(SIGNAL_DISCARD, actor or "temporal-signal"))
+
+    @workflow.query(name=QUERY_FAILED_MESSAGE)
+    def state(self) -> FailedMessageState:
+        return self._state
+
+    def _details(self) -> None:
+        st = self._state
+        workflow.set_current_details(
+            f"message {st.message_id} of chat {st.chat} waits for an operator ({st.attempts} attempt(s); "
+            f"last error: {st.error}). Send the signal `redeliver` to deliver it again, or `discard`."
+        )
+
     @workflow.run
-    async def run(self, inp: FailedMessageInput) -> None:
-        processing = _MessageProcessing(inp.tuning, inp.claim)
-        workflow.set_current_details(f"handler failed: {inp.error}")
-        try:
-            outcome = await processing.handle(inp.message, retry=False)
-        except ActivityError as err:
-            raise ApplicationError(
-                f"message {inp.message.message_id} not handled: {_root_message(err)} "
-                f"(first failure: {inp.error})",
-                type=ERROR_HANDLER_FAILED, non_retryable=True,
-            ) from None
-        if outcome.reply:
-            await processing.reply(inp.message, outcome)
+    async def run(self, inp: FailedMessageInput) -> str:
+        msg = inp.message
+        tuning = inp.tuning
+        if tuning is None:
+            tuning = await workflow.execute_local_activity(
+                ACTIVITY_INBOX_TUNING, result_type=InboxTuning, start_to_close_timeout=timedelta(seconds=10)
+            )
+        parked: ParkResult = await workflow.execute_activity(
+            ACTIVITY_PARK_FAILED,
+            FailedMessageRecord(msg, inp.error, inp.claim, workflow.info().workflow_id),
+            result_type=ParkResult,
+            start_to_close_timeout=timedelta(seconds=30),
+            # Until PostgreSQL takes it: the message must not be lost.
+            retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=60)),
+        )
+        self._state.attempts = parked.attempts
+        if parked.first_for_company and not inp.requests:
+            await _alert(f"inbox: message {msg.message_id} in chat {msg.chat} {inp.error}. It waits for an "
+                         f"operator: `waorch inbox failed list`, then redeliver or discard (workflow "
+                         f"{workflow.info().workflow_id}: signal redeliver/discard).",
+                         msg.company_id, severity="critical")
+        processing = _MessageProcessing(tuning, inp.claim)
+        while self._state.status == "waiting":
+            self._details()
+            await workflow.wait_condition(lambda: bool(self._requests))
+            request = self._requests.pop(0)
+            if request.action == SIGNAL_DISCARD:
+                await self._resolve("discarded", request.actor)
+                break
+            self._state.status = "redelivering"
+            try:
+                outcome = await processing.handle(msg, retry=False)
+            except ActivityError as err:
+                self._state.error = _root_message(err)
+                self._state.attempts = await workflow.execute_activity(
+                    ACTIVITY_FAILED_ATTEMPT, FailedAttempt(msg.company_id, msg.message_id, self._state.error),
+                    result_type=int, start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=60)),
+                )
+                self._state.status = "waiting"
+                if workflow.info().is_continue_as_new_suggested():
+                    await workflow.wait_condition(workflow.all_handlers_finished)
+                    workflow.continue_as_new(FailedMessageInput(msg, self._state.error, tuning, inp.claim,
+                                                                list(self._requests)))
+                continue
+            if outcome.reply:
+                try:
+                    await processing.reply(msg, outcome)
+                except ActivityError as err:  # handled is handled: the reply's loss is reported, not retried
+                    await _alert(f"inbox: reply to redelivered message {msg.message_id} in chat {msg.chat} was "
+                                 f"not sent: {_root_message(err)}", msg.company_id)
+            await self._resolve("redelivered", request.actor)
+        workflow.set_current_details(f"message {msg.message_id}: {self._state.status}")
         await workflow.wait_condition(lambda: not processing.events)
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self._state.status
+
+    async def _resolve(self, outcome: str, actor: str) -> None:
+        st = self._state
+        await workflow.execute_activity(
+            ACTIVITY_RESOLVE_FAILED, FailedResolution(st.company_id, st.message_id, outcome, actor),
+            result_type=bool, start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=60)),
+        )
+        st.status = outcome
+
+
+@workflow.defn(name=FAILED_REMINDER_WORKFLOW, sandboxed=False)
+class FailedMessagesReminderWorkflow:
+    """Daily (a Temporal Schedule): while failed messages wait, say so once, with the count per company."""
+
+    @workflow.run
+    async def run(self, _: object = None) -> FailedMessagesSummary:
+        summary: FailedMessagesSummary = await workflow.execute_activity(
+            ACTIVITY_FAILED_SUMMARY, result_type=FailedMessagesSummary, start_to_close_timeout=timedelta(seconds=60),
+            retry_policy=RetryPolicy(maximum_attempts=5),
+        )
+        if summary.total:
+            shown = ", ".join(f"{c.company_id}: {c.waiting} (since {c.oldest:%Y-%m-%d %H:%M} UTC)"
+                              for c in summary.companies[:10])
+            more = f" and {len(summary.companies) - 10} more companies" if len(summary.companies) > 10 else ""
+            await _alert(f"inbox: {summary.total} failed message(s) still wait for an operator — {shown}{more}. "
+                         "`waorch inbox failed list`; redeliver or discard them.", None)
+        workflow.set_current_details(f"{summary.total} failed message(s) waiting")
+        return summary

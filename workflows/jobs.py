@@ -27,10 +27,13 @@ def _summary(kind: str, details: dict[str, Any]) -> str:
     if kind == "backup":
         if details.get("dry_run"):
             return f"{prefix}backup of {details.get('total_rows')} rows would be written"
+        copy = details.get("copy")
+        copied = "" if not copy else (f", copied to {copy.get('dir')}" if copy.get("ok") else ", NOT copied")
         return (f"backup verified: {details.get('total_rows')} rows, {details.get('size_bytes')} bytes, "
-                f"{details.get('duration_s')} s")
+                f"{details.get('duration_s')} s{copied}")
     if kind == "restore-test":
-        return f"restore test passed: {details.get('tables')} tables match, RTO {details.get('rto_s')} s"
+        return (f"restore test passed: {details.get('tables')} tables match, RTO {details.get('rto_s')} s "
+                f"(target {details.get('rto_target_s')} s)")
     would = "would delete" if details.get("dry_run") else "deleted"
     return f"{prefix}key cleanup {would} {details.get('rows_deleted', details.get('rows_to_delete'))} rows"
 
@@ -73,8 +76,7 @@ async def _run_job(kind: str, activity_name: str, job: JobInput, *, timeout: tim
 
 
 async def _alert(text: str, severity: str) -> None:
-    # Alert is a dataclass of activities.notify; a dict with its fields keeps this
-    # module free of activity imports (workflows import only domain and workflows).
+    # The payload is domain.session.SessionAlert's fields.
     await workflow.execute_activity(
         "send_alert", {"text": text, "severity": severity}, result_type=str,
         start_to_close_timeout=timedelta(seconds=30),

@@ -384,6 +384,18 @@ class SessionWorkflow:
             self._st.last_error = outcome.detail or "pairing not completed in time"
             self._set_state(SessionState.LOGGED_OUT)
             return
+        if kind is HoldOutcomeKind.CLIENT_OUTDATED:
+            # Retrying cannot help: WhatsApp refuses this client version until neonize is updated.
+            self._calm_down()
+            self._st.last_error = outcome.detail or "client outdated (405)"
+            self._st.next_retry_at = None
+            self._set_state(SessionState.FAILED)
+            await self._event("failed", reason=self._st.last_error)
+            await self._alert(
+                f"WhatsApp refuses the client version of {self._inp.company_id} (405 outdated): update neonize, "
+                "then relink", "critical",
+            )
+            return
         if kind is HoldOutcomeKind.TEMP_BANNED:
             self._start_down_episode()
             wait = max(outcome.ban_expires_s or self._inp.backoff_cap_s, 1.0)
@@ -556,6 +568,10 @@ class SessionWorkflow:
             return
         self._hold_connected = True
         st = self._st
+        if st.jid is None:
+            st.reconnects = 0  # a first pairing, or a new one after a logout: a new device
+        elif st.state is not SessionState.CONNECTED or sig.holder_queue != st.holder_queue:
+            st.reconnects += 1  # the same device back after a drop, relink, resume or adoption
         st.jid = sig.jid
         st.phone = sig.phone or st.phone
         st.holder_queue = sig.holder_queue

@@ -11,20 +11,22 @@ def all_routers(settings: Settings | None = None) -> list[APIRouter]:
     # Imported here so a route module can import api.deps without a cycle.
     from api.routes import (
         companies,
+        dashboard,
         events,
         handlers,
         health,
+        inbox,
         jobs,
         messages,
         metrics,
         onboarding,
         schedules,
         sessions,
-        simulator,
+        transport_controls,
     )
 
     routers = [health.router, metrics.router, sessions.router, messages.router, events.router, companies.router,
-               handlers.router, jobs.router, schedules.router, onboarding.router]
-    if settings is not None and settings.wa_transport == "simulator":
-        routers.append(simulator.router)
+               handlers.router, jobs.router, schedules.router, onboarding.router, inbox.router, dashboard.router]
+    if settings is not None and (settings.wa_transport == "simulator" or settings.neonize_client == "model"):
+        routers.append(transport_controls.router)
     return routers

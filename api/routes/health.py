@@ -1,61 +1,37 @@
 """``GET /health`` (SPEC H1): ok / degraded / down from real checks.
 
 down (503): Temporal or PostgreSQL unreachable — nothing durable can happen.
-degraded (200): Redis unreachable (no live events, limiter in-process) or no
-connector polling its queue (sessions cannot be held or reconnected).
-WhatsApp per company comes from the session workflows (visibility), so it is
-right whichever process holds the connection.
+degraded (200): Redis unreachable (no live events, limiter in-process), no
+worker or no connector polling its queue (nothing runs, or sessions cannot be
+held), or any of these answering slower than ``HEALTH_PROBE_SLOW_S``. Every
+probe is bounded by ``HEALTH_PROBE_TIMEOUT_S`` (5 s) and reports its latency; the
+body names what is down and what is degraded. WhatsApp per company comes from
+the session workflows (visibility), so it is right whichever process holds the
+connection.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse
-from temporalio.api.enums.v1 import TaskQueueKind, TaskQueueType
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 
 from api.deps import AppContext, CtxDep, extract_key, principal_for_key
 from api.errors import ApiError
 from domain.send import SEND_WORKFLOW
 from domain.states import SessionState
+from infra.probes import InfraProbes, ProbeResult, probe_redis_client
 from infra.sessions import list_sessions
+from storage import failed_messages
 
 router = APIRouter(tags=["health"])
 
-POLLER_FRESH = timedelta(minutes=2)
-
-
-async def _check(name: str, probe: Any, timeout: float = 2.0) -> dict[str, Any]:
-    try:
-        detail = await asyncio.wait_for(probe, timeout)
-        out: dict[str, Any] = {"name": name, "status": "ok"}
-        if isinstance(detail, dict):
-            out.update(detail)
-            if detail.get("status"):
-                out["status"] = detail["status"]
-        return out
-    except Exception as exc:  # a health check reports, it never raises
-        return {"name": name, "status": "down", "error": f"{type(exc).__name__}: {exc}"[:200]}
-
-
-async def _connector(ctx: AppContext) -> dict[str, Any]:
-    """Pollers of the shared connector queue (DescribeTaskQueue), i.e. live connector processes."""
-    resp = await ctx.client.workflow_service.describe_task_queue(
-        DescribeTaskQueueRequest(
-            namespace=ctx.client.namespace,
-            task_queue=TaskQueue(name=ctx.settings.temporal_connector_queue, kind=TaskQueueKind.TASK_QUEUE_KIND_NORMAL),
-            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
-        )
-    )
-    now = datetime.now(UTC)
-    live = [p.identity for p in resp.pollers
-            if p.last_access_time.ToDatetime(tzinfo=UTC) > now - POLLER_FRESH]
-    return {"status": "ok" if live else "down", "pollers": sorted(set(live))}
+# Down: nothing durable can happen. Degraded when down or slow: the service works in part.
+VITAL = ("temporal", "postgres")
+SUPPORTING = ("redis", "worker", "connector")
 
 
 async def _sessions(ctx: AppContext) -> dict[str, Any]:
@@ -76,6 +52,18 @@ async def _pending(ctx: AppContext) -> dict[str, Any]:
     return {"sendsInFlight": count.count}
 
 
+async def _inbox(ctx: AppContext) -> dict[str, Any]:
+    """Incoming messages that need a person: failed ones waiting (PostgreSQL), and the backlog.
+    Informative: both alert on their own, and the service is not less healthy for them."""
+    summary = await failed_messages.summary(ctx.db)
+    backlog = ctx.watchdog.backlog if ctx.watchdog is not None else None
+    return {"failedMessages": summary.total,
+            "oldestFailedAt": summary.companies[0].oldest.isoformat() if summary.companies else None,
+            # As the watchdog last saw it: messages queued longer than INBOX_BACKLOG_ALERT_S (null: unknown).
+            "backlog": None if backlog is None else {"messages": backlog.messages, "chats": backlog.chats,
+                                                     "oldestSeconds": round(backlog.oldest_s, 1)}}
+
+
 async def _is_admin(ctx: AppContext, authorization: str | None, x_api_key: str | None) -> bool:
     key = extract_key(authorization, x_api_key)
     if not key:
@@ -86,36 +74,50 @@ async def _is_admin(ctx: AppContext, authorization: str | None, x_api_key: str |
         return False
 
 
+def overall(results: list[ProbeResult]) -> str:
+    by_name = {r.name: r.status for r in results}
+    if any(by_name.get(name) == "down" for name in VITAL):
+        return "down"
+    if any(by_name.get(name, "ok") != "ok" for name in (*VITAL, *SUPPORTING)):
+        return "degraded"
+    return "ok"
+
+
+def probes_of(ctx: AppContext) -> InfraProbes:
+    """The app's probes (made at start-up); made on first use for a context built by hand."""
+    if ctx.probes is None:
+        ctx.probes = InfraProbes(ctx.settings, ctx.client, ctx.db, probe_redis_client(ctx.settings))
+    return ctx.probes
+
+
 @router.get("/health", summary="ok / degraded / down (503) with every check; details with the admin key")
 async def health(
     ctx: CtxDep,
     authorization: Annotated[str | None, Header()] = None,
     x_api_key: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
-    checks = await asyncio.gather(
-        _check("temporal", ctx.client.service_client.check_health()),
-        _check("postgres", ctx.db.ping()),
-        _check("redis", ctx.redis.ping()),
-        _check("connector", _connector(ctx)),
-        _check("whatsapp", _sessions(ctx)),
-        _check("pending", _pending(ctx)),
+    probes = probes_of(ctx)
+    infra, whatsapp, pending, inbox = await asyncio.gather(
+        probes.infrastructure(),
+        probes.run("whatsapp", _sessions(ctx), judge_speed=False),
+        probes.run("pending", _pending(ctx), judge_speed=False),
+        probes.run("inbox", _inbox(ctx), judge_speed=False),
     )
-    by_name = {c["name"]: c for c in checks}
-    if by_name["temporal"]["status"] != "ok" or by_name["postgres"]["status"] != "ok":
-        status = "down"
-    elif by_name["redis"]["status"] != "ok" or by_name["connector"]["status"] != "ok":
-        status = "degraded"
-    else:
-        status = "ok"
+    results = [*infra, whatsapp, pending, inbox]
+    status = overall(results)
+    checks = [r.to_json() for r in results]
     if not await _is_admin(ctx, authorization, x_api_key):
-        # /health is public (SPEC X1): which companies exist and which hosts run connectors is not.
+        # /health is public (SPEC X1): which companies exist and which hosts run processes is not.
         for check in checks:
             if check["name"] == "whatsapp" and "companies" in check:
                 del check["companies"]
                 check["unhealthy"] = len(check["unhealthy"])
-            if check["name"] == "connector" and "pollers" in check:
+            if "pollers" in check:
                 check["pollers"] = len(check["pollers"])
     return JSONResponse(
-        {"status": status, "timestamp": datetime.now(UTC).isoformat(), "checks": checks},
+        {"status": status, "timestamp": datetime.now(UTC).isoformat(),
+         "down": [r.name for r in results if r.status == "down"],
+         "degraded": [r.name for r in results if r.status == "degraded"],
+         "checks": checks},
         status_code=503 if status == "down" else 200,
     )

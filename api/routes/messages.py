@@ -34,7 +34,7 @@ from temporalio.exceptions import (
 
 from api.deps import CompanyDep, CtxDep
 from api.errors import ApiError
-from domain.addresses import InvalidAddress, recipient_jid
+from domain.addresses import InvalidAddress, Jid, recipient_jid
 from domain.events import Event, EventType
 from domain.send import SEND_WORKFLOW, SendMessageInput, send_workflow_id
 from domain.session import ERROR_NOT_CONNECTED, SendRequest, SendResult
@@ -63,20 +63,13 @@ class SendOptions(BaseModel):
 class SendBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    phone: StrictStr | None = Field(default=None, description="phone number, e.g. 79001234567 or +7 900 123-45-67")
-    to: StrictStr | None = Field(default=None, description="a phone number or a JID (@s.whatsapp.net, @lid, @g.us)")
+    phone: StrictStr | None = Field(default=None, max_length=256,
+                                    description="phone number, e.g. 79001234567, +7 900 123-45-67 or, with "
+                                                "DEFAULT_PHONE_REGION=RU, 8 900 123-45-67")
+    to: StrictStr | None = Field(default=None, max_length=256,
+                                 description="a phone number or a JID (@s.whatsapp.net, @lid, @g.us)")
     message: StrictStr = Field(min_length=1, max_length=MAX_TEXT, description="text, 1-4096 characters")
     options: SendOptions | None = None
-
-    @field_validator("phone", "to")
-    @classmethod
-    def _address(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            return str(recipient_jid(value))
-        except InvalidAddress as exc:
-            raise ValueError(str(exc)) from None
 
     @field_validator("message")
     @classmethod
@@ -91,9 +84,18 @@ class SendBody(BaseModel):
             raise ValueError("give exactly one of 'phone' or 'to'")
         return self
 
-    @property
-    def recipient(self) -> str:
-        return self.to or self.phone or ""
+    def recipient(self, default_region: str | None) -> Jid:
+        """The recipient as a JID; a number without ``+`` is read in ``default_region`` first.
+
+        Raises:
+            ApiError: 422 naming the field and the region tried.
+        """
+        field, value = ("to", self.to) if self.to is not None else ("phone", self.phone or "")
+        try:
+            return recipient_jid(value, default_region)
+        except InvalidAddress as exc:
+            raise ApiError(422, "validation_error", f"{field}: {exc}",
+                           details=[{"field": field, "message": str(exc)}]) from None
 
 
 def _failure_type(exc: BaseException) -> tuple[str | None, BaseException]:
@@ -119,6 +121,8 @@ async def send(
     if idempotency_key is not None and not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
         raise ApiError(422, "validation_error",
                        "Idempotency-Key: use 1-128 characters of A-Z, a-z, 0-9, '.', '_', ':' or '-'")
+    jid = body.recipient(ctx.settings.default_phone_region)
+    recipient = str(jid)
     assert ctx.limiter is not None
     t0 = time.perf_counter()
     decision = await ctx.limiter.check(company_id, idempotency_key)
@@ -137,19 +141,18 @@ async def send(
         if cache is not None and status is not None and status.state is SessionState.CONNECTED:
             cache.put(company_id, status)
     t_status = time.perf_counter()
+    if status is not None:
+        status = await ctx.holders.current(ctx.db, ctx.settings.connector_pool, status)
     if status is None or status.state is not SessionState.CONNECTED or not status.holder_queue:
-        state = status.state.value if status else "none"
-        raise ApiError(409, "not_connected", f"company {company_id} is not connected (state: {state})",
-                       state=state, companyId=company_id)
-    if status.holder and not await ctx.holders.alive(ctx.db, status.holder):
         if cache is not None:
             cache.invalidate(company_id)
-        raise ApiError(409, "not_connected",
-                       f"company {company_id} is reconnecting: its connector stopped and another is taking over",
-                       state="connecting", companyId=company_id)
+        state = status.state.value if status else "none"
+        why = f": {status.last_error}" if status and status.last_error else ""
+        raise ApiError(409, "not_connected", f"company {company_id} is not connected (state: {state}){why}",
+                       state=state, companyId=company_id)
 
     key = idempotency_key or uuid.uuid4().hex
-    request = SendRequest(company_id=company_id, to=body.recipient, text=body.message,
+    request = SendRequest(company_id=company_id, to=recipient, text=body.message,
                           quoted=body.options.quoted if body.options else None, idempotency_key=idempotency_key)
     wf_id = send_workflow_id(company_id, key)
     handle: WorkflowHandle[Any, SendResult]
@@ -193,12 +196,13 @@ async def send(
     )
     if API_PUBLISHES_MESSAGE_SENT and ctx.publisher is not None:
         await ctx.publisher.publish(Event(type=EventType.MESSAGE_SENT, company_id=company_id,
-                                                 data={"messageId": result.message_id, "to": body.recipient}))
+                                                 data={"messageId": result.message_id, "to": recipient}))
     return {
         "success": True,
         "companyId": company_id,
-        "to": body.recipient,
-        "phone": body.phone,
+        "to": recipient,
+        # The number as digits, as the old back end answered (None when sent to a JID).
+        "phone": jid.phone if body.phone is not None else None,
         "messageId": result.message_id,
         "timestamp": result.timestamp.isoformat(),
     }

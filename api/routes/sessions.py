@@ -10,14 +10,15 @@ from typing import Annotated, Any, Literal
 import segno
 from fastapi import APIRouter, Body, Query
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from temporalio.api.enums.v1 import TaskQueueType
 
-from api.deps import AppContext, CompanyDep, CtxDep, PrincipalDep
+from api.deps import AdminDep, AppContext, CompanyDep, CtxDep, PrincipalDep
 from api.errors import ApiError
 from domain.addresses import InvalidAddress, normalize_phone
-from domain.session import SIGNAL_PAUSE, SIGNAL_RELINK, SIGNAL_RESUME, SessionStatus
+from domain.session import ACTIVITY_RESTART_CONNECTOR, SIGNAL_PAUSE, SIGNAL_RELINK, SIGNAL_RESUME, SessionStatus
 from domain.states import SessionState
-from infra.metrics import MetricsSnapshot, job_figures
+from infra.metrics import ConnectorFigures, MetricsSnapshot, job_figures, read_connector_figures
 from infra.qr import qr_png_data_url, qr_terminal_text
 from infra.sessions import (
     SessionNotFound,
@@ -28,6 +29,7 @@ from infra.sessions import (
     session_status,
     signal_session,
 )
+from storage import failed_messages
 
 log = logging.getLogger("waorch.api.sessions")
 
@@ -44,18 +46,18 @@ class InitializeBody(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     pairing_phone: StrictStr | None = Field(
-        default=None, alias="pairingPhone", description="link by pairing code instead of QR"
+        default=None, alias="pairingPhone", max_length=256, description="link by pairing code instead of QR"
     )
 
-    @field_validator("pairing_phone")
-    @classmethod
-    def _phone(cls, value: str | None) -> str | None:
-        if value is None:
+    def pairing_number(self, default_region: str | None) -> str | None:
+        """The pairing phone as E.164 digits; raises ApiError 422 naming the field and the region tried."""
+        if self.pairing_phone is None:
             return None
         try:
-            return normalize_phone(value)
+            return normalize_phone(self.pairing_phone, default_region)
         except InvalidAddress as exc:
-            raise ValueError(str(exc)) from None
+            raise ApiError(422, "validation_error", f"pairingPhone: {exc}",
+                           details=[{"field": "pairingPhone", "message": str(exc)}]) from None
 
 
 def status_body(status: SessionStatus) -> dict[str, Any]:
@@ -69,10 +71,13 @@ def status_body(status: SessionStatus) -> dict[str, Any]:
         "phone": status.phone,
         "jid": status.jid,
         "reconnectAttempts": status.attempt,
+        "reconnects": status.reconnects,
         "nextRetryAt": status.next_retry_at.isoformat() if status.next_retry_at else None,
         "lastError": status.last_error,
         "qrAvailable": status.qr is not None,
+        "qrSequence": status.qr_sequence,
         "pairingCode": status.pairing_code,
+        "holder": status.holder_queue,
         "health": {"healthy": connected, "phoneNumber": status.jid},
     }
 
@@ -106,16 +111,39 @@ async def metrics_snapshot(ctx: AppContext, states: list[tuple[str, SessionState
         counters = await ctx.counters.read(local)
     else:
         counters = dict(local)
-    return MetricsSnapshot(by_state, counters, await job_figures(ctx.job_metrics))
+    last_error = ctx.counters.last_error if ctx.counters is not None else None
+    try:
+        failed: int | None = (await failed_messages.summary(ctx.db)).total
+    except Exception as exc:  # metrics report, they never fail the request
+        log.warning("failed-message count unavailable error=%s", type(exc).__name__)
+        failed = None
+    backlog = ctx.watchdog.backlog_count if ctx.watchdog is not None else None
+    return MetricsSnapshot(by_state, counters, await job_figures(ctx.job_metrics), last_error=last_error,
+                           failed_messages=failed, inbox_backlog=backlog,
+                           connectors=await _live_connector_figures(ctx))
 
 
-@router.get("/sessions", summary="Every session (admin) or the caller's own, with a metrics summary")
-async def list_all(ctx: CtxDep, principal: PrincipalDep) -> dict[str, Any]:
-    states = await list_sessions(ctx.client)
-    visible = [(cid, st) for cid, st in states if principal.can_access(cid)]
+async def _live_connector_figures(ctx: AppContext) -> list[ConnectorFigures]:
+    """Figures of the connectors that poll their queue now (a killed one's are left out)."""
+    figures = await read_connector_figures(ctx.redis, ctx.settings.redis_prefix)
+    if not figures or ctx.probes is None:
+        return figures
+    try:
+        live = set((await asyncio.wait_for(ctx.probes.pollers(
+            ctx.settings.temporal_connector_queue, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY), LIST_QUERY_TIMEOUT_S
+        ))["pollers"])
+    except Exception:  # metrics report, they never fail the request
+        return figures
+    return [f for f in figures if f"connector@{f.connector_id}" in live]
+
+
+async def session_rows(ctx: AppContext, visible: list[tuple[str, SessionState]]) -> list[dict[str, Any]]:
+    """One row per session for the lists (``GET /sessions``, the operator page): the workflow's own
+    status, or, for a session whose worker answers no query in time, its state from visibility."""
     limit = asyncio.Semaphore(20)
+    last_events = await ctx.last_events.read([cid for cid, _ in visible]) if ctx.last_events else {}
 
-    async def detail(cid: str, state: SessionState) -> dict[str, Any]:
+    async def row(cid: str, state: SessionState) -> dict[str, Any]:
         async with limit:
             try:
                 # Bounded: a session whose worker is down answers no query, and one such
@@ -125,14 +153,24 @@ async def list_all(ctx: CtxDep, principal: PrincipalDep) -> dict[str, Any]:
                 status = None
         if status is None:
             return {"companyId": cid, "connected": state is SessionState.CONNECTED, "status": state.value,
-                    "health": "healthy" if state is SessionState.CONNECTED else "unhealthy", "phone": None}
+                    "health": "healthy" if state is SessionState.CONNECTED else "unhealthy", "phone": None,
+                    "statusSource": "visibility", "lastEvent": last_events.get(cid)}
         connected = status.state is SessionState.CONNECTED
         return {"companyId": cid, "connected": connected, "status": status.state.value,
                 "health": "healthy" if connected else "unhealthy", "phone": status.phone, "jid": status.jid,
-                "reconnectAttempts": status.attempt}
+                "reconnectAttempts": status.attempt, "reconnects": status.reconnects,
+                "since": status.since.isoformat() if status.since else None, "lastError": status.last_error,
+                "nextRetryAt": status.next_retry_at.isoformat() if status.next_retry_at else None,
+                "statusSource": "workflow", "lastEvent": last_events.get(cid)}
 
-    sessions = await asyncio.gather(*(detail(cid, st) for cid, st in visible))
-    body: dict[str, Any] = {"success": True, "count": len(sessions), "sessions": list(sessions)}
+    return list(await asyncio.gather(*(row(cid, st) for cid, st in visible)))
+
+
+@router.get("/sessions", summary="Every session (admin) or the caller's own, with a metrics summary")
+async def list_all(ctx: CtxDep, principal: PrincipalDep) -> dict[str, Any]:
+    states = await list_sessions(ctx.client)
+    sessions = await session_rows(ctx, [(cid, st) for cid, st in states if principal.can_access(cid)])
+    body: dict[str, Any] = {"success": True, "count": len(sessions), "sessions": sessions}
     if principal.is_admin:
         body["metrics"] = (await metrics_snapshot(ctx, states)).to_json()
     return body
@@ -145,7 +183,7 @@ async def initialize(
     principal: PrincipalDep,
     body: Annotated[InitializeBody | None, Body()] = None,
 ) -> dict[str, Any]:
-    pairing_phone = body.pairing_phone if body else None
+    pairing_phone = body.pairing_number(ctx.settings.default_phone_region) if body else None
     try:
         result = await asyncio.wait_for(
             initialize_session(ctx.client, ctx.settings, company_id, pairing_phone), INITIALIZE_TIMEOUT_S
@@ -170,7 +208,7 @@ async def initialize(
 
 @router.get(CID + "/status", summary="The session's state, phone and reconnect figures")
 async def status(ctx: CtxDep, company_id: CompanyDep) -> dict[str, Any]:
-    st = await require_status(ctx, company_id)
+    st = await ctx.holders.current(ctx.db, ctx.settings.connector_pool, await require_status(ctx, company_id))
     if ctx.events is not None and st.state is not SessionState.CONNECTED:
         ctx.events.connected.invalidate(company_id)
     return status_body(st)
@@ -179,6 +217,8 @@ async def status(ctx: CtxDep, company_id: CompanyDep) -> dict[str, Any]:
 @router.get(CID + "/health", summary="200 when connected, 503 otherwise")
 async def health(ctx: CtxDep, company_id: CompanyDep) -> JSONResponse:
     st = await session_status(ctx.client, company_id)
+    if st is not None:
+        st = await ctx.holders.current(ctx.db, ctx.settings.connector_pool, st)
     healthy = st is not None and st.state is SessionState.CONNECTED
     body = {
         "success": True,
@@ -216,6 +256,21 @@ async def _signal(ctx: AppContext, company_id: str, actor: str, name: str) -> di
         raise _no_session(company_id) from None
     await audit(ctx, actor, company_id, name)
     return {"success": True, "companyId": company_id, "signal": name}
+
+
+@router.post(CID + "/restart-connector",
+             summary="Restart the connector that holds the session (admin): it drains like a SIGTERM and exits "
+                     "for its supervisor (waorch up) to start it again")
+async def restart_connector(ctx: CtxDep, company_id: CompanyDep, _: AdminDep) -> dict[str, Any]:
+    from api.routes.transport_controls import run_connector_activity
+
+    st = await require_status(ctx, company_id)
+    if not st.holder_queue:
+        raise ApiError(409, "not_held", f"no connector holds {company_id} now (state: {st.state.value})",
+                       state=st.state.value)
+    restarted = await run_connector_activity(ctx, st.holder_queue, ACTIVITY_RESTART_CONNECTOR,
+                                             f"operator, via {company_id}", bool)
+    return {"success": bool(restarted), "companyId": company_id, "holder": st.holder_queue}
 
 
 @router.post(CID + "/relink", summary="Reconnect with the stored credentials (after 440 / failed)")

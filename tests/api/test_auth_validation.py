@@ -14,27 +14,41 @@ from tests.api.conftest import ADMIN, Api, company
 
 pytestmark = pytest.mark.timeout(60)
 
-# (method, path template, body) for every company-scoped endpoint.
-COMPANY_ENDPOINTS = [
-    ("POST", "/api/whatsapp/sessions/{c}/initialize", None),
-    ("GET", "/api/whatsapp/sessions/{c}/status", None),
-    ("GET", "/api/whatsapp/sessions/{c}/health", None),
-    ("GET", "/api/whatsapp/sessions/{c}/qr", None),
-    ("POST", "/api/whatsapp/sessions/{c}/send", {"phone": "79001234567", "message": "hi"}),
-    ("POST", "/api/whatsapp/sessions/{c}/relink", None),
-    ("POST", "/api/whatsapp/sessions/{c}/pause", None),
-    ("POST", "/api/whatsapp/sessions/{c}/resume", None),
-    ("POST", "/api/whatsapp/sessions/{c}/logout", None),
-    ("DELETE", "/api/whatsapp/sessions/{c}", None),
-    ("POST", "/api/simulator/{c}/disconnect", None),
-    ("GET", "/api/simulator/{c}/outbox", None),
-]
-ADMIN_ENDPOINTS = [
-    ("GET", "/api/whatsapp/metrics", None),
-    ("POST", "/api/companies/{c}/keys", None),
-    ("GET", "/api/companies/{c}/keys", None),
-    ("DELETE", "/api/companies/{c}/keys", None),
-]
+# Every route the app registers is one of three kinds. Public routes answer anyone; company routes
+# answer the admin and the company's own credentials (its key, or its onboarding link); every other
+# route is admin-only. The lists name only the first two, so a new admin route is covered the day it
+# is added, and a new route a company may call fails here until it is listed.
+# The operator page itself holds no data and no secret: it asks for the admin key (its API is admin-only).
+PUBLIC_ROUTES = {("GET", "/health"), ("GET", "/metrics"), ("GET", "/onboarding/{company_id}"), ("GET", "/dashboard")}
+COMPANY_ROUTES = {
+    ("GET", "/api/whatsapp/sessions"),
+    ("POST", "/api/whatsapp/sessions/{company_id}/initialize"),
+    ("GET", "/api/whatsapp/sessions/{company_id}/status"),
+    ("GET", "/api/whatsapp/sessions/{company_id}/health"),
+    ("GET", "/api/whatsapp/sessions/{company_id}/qr"),
+    ("POST", "/api/whatsapp/sessions/{company_id}/send"),
+    ("POST", "/api/whatsapp/sessions/{company_id}/relink"),
+    ("POST", "/api/whatsapp/sessions/{company_id}/pause"),
+    ("POST", "/api/whatsapp/sessions/{company_id}/resume"),
+    ("POST", "/api/whatsapp/sessions/{company_id}/logout"),
+    ("DELETE", "/api/whatsapp/sessions/{company_id}"),
+    ("POST", "/api/simulator/{company_id}/{action}"),
+    ("GET", "/api/simulator/{company_id}/outbox"),
+    # A company sees and acts on its own failed incoming messages (the list shows only its own).
+    ("GET", "/api/inbox/failed"),
+    ("POST", "/api/inbox/failed/{company_id}/{message_id}/redeliver"),
+    ("POST", "/api/inbox/failed/{company_id}/{message_id}/discard"),
+}
+# What a caller would send: a refused request must be refused for who it is, not for its body.
+BODIES: dict[tuple[str, str], dict[str, Any]] = {
+    ("POST", "/api/whatsapp/sessions/{company_id}/send"): {"phone": "79001234567", "message": "hi"},
+    ("POST", "/api/jobs/{kind}"): {"dryRun": False},
+    ("PUT", "/api/companies/{company_id}/handler"): {"type": "echo"},
+    ("POST", "/api/companies/{company_id}/onboarding-link"): {"ttlSeconds": 3600},
+    ("POST", "/api/schedules/{schedule_id}/{action}"): {"note": "from a company key"},
+}
+# Path parameters that are not a Literal.
+PATH_VALUES = {"schedule_id": "backup", "key_id": "1", "message_id": "3EB0AAAA"}
 
 
 def _assert_error(resp: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -44,34 +58,86 @@ def _assert_error(resp: httpx.Response, status: int, code: str) -> dict[str, Any
     return body
 
 
-async def test_auth_matrix(api: Api) -> None:
+def _error(resp: httpx.Response, status: int, code: str, route: tuple[str, str]) -> None:
+    assert resp.status_code == status, (route, status, resp.status_code, resp.text)
+    body = resp.json()
+    assert body["success"] is False and body["code"] == code and body["error"], (route, body)
+
+
+async def registered_routes(api: Api) -> dict[tuple[str, str], dict[str, Any]]:
+    """(method, path template) → OpenAPI operation, for every HTTP route of the app (none is hidden)."""
+    spec = (await api.http.get("/openapi.json")).json()
+    return {(method.upper(), path): op for path, ops in spec["paths"].items() for method, op in ops.items()}
+
+
+def _urls(template: str, op: dict[str, Any], company_id: str) -> list[str]:
+    """The route's URL with each value of its Literal path parameters (every job kind, every action)."""
+    urls = [template.replace("{company_id}", company_id)]
+    for param in op.get("parameters", []):
+        name = param["name"]
+        if param["in"] != "path" or name == "company_id":
+            continue
+        values = param["schema"].get("enum") or [PATH_VALUES[name]]
+        urls = [url.replace("{" + name + "}", str(value)) for url in urls for value in values]
+    return urls
+
+
+async def test_every_admin_route_refuses_company_keys_and_onboarding_links(api: Api) -> None:
+    routes = await registered_routes(api)
+    assert PUBLIC_ROUTES | COMPANY_ROUTES <= set(routes), sorted(PUBLIC_ROUTES | COMPANY_ROUTES - set(routes))
+    admin_routes = sorted(set(routes) - PUBLIC_ROUTES - COMPANY_ROUTES)
+    assert len(admin_routes) >= 10, admin_routes  # metrics, keys, handler, jobs, schedules, onboarding links
+    mine, probe = company(), company()
+    key = await api.issue_key(mine)
+    link = await api.http.post(f"/api/companies/{mine}/onboarding-link", headers=ADMIN)
+    assert link.status_code == 201, link.text
+    token = link.json()["token"]
+    for route in admin_routes:
+        method, template = route
+        body = BODIES.get(route)
+        for url in _urls(template, routes[route], mine):
+            _error(await api.http.request(method, url, json=body), 401, "unauthorized", route)
+            for credential in ({"X-API-Key": key}, {"Authorization": f"Bearer {key}"},
+                               {"Authorization": f"Bearer {token}"}, {"X-API-Key": token}):
+                _error(await api.http.request(method, url, json=body, headers=credential), 403, "forbidden", route)
+    # The admin gets past auth on each of them (on another company: revoking keys must not
+    # disturb the checks above).
+    for route in admin_routes:
+        method, template = route
+        url = _urls(template, routes[route], probe)[0]
+        resp = await api.http.request(method, url, json=BODIES.get(route), headers=ADMIN)
+        assert resp.status_code not in (401, 403), (route, resp.text)
+
+
+async def test_company_routes_answer_only_their_own_company(api: Api) -> None:
+    routes = await registered_routes(api)
     mine, other = company(), company()
-    my_key = await api.issue_key(mine)
-    other_key = await api.issue_key(other)
-    for method, template, body in COMPANY_ENDPOINTS:
-        path = template.format(c=mine)
-        kw: dict[str, Any] = {"json": body} if body else {}
-        _assert_error(await api.http.request(method, path, **kw), 401, "unauthorized")
-        _assert_error(await api.http.request(method, path, headers={"X-API-Key": "wa_nope"}, **kw), 401, "unauthorized")
-        _assert_error(await api.http.request(
-            method, path, headers={"Authorization": f"Bearer {other_key}"}, **kw), 403, "forbidden")
+    my_key, other_key = await api.issue_key(mine), await api.issue_key(other)
+    link = await api.http.post(f"/api/companies/{mine}/onboarding-link", headers=ADMIN)
+    token = link.json()["token"]
+    mine_creds = ({"X-API-Key": my_key}, {"Authorization": f"Bearer {my_key}"}, {"X-API-Key": token}, ADMIN)
+    for route in sorted(COMPANY_ROUTES):
+        method, template = route
+        url, body = _urls(template, routes[route], mine)[0], BODIES.get(route)
+        _error(await api.http.request(method, url, json=body), 401, "unauthorized", route)
+        _error(await api.http.request(method, url, json=body, headers={"X-API-Key": "wa_nope"}),
+               401, "unauthorized", route)
+        if "{company_id}" not in template:
+            continue  # the list: each caller sees only its own (test_sessions, with sessions to see)
+        for credential in ({"X-API-Key": other_key}, {"Authorization": f"Bearer {other_key}"}):
+            _error(await api.http.request(method, url, json=body, headers=credential), 403, "forbidden", route)
         if template.endswith("/initialize"):
             continue  # would start a session; the owner's initialize is in test_sessions
-        # The owner and the admin get past auth (the session does not exist: 404/409/503, never 401/403).
-        for headers in ({"X-API-Key": my_key}, {"Authorization": f"Bearer {my_key}"}, ADMIN):
-            resp = await api.http.request(method, path, headers=headers, **kw)
-            assert resp.status_code not in (401, 403), (method, path, resp.text)
-    for method, template, _ in ADMIN_ENDPOINTS:
-        path = template.format(c=mine)
-        _assert_error(await api.http.request(method, path), 401, "unauthorized")
-        _assert_error(await api.http.request(method, path, headers={"X-API-Key": my_key}), 403, "forbidden")
-    # A company key lists only its own sessions; the metrics summary is for the admin.
-    listing = await api.http.get("/api/whatsapp/sessions", headers={"X-API-Key": my_key})
-    assert listing.status_code == 200 and "metrics" not in listing.json()
-    assert all(s["companyId"] == mine for s in listing.json()["sessions"])
-    # Public: health and Prometheus metrics.
-    assert (await api.http.get("/health")).status_code in (200, 503)
+        # The owner (key or onboarding link) and the admin get past auth: the session does not
+        # exist, so 404/409, never 401/403.
+        for credential in mine_creds:
+            resp = await api.http.request(method, url, json=body, headers=credential)
+            assert resp.status_code not in (401, 403), (route, credential, resp.text)
+    # Public: health (no connector polls this test's queue: degraded) and Prometheus metrics.
+    health = await api.http.get("/health")
+    assert health.status_code == 200 and health.json()["status"] == "degraded", health.text
     assert (await api.http.get("/metrics")).status_code == 200
+    assert (await api.http.get("/dashboard")).status_code == 200
 
 
 async def test_company_key_is_shown_once_stored_hashed_and_revocable(api: Api, database_dsn: str) -> None:
@@ -185,6 +251,6 @@ async def test_openapi_docs_describe_every_route(api: Api) -> None:
     for path in (
         "/api/whatsapp/sessions", "/api/whatsapp/sessions/{company_id}/send", "/api/whatsapp/sessions/{company_id}/qr",
         "/api/whatsapp/metrics", "/metrics", "/health", "/api/companies/{company_id}/keys",
-        "/api/simulator/{company_id}/{action}",
+        "/api/simulator/{company_id}/{action}", "/dashboard", "/api/whatsapp/dashboard",
     ):
         assert path in paths, sorted(paths)

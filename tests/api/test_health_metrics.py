@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import asyncpg
@@ -10,8 +11,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
 
-from cli.embedded import EmbeddedPostgres, free_port, wait_until
+from cli.embedded import EmbeddedPostgres, TemporalDevConfig, TemporalDevServer, free_port, wait_until
 from domain.settings import Settings
 from tests.api.conftest import ADMIN, Api, company, serve_asgi
 
@@ -53,6 +55,30 @@ async def test_health_is_down_503_when_postgres_stops(
             assert keyed.status_code == 503 and keyed.json()["code"] == "unavailable"
     finally:
         await asyncio.to_thread(pg.stop, "immediate")
+
+
+async def test_health_is_down_503_when_temporal_stops(api_settings: Settings, tmp_path: Path) -> None:
+    config = TemporalDevConfig(port=free_port(), ui_port=free_port(), db_filename="temporal.db")
+    server = TemporalDevServer(config, tmp_path / "temporal", ui=False)
+    await asyncio.to_thread(server.start)
+    try:
+        client = await Client.connect(server.address, data_converter=pydantic_data_converter)
+        settings = api_settings.model_copy(update={"temporal_address": server.address})
+        async with serve_asgi(settings, client) as api:
+            before = await api.http.get("/health")
+            assert before.status_code == 200, before.text
+            assert _check(before.json(), "temporal")["status"] == "ok"
+
+            await asyncio.to_thread(server.stop)
+            started = time.monotonic()
+            after = await api.http.get("/health")
+            assert time.monotonic() - started < 15  # each check is bounded: health answers, it does not hang
+            assert after.status_code == 503 and after.json()["status"] == "down", after.text
+            assert _check(after.json(), "temporal")["status"] == "down"
+            assert _check(after.json(), "postgres")["status"] == "ok"
+            assert _check(after.json(), "redis")["status"] == "ok"
+    finally:
+        await asyncio.to_thread(server.stop)
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

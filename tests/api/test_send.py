@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -11,12 +12,18 @@ import pytest
 from pydantic import SecretStr
 from temporalio.client import Client
 
-from cli.embedded import EmbeddedRedis, free_port, wait_until
-from domain.session import SIGNAL_CONNECTED, ConnectedSignal, session_workflow_id
+from cli.embedded import EmbeddedRedis, free_port
 from domain.settings import Settings
-from infra.sessions import session_status
 from storage import Database
-from tests.api.conftest import ADMIN, Api, company, run_connector_inprocess, run_worker, serve_asgi
+from tests.api.conftest import (
+    ADMIN,
+    Api,
+    company,
+    connector_process,
+    run_connector_inprocess,
+    run_worker,
+    serve_asgi,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -148,35 +155,32 @@ async def test_the_window_slides(client: Client, api_settings: Settings) -> None
         assert (await api.http.post(url, json=MSG, headers=ADMIN)).status_code == 409
 
 
-async def test_send_to_a_session_whose_connector_stopped_is_409_at_once(stack: Api) -> None:
-    """Between a connector's stop (or death) and another one adopting its holds, the session still
-    says "connected" with the old holder: a send is refused at once instead of waiting for a queue
-    that nobody polls (a 504 after the send timeout)."""
-    api = stack
-    cid = company()
-    await api.connect(cid)
-    status = await session_status(api.client, cid)
-    assert status is not None and status.holder and status.hold_id and status.holder_queue
-    # A holder process that has released its lease, as a stopped connector leaves it.
-    db = Database(api.settings.database_dsn)
-    await db.execute(
-        """INSERT INTO connector_leases (incarnation, pool, connector_id, own_queue, host, process, expires_at,
-                                         released_at) VALUES ('gone:1', 'x', 'gone', $1, 'h', 'p', now(), now())""",
-        status.holder_queue,
-    )
-    await db.close()
-    await api.client.get_workflow_handle(session_workflow_id(cid)).signal(
-        SIGNAL_CONNECTED, ConnectedSignal(status.jid or "", status.holder_queue, status.phone, None,
-                                          status.hold_id, holder="gone:1"))
-
-    async def moved() -> bool:
-        st = await session_status(api.client, cid)
-        return st is not None and st.holder == "gone:1"
-
-    await wait_until(moved, 10)
-    started = time.monotonic()
-    refused = await api.http.post(f"/api/whatsapp/sessions/{cid}/send", json=MSG, headers=ADMIN)
-    assert refused.status_code == 409 and refused.json()["state"] == "connecting", refused.text
-    assert "another is taking over" in refused.json()["error"]
-    assert time.monotonic() - started < 2
-    assert await _outbox(api, cid) == []
+async def test_send_to_a_session_whose_connector_stopped_is_409_at_once(
+    client: Client, api_settings: Settings, tmp_path: Path
+) -> None:
+    """A connector stopped (SIGTERM) and nobody has taken its sessions over yet: the session workflow
+    still says "connected" (a successor with the same id would take it back silently), but its status
+    and a send say it is being taken over, at once, instead of a send waiting for a queue nobody polls
+    (a 504 after the send timeout)."""
+    async with run_worker(api_settings, client), serve_asgi(api_settings, client) as api:
+        with connector_process(api_settings, client, tmp_path / "connector.log") as proc:
+            cid = company()
+            await api.connect(cid)
+            assert (await api.http.post(f"/api/whatsapp/sessions/{cid}/send", json=MSG, headers=ADMIN)
+                    ).status_code == 200
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(proc.wait, 30) == 0
+            started = time.monotonic()
+            refused = await api.http.post(f"/api/whatsapp/sessions/{cid}/send",
+                                          json={**MSG, "message": "after the stop"}, headers=ADMIN)
+            assert refused.status_code == 409 and refused.json()["state"] == "connecting", refused.text
+            assert "another is taking the connection over" in refused.json()["error"]
+            assert time.monotonic() - started < 2
+            status = await api.http.get(f"/api/whatsapp/sessions/{cid}/status", headers=ADMIN)
+            assert status.json()["status"] == "connecting", status.text
+            db = Database(api_settings.database_dsn)  # no connector runs now: read what the phone sent
+            try:
+                sent = await db.fetch("SELECT text FROM transport_outbox WHERE company_id = $1", cid)
+            finally:
+                await db.close()
+            assert [r["text"] for r in sent] == [MSG["message"]]

@@ -39,10 +39,19 @@ async def test_session_lifecycle_through_the_api(stack: Api) -> None:
     assert body["status"] == "qr" and body["qr"]
     assert body["qrDataUrl"].startswith("data:image/png;base64,")
     assert "█" in body["qrTerminal"] or "▀" in body["qrTerminal"]
-    # a second initialize returns the same session, not a second one
+    handle = api.client.get_workflow_handle(f"session-{cid}")
+    first_run = (await handle.describe()).run_id
+    # a second initialize returns the same session (same run, same QR), not a second one
     again = await api.http.post(f"{base}/initialize", headers=key)
     assert again.status_code == 200 and again.json()["status"] == "qr"
-    assert await api.client.count_workflows(f'WorkflowId = "session-{cid}"') is not None
+    assert again.json()["qr"] == body["qr"]
+    assert (await handle.describe()).run_id == first_run
+
+    async def visible() -> bool:
+        return (await api.client.count_workflows(f'WorkflowId = "session-{cid}"')).count >= 1
+
+    await wait_until(visible, 10)  # visibility is eventually consistent
+    assert (await api.client.count_workflows(f'WorkflowId = "session-{cid}"')).count == 1
 
     qr = await api.http.get(f"{base}/qr", headers=key)
     assert qr.status_code == 200 and qr.json()["qr"] and qr.json()["qrDataUrl"].startswith("data:image/png")
@@ -68,16 +77,24 @@ async def test_session_lifecycle_through_the_api(stack: Api) -> None:
     assert init.json()["status"] == "connected" and init.json()["connected"] is True
 
     listing: dict[str, Any] = {}
+    # Another company's session exists too: the admin lists both, the company key only its own.
+    neighbour = company()
+    assert (await api.http.post(f"/api/whatsapp/sessions/{neighbour}/initialize", headers=ADMIN)).status_code == 200
 
     async def listed() -> bool:
         nonlocal listing
         listing = (await api.http.get("/api/whatsapp/sessions", headers=ADMIN)).json()
-        return any(s["companyId"] == cid and s["status"] == "connected" for s in listing["sessions"])
+        shown = {s["companyId"]: s["status"] for s in listing["sessions"]}
+        return shown.get(cid) == "connected" and neighbour in shown
 
     await wait_until(listed, 10)  # visibility is eventually consistent
     mine = next(s for s in listing["sessions"] if s["companyId"] == cid)
     assert mine["health"] == "healthy" and mine["phone"] == "79001112233"
     assert listing["metrics"]["activeConnections"] >= 1
+    own_listing = (await api.http.get("/api/whatsapp/sessions", headers=key)).json()
+    assert [s["companyId"] for s in own_listing["sessions"]] == [cid] and own_listing["count"] == 1
+    assert "metrics" not in own_listing
+    assert (await api.http.delete(f"/api/whatsapp/sessions/{neighbour}", headers=ADMIN)).status_code == 200
 
     # send, and the simulated phone's outbox has it
     text = "Ваша запись подтверждена!"

@@ -15,31 +15,11 @@ import pytest
 
 from cli.embedded import free_port
 from connector.devices import DeviceDirectory
-from connector.neonize_store import ensure_store_schema
 from connector.neonize_transport import NeonizeTransport
 from domain.session import HoldOutcomeKind
 from domain.states import SessionState
 from infra.sessions import ensure_session_started
-
-
-class Listener:
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    async def qr(self, code, sequence, expires_at) -> None:
-        self.calls.append("qr")
-
-    async def pairing_code(self, code) -> None:
-        self.calls.append("pairing_code")
-
-    async def connected(self, jid, phone, push_name) -> None:
-        self.calls.append("connected")
-
-    async def disconnected(self, reason) -> None:
-        self.calls.append("disconnected")
-
-    async def message(self, msg) -> None:
-        self.calls.append("message")
+from tests.connector.conftest import Listener
 
 
 @pytest.fixture
@@ -75,14 +55,10 @@ async def stalling_proxy() -> AsyncIterator[str]:
     await server.wait_closed()
 
 
-@pytest.fixture
-async def store(db) -> DeviceDirectory:
-    await ensure_store_schema(db._dsn)
-    return DeviceDirectory(db)
-
-
-async def test_client_on_real_store_dial_fails_through_closing_proxy_and_stop_is_bounded(store, closing_proxy, db):
-    transport = NeonizeTransport(db._dsn, store, proxy=closing_proxy)
+async def test_client_on_real_store_dial_fails_through_closing_proxy_and_stop_is_bounded(
+    store, store_dsn, closing_proxy, db
+):
+    transport = NeonizeTransport(store_dsn, store, proxy=closing_proxy)
     listener = Listener()
     outcome = await transport.start("company_1", jid=None, pairing_phone=None, listener=listener)
     result = await asyncio.wait_for(outcome, 30)
@@ -98,14 +74,14 @@ async def test_client_on_real_store_dial_fails_through_closing_proxy_and_stop_is
     assert not await transport.device_exists("79990000000:1@s.whatsapp.net")
 
 
-async def test_dial_failure_becomes_backoff_not_crash(store, ts_stack, company_id, db):
+async def test_dial_failure_becomes_backoff_not_crash(store, store_dsn, ts_stack, company_id, db):
     refused = f"http://127.0.0.1:{free_port()}"  # nobody listens: connection refused
     # A device jid the store does not have must not reach whatsmeow (it would abort the process).
     await db.execute("INSERT INTO companies (company_id, device_jid) VALUES ($1, $2)", company_id,
                      "79990000000:1@s.whatsapp.net")
 
     def neonize(devices: DeviceDirectory) -> NeonizeTransport:
-        return NeonizeTransport(db._dsn, devices, proxy=refused)
+        return NeonizeTransport(store_dsn, devices, proxy=refused)
 
     async with ts_stack(transport=neonize, backoff_base_s=30) as s:
         s.companies.add(company_id)
@@ -116,8 +92,8 @@ async def test_dial_failure_becomes_backoff_not_crash(store, ts_stack, company_i
         assert s.connector.transport.status(company_id) is None
 
 
-async def test_stop_during_a_stalled_dial_is_bounded(store, stalling_proxy, db):
-    transport = NeonizeTransport(db._dsn, store, proxy=stalling_proxy)
+async def test_stop_during_a_stalled_dial_is_bounded(store, store_dsn, stalling_proxy, db):
+    transport = NeonizeTransport(store_dsn, store, proxy=stalling_proxy)
     outcome = await transport.start("company_2", jid=None, pairing_phone=None, listener=Listener())
     await asyncio.sleep(1)
     assert not outcome.done()  # still dialling

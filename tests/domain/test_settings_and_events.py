@@ -69,7 +69,8 @@ def test_event_wire_format_round_trips() -> None:
     when = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
     ev = Event(type=EventType.CONNECTED, company_id="company_1", timestamp=when, data={"phone": "7999"})
     wire = ev.to_wire()
-    assert wire == {"type": "connected", "companyId": "company_1", "timestamp": when.isoformat(), "phone": "7999"}
+    assert wire == {"type": "connected", "companyId": "company_1", "timestamp": when.isoformat(), "phone": "7999",
+                    "phoneNumber": "7999"}  # the old back end's name beside the new one
     assert Event.from_wire(wire) == ev
 
 
@@ -78,3 +79,20 @@ def test_states_are_the_spec_vocabulary() -> None:
         "starting", "qr", "connecting", "connected", "backoff",
         "replaced", "logged_out", "paused", "failed", "stopped",
     ]
+
+
+def test_temporal_ui_url_is_checked_and_defaults_to_the_embedded_ui(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ["TEMPORAL_ADDRESS", "TEMPORAL_UI_URL", "TEMPORAL_UI_PORT"]:
+        monkeypatch.delenv(name, raising=False)
+    assert Settings(_env_file=None).temporal_ui_base_url == "http://127.0.0.1:8233"
+    monkeypatch.setenv("TEMPORAL_UI_PORT", "18233")
+    assert Settings(_env_file=None).temporal_ui_base_url == "http://127.0.0.1:18233"
+    # Someone else's Temporal: no guess, the operator page shows no link until the URL is given.
+    monkeypatch.setenv("TEMPORAL_ADDRESS", "temporal.internal:7233")
+    assert Settings(_env_file=None).temporal_ui_base_url is None
+    monkeypatch.setenv("TEMPORAL_UI_URL", "https://temporal.example.com/ui/")
+    assert Settings(_env_file=None).temporal_ui_base_url == "https://temporal.example.com/ui"
+    for bad in ["temporal.example.com", "ftp://temporal.example.com", "https://t.example.com/?x=1"]:
+        monkeypatch.setenv("TEMPORAL_UI_URL", bad)
+        with pytest.raises(ValidationError, match="TEMPORAL_UI_URL must be an http"):
+            Settings(_env_file=None)

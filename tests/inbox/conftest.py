@@ -177,6 +177,14 @@ class InboxStack:
                                       message_id=message_id)
         return msg.message_id
 
+    async def handed_over(self, timeout: float = 30.0) -> None:
+        """Wait until every message injected so far is in Temporal (the connector's spool is empty)."""
+
+        async def empty() -> bool:
+            return bool(await self.db.fetchval("SELECT count(*) FROM incoming_spool") == 0)
+
+        await wait_until(empty, timeout, interval=0.05)
+
     def outbox(self) -> list[OutboxEntry]:
         return list(self.sim.outbox.get(self.company_id, []))
 

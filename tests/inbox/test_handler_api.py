@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from tests.api.conftest import ADMIN, ADMIN_KEY, serve_asgi
@@ -26,9 +24,10 @@ async def test_echo_handler_set_through_the_api_replies_and_inbox_completes_when
         from temporalio.client import WorkflowExecutionStatus
 
         from cli.embedded import wait_until
-        from domain.inbox import inbox_workflow_id
+        from domain.inbox import InboxSummary, inbox_workflow_id
 
-        handle = s.client.get_workflow_handle(inbox_workflow_id(cid, "79991112233@s.whatsapp.net"))
+        handle = s.client.get_workflow_handle(inbox_workflow_id(cid, "79991112233@s.whatsapp.net"),
+                                              result_type=InboxSummary)
 
         async def completed() -> bool:
             status: WorkflowExecutionStatus | None = (await handle.describe()).status
@@ -39,8 +38,9 @@ async def test_echo_handler_set_through_the_api_replies_and_inbox_completes_when
         # (the id is claimed by the first run); the next new message is answered.
         await s.inject("hello there", chat="79991112233@s.whatsapp.net", message_id=mid)
         again = await s.inject("again", chat="79991112233@s.whatsapp.net")
-        await s.wait(lambda: len(s.outbox()) >= 2, 45, "the second echo")
-        await asyncio.sleep(0.3)  # a doubled echo would be here by now
+        await s.handed_over()  # the new run exists: the handle's result is its own
+        second_run = await handle.result()  # the new run, idle → done: every echo it would send is out
+        assert (second_run.handled, second_run.last_message_id) == (2, again)
         assert [(e.text, e.quoted) for e in s.outbox()] == [("echo: hello there", mid), ("echo: again", again)]
 
 

@@ -7,7 +7,9 @@ from collections import Counter
 
 import pytest
 
+from cli.embedded import wait_until
 from tests.inbox.conftest import REPO, WORKER_MAIN, connect, core_worker, worker_env
+from tests.inbox.test_inbox import summary
 
 
 @pytest.mark.timeout(240)
@@ -34,7 +36,12 @@ async def test_worker_killed_mid_processing_resumes_nothing_lost_or_doubled(make
         assert killed_at < 20
         async with core_worker(s.settings, s.client, s.db, redis_client, s.alerts):
             await s.wait(lambda: len(s.outbox()) >= 20, 90, "every reply after the restart")
-            await asyncio.sleep(0.5)  # a doubled reply would land now
+
+            async def all_handled() -> bool:
+                info = await summary(s)
+                return info.handled == 20 and info.pending == 0
+
+            await wait_until(all_handled, 30)  # a reply is sent before its message counts as handled
         hook = s.receiver.hook()
         assert s.receiver.first_seen() == ids  # nothing lost, order kept
         # At least once at the receiver: only a request in flight at the kill may come again, with the

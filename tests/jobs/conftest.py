@@ -1,10 +1,9 @@
-"""Jobs test harness: a real whatsmeow store (created once, copied per test from a
-template database), the project's migrations, and an in-process worker on the dev server."""
+"""Jobs test harness: a real whatsmeow store (``store_dsn`` of tests/conftest.py), the project's
+migrations, and an in-process worker on the dev server."""
 
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -16,44 +15,13 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.worker import WorkerDeps, build_worker
-from connector.neonize_store import ensure_store_schema
 from domain.settings import Settings
 from infra.redis import EventPublisher
-from storage import Database, migrate
+from storage import Database
 from tests.conftest import PgServer
 
 ADMIN_KEY = "jobs-admin-key-" + "y" * 16
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
-
-
-@pytest.fixture(scope="session")
-async def store_template(pg_server: PgServer) -> str:
-    """A database with the real whatsmeow schema and the project's tables, made once."""
-    name = f"store_tpl_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(pg_server.admin_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    dsn = pg_server.dsn_for(name)
-    await ensure_store_schema(dsn)
-    db = Database(dsn)
-    await migrate(db)
-    await db.close()
-    return name
-
-
-@pytest.fixture
-async def store_dsn(pg_server: PgServer, store_template: str) -> AsyncIterator[str]:
-    """A fresh copy of the store for one test (dropped afterwards, with its restore-test scratch copies)."""
-    name = f"store_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(pg_server.admin_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{store_template}"')
-    finally:
-        await conn.close()
-    yield pg_server.dsn_for(name)
-    await pg_server.drop_database(name)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ learned that the phone had connected). Screenshots go to test-artifacts/.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -20,14 +21,23 @@ from tests.stack_harness import StackProcess
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
+MISSING = None if CHROMIUM and CHROMEDRIVER else (
+    "needs Debian chromium + chromium-driver (apt-get install chromium chromium-driver; .ci/run does)"
+)
+IN_CI = os.environ.get("CI") == "true"
 pytestmark = [
     pytest.mark.timeout(240),
-    pytest.mark.skipif(
-        not (CHROMIUM and CHROMEDRIVER),
-        reason="needs Debian chromium + chromium-driver (apt-get install chromium chromium-driver; .ci/run does)",
-    ),
+    # A developer's machine without Chromium skips; CI never does (see chromium_present).
+    pytest.mark.skipif(MISSING is not None and not IN_CI, reason=MISSING or ""),
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def chromium_present() -> None:
+    """Under ``CI=true`` a missing browser fails the run instead of skipping it."""
+    if MISSING is not None:
+        pytest.fail(f"CI=true and Chromium is missing: {MISSING}")
 
 
 @pytest.fixture(scope="module")
@@ -121,22 +131,3 @@ def test_qr_rotates_and_connected_shows_live(stack: StackProcess, browser) -> No
     relink.click()
     _wait(lambda: text.is_displayed() and "Connected as +" in text.text, 15, "connected again after relink")
     _shot(browser, "5-relinked")
-
-
-def test_link_is_scoped_and_signed(stack: StackProcess) -> None:
-    link = httpx.post(f"{stack.api}/api/companies/acme/onboarding-link", headers=_admin(stack), timeout=30).json()
-    token = link["token"]
-    assert httpx.get(link["url"], timeout=30).status_code == 200
-    other = httpx.get(f"{stack.api}/onboarding/company_962302?token={token}", timeout=30)
-    assert other.status_code == 403
-    forged = httpx.get(f"{stack.api}/onboarding/acme?token={token[:-3]}abc", timeout=30)
-    assert forged.status_code == 401 and "signature" in forged.json()["error"]
-    # As an API key, the token reaches its own company and nothing else.
-    own = httpx.get(f"{stack.api}/api/whatsapp/sessions", headers={"Authorization": f"Bearer {token}"}, timeout=30)
-    assert own.status_code == 200
-    denied = httpx.get(f"{stack.api}/api/whatsapp/sessions/company_962302/status",
-                       headers={"Authorization": f"Bearer {token}"}, timeout=30)
-    assert denied.status_code == 403
-    no_admin = httpx.post(f"{stack.api}/api/companies/acme/onboarding-link",
-                          headers={"Authorization": f"Bearer {token}"}, timeout=30)
-    assert no_admin.status_code == 403

@@ -19,7 +19,13 @@ from bench.faults import TcpProxy
 from cli.embedded import wait_until
 from cli.processes import ConnectorProcess
 from tests.sessions.conftest import pydantic_client, session_stack
-from tests.sessions.test_restarts import all_connected, assert_clean_history, seed_paired, statuses
+from tests.sessions.test_restarts import (
+    all_connected,
+    assert_clean_history,
+    seed_paired,
+    sessions_exist,
+    statuses,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -62,7 +68,8 @@ async def test_connector_cut_off_from_both_stores_exits_before_its_sessions_move
         )
         s.companies.update(companies)
         victim, pg_proxy, redis_proxy = await cut_off_pair(stack, s, database_dsn, redis_url, tmp_path)
-        await all_connected(client, companies, 30, {victim.queue})  # it started them all itself
+        await wait_until(lambda: sessions_exist(client, companies), 30, interval=0.2)  # it starts them itself
+        await all_connected(client, companies, 30, {victim.queue})
         peer = ConnectorProcess(s.settings, "p-" + uuid.uuid4().hex[:6], tmp_path,
                                 s.client.service_client.config.target_host).start()
         stack.callback(peer.stop)
@@ -106,6 +113,7 @@ async def test_one_lease_store_gone_changes_nothing(
         )
         s.companies.update(companies)
         victim, pg_proxy, redis_proxy = await cut_off_pair(stack, s, database_dsn, redis_url, tmp_path)
+        await wait_until(lambda: sessions_exist(client, companies), 30, interval=0.2)
         await all_connected(client, companies, 30, {victim.queue})
         peer = ConnectorProcess(s.settings, "p-" + uuid.uuid4().hex[:6], tmp_path,
                                 s.client.service_client.config.target_host).start()

@@ -1,7 +1,10 @@
-"""Simulator controls (SPEC O5), mounted only when ``WA_TRANSPORT=simulator``.
+"""Phone-side controls of the test transports (SPEC O5): the simulator (``WA_TRANSPORT=simulator``) or
+the model of neonize's client (``NEONIZE_CLIENT=model``); mounted only for those.
 
 Each control is an activity on the queue of the connector that holds the
-session (from its status), so it reaches the simulated phone of that session.
+session (from its status), so it reaches the phone of that session in
+whichever connector process holds it. The outbox (what the phone sent) is kept
+in PostgreSQL and read through any connector.
 """
 
 from __future__ import annotations
@@ -18,15 +21,19 @@ from api.errors import ApiError
 from api.routes.sessions import require_status
 from domain.send import CONNECTOR_CALL_WORKFLOW, ConnectorCallInput
 from domain.session import (
-    ACTIVITY_SIMULATOR_CONTROL,
-    ACTIVITY_SIMULATOR_OUTBOX,
+    ACTIVITY_TRANSPORT_CONTROL,
+    ACTIVITY_TRANSPORT_OUTBOX,
     OutboxEntry,
-    SimulatorCommand,
+    TransportCommand,
 )
 
 router = APIRouter(prefix="/api/simulator", tags=["simulator"])
 
-Action = Literal["scan", "disconnect", "replace", "logout", "ban", "incoming"]
+Action = Literal[
+    "scan", "pair", "disconnect", "replace", "logout", "ban", "incoming", "dial_fail",
+    # the model of neonize's client only:
+    "pair_error", "outdated", "connect_failure", "stream_error", "keepalive_timeout", "keepalive_restore",
+]
 
 
 class ControlBody(BaseModel):
@@ -35,13 +42,17 @@ class ControlBody(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     phone: StrictStr | None = Field(default=None, pattern=r"^[0-9]{6,15}$", description="scan: the phone's number")
-    reason: StrictStr | None = Field(default=None, max_length=200, description="disconnect: why")
     expires_s: float | None = Field(default=None, alias="expiresS", gt=0, le=86400, description="ban: seconds")
     text: StrictStr | None = Field(default=None, min_length=1, max_length=4096, description="incoming: text")
     chat: StrictStr | None = Field(default=None, max_length=128, description="incoming: chat JID")
     sender: StrictStr | None = Field(default=None, max_length=128, description="incoming: sender JID")
     message_id: StrictStr | None = Field(default=None, alias="messageId", max_length=128,
                                          description="incoming: WhatsApp message id")
+    sender_alt: StrictStr | None = Field(default=None, alias="senderAlt", max_length=128,
+                                         description="incoming (model): the phone JID of an @lid sender")
+    quoted: StrictStr | None = Field(default=None, max_length=128, description="incoming (model): quoted id")
+    times: int | None = Field(default=None, ge=1, le=1000, description="dial_fail/outdated: how many dials")
+    reason: StrictStr | None = Field(default=None, max_length=200, description="disconnect: why")
 
 
 async def _holder_queue(ctx: CtxDep, company_id: str) -> str:
@@ -52,7 +63,7 @@ async def _holder_queue(ctx: CtxDep, company_id: str) -> str:
     return status.holder_queue
 
 
-@router.post("/{company_id}/{action}", summary="Drive the simulated phone: scan, disconnect, 440, logout, ban…")
+@router.post("/{company_id}/{action}", summary="Drive the test phone: scan, disconnect, 440, logout, ban…")
 async def control(
     ctx: CtxDep,
     company_id: CompanyDep,
@@ -62,16 +73,17 @@ async def control(
     queue = await _holder_queue(ctx, company_id)
     params: dict[str, object] = body.model_dump(exclude_none=True) if body else {}
     result = await run_connector_activity(
-        ctx, queue, ACTIVITY_SIMULATOR_CONTROL, SimulatorCommand(company_id, action, params), dict
+        ctx, queue, ACTIVITY_TRANSPORT_CONTROL, TransportCommand(company_id, action, params), dict
     )
     return {"success": True, "companyId": company_id, "action": action, "result": result}
 
 
-@router.get("/{company_id}/outbox", summary="What the simulated phone has sent")
+@router.get("/{company_id}/outbox", summary="What the test phone has sent")
 async def outbox(ctx: CtxDep, company_id: CompanyDep) -> dict[str, Any]:
-    queue = await _holder_queue(ctx, company_id)
+    await require_status(ctx, company_id)  # 404 for a company without a session
+    # Any connector answers (the record is in PostgreSQL), also when none holds the session.
     entries: list[OutboxEntry] = await run_connector_activity(
-        ctx, queue, ACTIVITY_SIMULATOR_OUTBOX, company_id, list[OutboxEntry]
+        ctx, ctx.settings.temporal_connector_queue, ACTIVITY_TRANSPORT_OUTBOX, company_id, list[OutboxEntry]
     )
     return {"success": True, "companyId": company_id, "count": len(entries), "messages": [
         {"messageId": e.message_id, "to": e.to, "text": e.text, "timestamp": e.timestamp.isoformat(),
