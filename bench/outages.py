@@ -49,8 +49,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bench.common import emit
+from bench.store_data import fill_device
 from cli.embedded import EmbeddedPostgres, EmbeddedRedis, TemporalDevConfig, TemporalDevServer, free_port, wait_until
 from cli.processes import ConnectorProcess, ServiceProcess
+from connector.neonize_store import ensure_store_schema
 from domain.settings import Settings
 from storage import Database, migrate
 
@@ -267,21 +269,28 @@ async def run(args: argparse.Namespace, root: Path | None = None) -> list[dict[s
         dsn = backing.pg.dsn_for("outages")
         db = Database(dsn, max_size=4)
         await migrate(db)
+        if args.transport == "model":
+            await ensure_store_schema(dsn)
         hook_port, api_port, phone_port = free_port(), free_port(), free_port()
         companies = [f"company_out{i:03d}" for i in range(args.companies)]
         for i, cid in enumerate(companies):
             jid = f"7999{i:09d}:1@s.whatsapp.net"
-            await db.execute("INSERT INTO sim_devices (company_id, jid, phone) VALUES ($1, $2, $3)", cid, jid,
-                             jid.split(":")[0])
+            if args.transport == "model":  # a linked device in the whatsmeow store, as pairing leaves it
+                async with db.connection() as conn:
+                    await fill_device(conn, jid)
+            else:
+                await db.execute("INSERT INTO sim_devices (company_id, jid, phone) VALUES ($1, $2, $3)", cid, jid,
+                                 jid.split(":")[0])
             await db.execute(
                 """INSERT INTO companies (company_id, device_jid, handler, webhook_url, webhook_secret)
                    VALUES ($1, $2, 'webhook', $3, 'outage-secret-0123456789')""",
                 cid, jid, f"http://127.0.0.1:{hook_port}/hook",
             )
-        await db.close()
         settings = Settings(
             _env_file=None, environment="test", data_dir=root / "data", database_url=dsn,
-            redis_url=backing.redis.url, temporal_address=backing.temporal.address, wa_transport="simulator",
+            redis_url=backing.redis.url, temporal_address=backing.temporal.address,
+            wa_transport="neonize" if args.transport == "model" else "simulator", neonize_client=(
+                "model" if args.transport == "model" else "neonize"),
             api_admin_key=ADMIN_KEY, api_port=api_port, rate_limit_count=10_000, log_level="WARNING",
             inbox_retry_initial_s=0.5, inbox_retry_max_interval_s=5.0,
         )
@@ -332,10 +341,12 @@ async def run(args: argparse.Namespace, root: Path | None = None) -> list[dict[s
             await wait_until(all_delivered, args.drain_seconds, interval=0.5)
         except TimeoutError:
             pass
-        outboxes: dict[str, Counter[str]] = {}
-        for cid in companies:
-            resp = await phone.get(f"/phone/{cid}/outbox")
-            outboxes[cid] = Counter(m["text"] for m in resp.json()["messages"])
+        # What each phone sent (kept in PostgreSQL by both test transports).
+        outboxes: dict[str, Counter[str]] = {cid: Counter() for cid in companies}
+        for row in await db.fetch("SELECT company_id, text FROM transport_outbox WHERE company_id = ANY($1)",
+                                  companies):
+            outboxes[row["company_id"]][row["text"]] += 1
+        await db.close()
         for name, t_kill, t_back, t_end, before, after in windows:
             results.append(_judge(name, args, record, outboxes, t_kill, t_back, t_end, before, after))
             emit(results[-1])

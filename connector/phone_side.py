@@ -8,7 +8,6 @@ a process running the simulator transport can serve its controls (scan, incoming
     POST /phone/{company_id}/{action}   JSON params → the transport's answer (404: not held here)
     GET  /phone/held                    the companies this connector holds
     GET  /phone/stats                   connection attempts per company (every dial, as WhatsApp counts them)
-    GET  /phone/{company_id}/outbox     what the company's phone sent
 
 The same controls also reach the connector through Temporal (the ``transport_control`` activity);
 this path exists for what must work without it.
@@ -53,14 +52,9 @@ def phone_side_app(transport: Transport) -> Starlette:
     async def stats(_request: Request) -> JSONResponse:
         return JSONResponse({"dials": dict(getattr(transport, "dials", {}))})
 
-    async def outbox(request: Request) -> JSONResponse:
-        sent = getattr(transport, "outbox", {}).get(request.path_params["company_id"], [])
-        return JSONResponse({"messages": [{"messageId": m.message_id, "to": m.to, "text": m.text} for m in sent]})
-
     return Starlette(routes=[
         Route("/phone/held", held, methods=["GET"]),
         Route("/phone/stats", stats, methods=["GET"]),
-        Route("/phone/{company_id}/outbox", outbox, methods=["GET"]),
         Route("/phone/{company_id}/{action}", control, methods=["POST"]),
     ])
 
