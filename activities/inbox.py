@@ -189,29 +189,21 @@ class InboxActivities:
         if not await self._claim(msg, req.claim):
             log.info("inbox duplicate company_id=%s message_id=%s", msg.company_id, msg.message_id)
             return HandleOutcome(handler="duplicate")
-        config = await load_handler(self._db, self._settings, msg.company_id)
-        match config.kind:
-            case "webhook":
-                reply = await self._webhook(config, msg)
-            case "callable":
-                reply = await self._call(config, msg)
-            case "echo":
-                reply = f"echo: {msg.text}" if msg.text else None
-            case _:
-                reply = None
-        if msg.from_me and reply is not None:
-            # Our own message (sent from the phone, or an earlier reply): answering it could loop forever.
-            log.info("inbox reply to own message dropped company_id=%s message_id=%s", msg.company_id,
-                     msg.message_id)
-            reply = None
-        outcome = HandleOutcome(handler=config.kind, reply=reply, event_webhook=bool(config.event_webhook_url))
-        if reply is not None:
+        outcome = await self._handled_before(msg, req.claim)
+        if outcome is None:
+            outcome = await self._run_handler(msg)
+            await self._remember_handled(msg, req.claim, outcome)
+        else:
+            # The handler ran, and then the workflow task that recorded it was lost (a worker or Temporal
+            # died): its answer stands; the company's webhook is not called a second time.
+            log.info("inbox handled before company_id=%s message_id=%s", msg.company_id, msg.message_id)
+        if outcome.reply is not None:
             # The usual case takes its send slot here, saving the workflow a second activity.
             slot = await self._reserve(msg.company_id, msg.message_id, raise_not_connected=False)
             if slot.allowed:
                 outcome.holder_queue = slot.holder_queue
         log.info("inbox handled company_id=%s message_id=%s handler=%s reply=%s attempt=%d",
-                 msg.company_id, msg.message_id, config.kind, reply is not None, activity.info().attempt)
+                 msg.company_id, msg.message_id, outcome.handler, outcome.reply is not None, activity.info().attempt)
         return outcome
 
     @activity.defn(name=ACTIVITY_RESERVE_REPLY)
@@ -232,6 +224,50 @@ class InboxActivities:
         return resp.status_code
 
     # ------------------------------------------------------------------ internals
+
+    async def _run_handler(self, msg: IncomingMessage) -> HandleOutcome:
+        config = await load_handler(self._db, self._settings, msg.company_id)
+        match config.kind:
+            case "webhook":
+                reply = await self._webhook(config, msg)
+            case "callable":
+                reply = await self._call(config, msg)
+            case "echo":
+                reply = f"echo: {msg.text}" if msg.text else None
+            case _:
+                reply = None
+        if msg.from_me and reply is not None:
+            # Our own message (sent from the phone, or an earlier reply): answering it could loop forever.
+            log.info("inbox reply to own message dropped company_id=%s message_id=%s", msg.company_id,
+                     msg.message_id)
+            reply = None
+        return HandleOutcome(handler=config.kind, reply=reply, event_webhook=bool(config.event_webhook_url))
+
+    def _done_key(self, msg: IncomingMessage) -> str:
+        return f"{self._settings.redis_prefix}whatsapp:inbox:done:{msg.company_id}:{msg.message_id}"
+
+    async def _handled_before(self, msg: IncomingMessage, claim: str) -> HandleOutcome | None:
+        """This chain's earlier outcome for the message, if its handler already ran (Redis down: None)."""
+        try:
+            raw = await self._redis.get(self._done_key(msg))
+        except (aioredis.RedisError, OSError):
+            return None
+        if not raw:
+            return None
+        done = json.loads(raw)
+        if done.get("claim") != claim:
+            return None
+        return HandleOutcome(handler=str(done["handler"]), reply=done.get("reply"),
+                             event_webhook=bool(done.get("event_webhook")))
+
+    async def _remember_handled(self, msg: IncomingMessage, claim: str, outcome: HandleOutcome) -> None:
+        done = {"claim": claim, "handler": outcome.handler, "reply": outcome.reply,
+                "event_webhook": outcome.event_webhook}
+        try:
+            await self._redis.set(self._done_key(msg), json.dumps(done), ex=self._settings.inbox_claim_ttl_s)
+        except (aioredis.RedisError, OSError) as exc:
+            log.warning("inbox outcome not remembered company_id=%s message_id=%s error=%s",
+                        msg.company_id, msg.message_id, type(exc).__name__)
 
     async def _claim(self, msg: IncomingMessage, claim: str) -> bool:
         """True when this inbox chain may handle the WhatsApp id (first to claim it, or it already did)."""

@@ -48,7 +48,7 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        temporal = client or await connect_temporal(settings, identity="api")
+        temporal = client or await connect_temporal(settings, identity="api", interactive=True)
         db = Database(settings.database_dsn, max_size=settings.db_pool_max)
         await migrate(db)
         redis = api_redis_client(settings)

@@ -7,6 +7,7 @@ a process running the simulator transport can serve its controls (scan, incoming
 
     POST /phone/{company_id}/{action}   JSON params → the transport's answer (404: not held here)
     GET  /phone/held                    the companies this connector holds
+    GET  /phone/stats                   connection attempts per company (every dial, as WhatsApp counts them)
 
 The same controls also reach the connector through Temporal (the ``transport_control`` activity);
 this path exists for what must work without it.
@@ -48,8 +49,12 @@ def phone_side_app(transport: Transport) -> Starlette:
     async def held(_request: Request) -> JSONResponse:
         return JSONResponse({"held": sorted(getattr(transport, "held", []))})
 
+    async def stats(_request: Request) -> JSONResponse:
+        return JSONResponse({"dials": dict(getattr(transport, "dials", {}))})
+
     return Starlette(routes=[
         Route("/phone/held", held, methods=["GET"]),
+        Route("/phone/stats", stats, methods=["GET"]),
         Route("/phone/{company_id}/{action}", control, methods=["POST"]),
     ])
 

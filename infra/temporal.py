@@ -22,7 +22,7 @@ from pathlib import Path
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
-from temporalio.service import TLSConfig
+from temporalio.service import RetryConfig, TLSConfig
 
 from domain.settings import Settings
 
@@ -87,8 +87,18 @@ def _is_tls_failure(exc: BaseException) -> bool:
     return any(word in text for word in _TLS_FAILURE_WORDS)
 
 
-async def connect_temporal(settings: Settings, *, wait_s: float = 60.0, identity: str | None = None) -> Client:
+# For a process that answers people (the API): an RPC to an unreachable Temporal gives up after ~3 s
+# (the caller answers 503 and the client retries), instead of the SDK's 10 s, and a Temporal that is
+# back is found within a second, not after a backoff of up to 5 s.
+INTERACTIVE_RETRY = RetryConfig(initial_interval_millis=100, max_interval_millis=1000, max_elapsed_time_millis=3000,
+                                max_retries=10)
+
+
+async def connect_temporal(settings: Settings, *, wait_s: float = 60.0, identity: str | None = None,
+                           interactive: bool = False) -> Client:
     """Connect, waiting up to ``wait_s`` for the server (it may still be starting).
+
+    ``interactive``: RPCs fail fast while Temporal is unreachable (:data:`INTERACTIVE_RETRY`).
 
     Raises:
         TemporalConfigError: a TLS file is unreadable, or the server refused the TLS
@@ -110,6 +120,7 @@ async def connect_temporal(settings: Settings, *, wait_s: float = 60.0, identity
                 api_key=api_key,
                 runtime=runtime,
                 identity=identity,
+                retry_config=INTERACTIVE_RETRY if interactive else None,
             )
         except RuntimeError as exc:
             if tls is not False and _is_tls_failure(exc):
