@@ -1,6 +1,6 @@
 """The fault run, short (bench/outages.py): Redis killed under send and phone-side incoming load for a
-few seconds (longer than LEASE_FENCE_S), then started again. Nothing sent twice or lost, nothing received lost, twice or out of
-order, no WhatsApp connection dropped, and sends accepted again at once."""
+few seconds (longer than LEASE_FENCE_S), then started again. Nothing sent twice or lost, nothing
+received lost, twice or out of order, no WhatsApp connection dropped, and sends accepted again at once."""
 
 from __future__ import annotations
 
