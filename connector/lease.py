@@ -42,6 +42,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from domain.settings import Settings
+from infra.process import process_start_ticks
 
 log = logging.getLogger("waorch.lease")
 
@@ -51,15 +52,6 @@ _STORE_TIMEOUT_FRACTION = 0.8
 
 def lease_key(settings: Settings, incarnation: str) -> str:
     return f"{settings.redis_prefix}connector-lease:{incarnation}"
-
-
-def _proc_start_ticks(pid: int) -> str | None:
-    """The start time of a process (clock ticks since boot), or None if no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
 
 
 def _boot_and_pidns() -> str:
@@ -73,7 +65,7 @@ def _boot_and_pidns() -> str:
 
 def this_process() -> str:
     """``<boot id>/<pid namespace>/<pid>/<start ticks>``: names this process uniquely on this machine."""
-    return f"{_boot_and_pidns()}/{os.getpid()}/{_proc_start_ticks(os.getpid())}"
+    return f"{_boot_and_pidns()}/{os.getpid()}/{process_start_ticks(os.getpid())}"
 
 
 def process_gone(process: str) -> bool:
@@ -84,7 +76,7 @@ def process_gone(process: str) -> bool:
     scope, pid, ticks = "/".join(parts[:-2]), parts[-2], parts[-1]
     if scope != _boot_and_pidns():
         return False
-    return _proc_start_ticks(int(pid)) != ticks
+    return str(process_start_ticks(int(pid))) != ticks
 
 
 @dataclass(frozen=True)

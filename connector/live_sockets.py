@@ -29,6 +29,8 @@ from functools import cache
 
 import psycopg
 
+from infra.process import process_start_ticks
+
 log = logging.getLogger("waorch.sockets")
 
 # Breaches seen by this process, also when the database could not take the row.
@@ -42,27 +44,16 @@ class ProcessIdentity:
     started: int  # /proc/<pid>/stat start time (clock ticks since boot): a reused pid differs
 
 
-def _start_time(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().decode(errors="replace")
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after its closing one.
-    fields = stat.rsplit(")", 1)[1].split()
-    return int(fields[19])  # field 22 overall
-
-
 @cache
 def this_process() -> ProcessIdentity:
-    return ProcessIdentity(socket.gethostname(), os.getpid(), _start_time(os.getpid()) or 0)
+    return ProcessIdentity(socket.gethostname(), os.getpid(), process_start_ticks(os.getpid()) or 0)
 
 
 def process_alive(host: str, pid: int, started: int) -> bool:
     """Whether the process that owned an entry still runs (always True for another host)."""
     if host != this_process().host:
         return True
-    return _start_time(pid) == started
+    return process_start_ticks(pid) == started
 
 
 class LiveSockets:
