@@ -6,7 +6,7 @@ Run: ``.venv/bin/python -m bench.neonize_clients --clients 500 --attempts 300``
    :class:`~connector.neonize_transport.NeonizeTransport` with neonize's real
    ``NewClient`` and starts ``--clients`` new-device clients that dial a local
    proxy which accepts each connection and holds it open without an answer
-   (WhatsApp cannot be reached here: NEONIZE.md). The parent reads the child's
+   (WhatsApp cannot be reached from a test machine). The parent reads the child's
    RSS and OS threads from ``/proc`` before the first client and once all are
    started, and counts the store's PostgreSQL connections. The same child
    harness then runs the simulator transport with as many connected sessions:

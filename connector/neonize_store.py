@@ -1,7 +1,7 @@
 """The whatsmeow store schema, created once, serially, before any client starts.
 
 whatsmeow migrates its tables on the first ``connect()``; run concurrently
-that migration fails (NEONIZE.md: 41 of 50 on PostgreSQL). So the connector
+that migration fails (measured: 41 of 50 concurrent first starts on PostgreSQL). So the connector
 (and the tests) call :func:`ensure_store_schema` once at start: a throw-away
 client in a child process dials through a proxy on a closed loopback port,
 which migrates the store and then fails the dial at once — on any machine,

@@ -1,6 +1,7 @@
 """The real WhatsApp transport: one sync neonize ``NewClient`` per company, each on its own thread.
 
-What neonize 0.5.2 and whatsmeow really do (NEONIZE.md "Read from the source"),
+What neonize 0.5.2 and whatsmeow really do (read from neonize's Python package and Go sources and
+from whatsmeow's, and measured on the library),
 and how this module copes:
 
 * **Go's global maps are unlocked.** ``Neonize()`` writes ``clients[uuid]`` and two

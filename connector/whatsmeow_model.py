@@ -3,7 +3,8 @@
 ``NEONIZE_CLIENT=model`` (refused when ``ENVIRONMENT=production``) makes the
 connector's real :class:`~connector.neonize_transport.NeonizeTransport` drive
 this class instead of neonize's: no fake WhatsApp server is possible
-(NEONIZE.md), so the transport's handling of whatsmeow's behaviour is proven
+(whatsmeow's websocket address is fixed and its handshake checks WhatsApp's own key), so the transport's
+handling of whatsmeow's behaviour is proven
 against a model of that behaviour. The model emits neonize's own protobuf
 event classes (:mod:`neonize.events`) through neonize's own dispatcher
 (:class:`neonize.events.Event`, fed addresses the way Go's cgo callbacks feed

@@ -1,7 +1,7 @@
 """Timestamps the whatsmeow store does not keep, recorded by this project (SPEC B3).
 
 whatsmeow's ``whatsmeow_message_secrets`` has no time column and grows forever
-(NEONIZE.md), so age-based cleanup needs a ``first_seen`` column with a
+(whatsmeow deletes its rows only with the device), so age-based cleanup needs a ``first_seen`` column with a
 default. It is added as soon as the store exists: by the connector right after
 the store schema is created, and again by each cleanup run (a store created
 after the project's migrations).

@@ -1,6 +1,7 @@
 """The neonize transport, offline: real whatsmeow against the real PostgreSQL store, dials that fail.
 
-No fake WhatsApp server is possible (NEONIZE.md), so the failure paths are driven
+No fake WhatsApp server is possible (whatsmeow's address is fixed and its handshake checks
+WhatsApp's own key), so the failure paths are driven
 through local proxies: one that closes every connection, one on a closed port.
 """
 
