@@ -11,6 +11,7 @@ import asyncio
 import time
 import uuid
 from contextlib import AsyncExitStack
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -18,7 +19,7 @@ import pytest
 from bench.faults import TcpProxy
 from cli.embedded import wait_until
 from cli.processes import ConnectorProcess
-from tests.sessions.conftest import pydantic_client, session_stack
+from tests.sessions.conftest import WA_TRANSPORTS, pydantic_client, session_stack
 from tests.sessions.test_restarts import (
     all_connected,
     assert_clean_history,
@@ -42,36 +43,43 @@ def companies() -> list[str]:
     return [f"company_{uuid.uuid4().int % 10**9}" for _ in range(4)]
 
 
-async def cut_off_pair(stack: AsyncExitStack, s, database_dsn: str, redis_url: str, tmp_path):
+async def cut_off_pair(stack: AsyncExitStack, s, database_dsn: str, redis_url: str, tmp_path,
+                       wa_env: dict[str, Any] | None = None):
     """A victim connector behind proxies to PostgreSQL and Redis holding every session, and a peer."""
+    wa_env = dict(wa_env or {})
+    database_dsn = wa_env.pop("DATABASE_URL", database_dsn)
     pg_proxy = await TcpProxy(urlsplit(database_dsn).port or 5432).start()
     redis_proxy = await TcpProxy(urlsplit(redis_url).port or 6379).start()
     stack.push_async_callback(pg_proxy.cut)
     stack.push_async_callback(redis_proxy.cut)
     target = s.client.service_client.config.target_host
     victim = ConnectorProcess(s.settings, "v-" + uuid.uuid4().hex[:6], tmp_path, target,
-                              DATABASE_URL=via(database_dsn, pg_proxy), REDIS_URL=via(redis_url, redis_proxy))
+                              DATABASE_URL=via(database_dsn, pg_proxy), REDIS_URL=via(redis_url, redis_proxy),
+                              **wa_env)
     victim.start()
     stack.callback(victim.stop)
     return victim, pg_proxy, redis_proxy
 
 
+@pytest.mark.parametrize("wa", WA_TRANSPORTS, indirect=True)
 async def test_connector_cut_off_from_both_stores_exits_before_its_sessions_move(
-    dev_env, make_settings, db, redis_client, database_dsn, redis_url, tmp_path, companies
+    dev_env, make_settings, db, redis_client, database_dsn, redis_url, tmp_path, companies, wa, wa_env
 ):
+    # Never two holders: the invariant is also checked on the transports' own live sockets (a breach
+    # fails the test: tests/conftest.py), the simulator's and the model of neonize's client's alike.
     client = pydantic_client(dev_env.client)
-    await seed_paired(db, companies)
+    await seed_paired(db, companies, wa)
     async with AsyncExitStack() as stack:
         s = await stack.enter_async_context(
             session_stack(dev_env.client, make_settings, db, redis_client, env=None, search_attributes=True,
                           with_connector=False)
         )
         s.companies.update(companies)
-        victim, pg_proxy, redis_proxy = await cut_off_pair(stack, s, database_dsn, redis_url, tmp_path)
+        victim, pg_proxy, redis_proxy = await cut_off_pair(stack, s, database_dsn, redis_url, tmp_path, wa_env)
         await wait_until(lambda: sessions_exist(client, companies), 30, interval=0.2)  # it starts them itself
         await all_connected(client, companies, 30, {victim.queue})
         peer = ConnectorProcess(s.settings, "p-" + uuid.uuid4().hex[:6], tmp_path,
-                                s.client.service_client.config.target_host).start()
+                                s.client.service_client.config.target_host, **wa_env).start()
         stack.callback(peer.stop)
         await asyncio.sleep(2)  # the peer is watching
 
