@@ -248,16 +248,25 @@ class ConnectorActivities:
         for h in holds:
             h.closing = "shutdown"
         await asyncio.gather(*(self._stop_client(h) for h in holds), return_exceptions=True)
-        with contextlib.suppress(Exception):
+        closed = True
+        try:
             await asyncio.wait_for(self.transport.close(), timeout)
+        except Exception as exc:
+            closed = False
+            log.warning("connections not all closed in %.0fs error=%s: the lease is left to expire", timeout,
+                        type(exc).__name__)
         for h in holds:
             await self.publish(h.company_id, EventType.DISCONNECTED, reason="connector shutting down",
                                connector=self.settings.connector_id)
         pending = [t for h in holds for t in h.tasks if not t.done()]
         if pending:
             await asyncio.wait(pending, timeout=timeout)
-        if self.lease.registered and not self.lease.fenced:
+        # Released, the holds are adopted at once: only once every client is dead. Otherwise the lease
+        # expires after this process has exited (and its sockets with it), and peers adopt then.
+        if closed and self.lease.registered and not self.lease.fenced:
             await self.lease.release(self.devices.db.dsn, self.redis)
+        else:
+            self.lease.stop()
 
     async def _tick_forever(self) -> None:
         while not self._shutting_down.is_set():
