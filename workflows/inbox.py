@@ -185,7 +185,9 @@ class _MessageProcessing:
                         ACTIVITY_MEDIA_HOLDER, msg.company_id, result_type=str,
                         start_to_close_timeout=timedelta(seconds=10),
                         schedule_to_close_timeout=max(timedelta(seconds=1), deadline - workflow.now()),
-                        retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=t.retry_max_interval_s)),
+                        retry_policy=RetryPolicy(
+                            initial_interval=timedelta(seconds=t.retry_initial_s),
+                            maximum_interval=timedelta(seconds=max(t.retry_max_interval_s, t.retry_initial_s))),
                     )
                 media: MediaDescriptor = await workflow.execute_activity(
                     ACTIVITY_DOWNLOAD_MEDIA, MediaDownload(msg.company_id, msg.media.id), task_queue=holder,

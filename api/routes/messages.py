@@ -41,6 +41,7 @@ from domain.media import (
     CAPTIONED,
     ERROR_MEDIA_MISSING,
     ERROR_MEDIA_UNAVAILABLE,
+    GENERIC_MIMETYPES,
     MAX_CAPTION,
     MediaKind,
     MediaRef,
@@ -310,7 +311,9 @@ async def _stored_media(ctx: AppContext, company_id: str, key: str, body: MediaB
         limit = ctx.settings.media_max_bytes(body.type.value)
         try:
             fetched = await fetch_media(body.url, body.type, limit, ctx.settings)
-            declared = body.mimetype or (fetched.content_type if body.type is MediaKind.DOCUMENT else None)
+            # A server's Content-Type names a document's type when the bytes say too little (a CSV).
+            served = fetched.content_type if fetched.content_type not in GENERIC_MIMETYPES else None
+            declared = body.mimetype or (served if body.type is MediaKind.DOCUMENT else None)
             mimetype = check_content(body.type, fetched.data, declared, limit)
         except MediaRejected as exc:
             raise _rejected(exc) from None
