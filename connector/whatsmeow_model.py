@@ -786,7 +786,7 @@ class NewClient:
         direct_path, media_key = RUNTIME.server.keep_media(bytes(binary), kind.removeprefix("Media").lower())
         return neonize_proto.UploadResponse(
             url="https://mmg.whatsapp.net" + direct_path + "?model=1", DirectPath=direct_path, Handle="",
-            ObjectID="", MediaKey=media_key, FileEncSHA256=hashlib.sha256(media_key + binary).digest(),
+            MediaKey=media_key, FileEncSHA256=hashlib.sha256(media_key + binary).digest(),
             FileSHA256=hashlib.sha256(binary).digest(), FileLength=len(binary),
         )
 
