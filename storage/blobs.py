@@ -92,7 +92,8 @@ class LocalBlobStore:
     def _write(self, path: Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             if path.stat().st_size == len(data):
-                return  # content-addressed: the same name is the same bytes
+                os.utime(path)  # content-addressed: the same bytes; written again now (the cleanup's grace)
+                return
         for directory in (self.root, path.parent):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(directory, 0o700)
@@ -182,8 +183,7 @@ class S3BlobStore:
     async def put(self, data: bytes) -> str:
         sha256 = blob_key(data)
         key = self._key(sha256)
-        if await self.size(sha256) == len(data):
-            return sha256
+        # Put again when it exists: its LastModified is then now (the cleanup's grace).
         await asyncio.to_thread(self._s3.put_object, Bucket=self.bucket, Key=key, Body=data,
                                 ChecksumAlgorithm="SHA256")
         return sha256
