@@ -342,3 +342,60 @@ async def _media_row(api: Api, cid: str, media_id: str) -> dict[str, Any]:
         await db.close()
     assert row is not None
     return dict(row)
+
+
+async def test_message_events_carry_the_descriptor_pending_then_stored(
+    client: Client, api_settings: Settings, redis_client: Any
+) -> None:
+    settings = tuned(api_settings)
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(settings.events_channel)
+    try:
+        async with media_stack(client, settings) as api:
+            cid = company()
+            await api.connect(cid)
+            jpeg = samples.image("JPEG")
+            resp = await api.http.post(f"/api/simulator/{cid}/incoming", headers=ADMIN, json={
+                "mediaType": "image", "mediaBase64": samples.b64(jpeg), "caption": "hi"})
+            mid = resp.json()["result"]["message_id"]
+            seen: dict[str, dict[str, Any]] = {}
+
+            async def both() -> bool:
+                message = await pubsub.get_message(timeout=0.2)
+                if message is not None:
+                    import json
+
+                    event = json.loads(message["data"])
+                    if event.get("messageId") == mid:
+                        seen[event["type"]] = event
+                return {"message", "message_media"} <= set(seen)
+
+            await wait_until(both, 30)
+    finally:
+        await pubsub.aclose()
+    pending, stored = seen["message"]["media"], seen["message_media"]["media"]
+    assert pending["state"] == "pending" and stored["state"] == "stored", (pending, stored)
+    assert pending["id"] == stored["id"] and pending["url"] == stored["url"]
+    assert stored["sha256"] == hashlib.sha256(jpeg).hexdigest() and seen["message"]["text"] == "hi"
+    assert "source" not in pending  # the download key never leaves the connector's store
+
+
+async def test_health_names_media_kinds_a_connector_cannot_send(
+    client: Client, api_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connector.simulator import SimulatorTransport
+
+    monkeypatch.setattr(SimulatorTransport, "media_unavailable",
+                        lambda self: {"video": "ffmpeg and ffprobe not found on PATH (install the ffmpeg package)"})
+    async with media_stack(client, tuned(api_settings)) as api:
+        async def reported() -> bool:
+            checks = {c["name"]: c for c in (await api.http.get("/health", headers=ADMIN)).json()["checks"]}
+            return bool(checks["media"]["status"] == "degraded")
+
+        await wait_until(reported, 30)
+        body = (await api.http.get("/health", headers=ADMIN)).json()
+        media = next(c for c in body["checks"] if c["name"] == "media")
+        assert body["status"] == "degraded" and "media" in body["degraded"]
+        assert media["unavailable"] == ["video"] and "ffmpeg" in next(iter(media["connectors"].values()))["video"]
+        public = next(c for c in (await api.http.get("/health")).json()["checks"] if c["name"] == "media")
+        assert public["unavailable"] == ["video"] and "connectors" not in public  # hosts only for the admin
