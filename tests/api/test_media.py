@@ -371,6 +371,13 @@ async def test_message_events_carry_the_descriptor_pending_then_stored(
                 return {"message", "message_media"} <= set(seen)
 
             await wait_until(both, 30)
+            # The download key (the simulator's "sim:<ref>") stayed in PostgreSQL, out of Temporal.
+            chat = seen["message"]["chat"]
+            from temporalio.api.history.v1 import History
+
+            history = await client.get_workflow_handle(f"inbox-{cid}-{chat}").fetch_history()
+            raw = History(events=history.events).SerializeToString()  # payloads as the server keeps them
+            assert b'"sim:' not in raw and b'"source":null' in raw
     finally:
         await pubsub.aclose()
     pending, stored = seen["message"]["media"], seen["message_media"]["media"]
