@@ -130,6 +130,8 @@ class SendBody(BaseModel):
             raise ValueError("give exactly one of 'phone' or 'to'")
         if (self.message is None) == (self.media is None):
             raise ValueError("give either 'message' (a text) or 'media' (its caption goes in media.caption)")
+        if self.media is not None and self.options is not None and self.options.quoted is not None:
+            raise ValueError("options.quoted: a media message cannot quote another one yet; send it without quoting")
         return self
 
     def recipient(self, default_region: str | None) -> Jid:

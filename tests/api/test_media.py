@@ -184,6 +184,9 @@ async def test_limits_types_and_bodies_are_refused_with_the_problem_named(
         await refused({"type": "image", "url": web.url("/missing")}, 422, "HTTP 404")
         both = {"to": "79001234567", "message": "hi", "media": {"type": "image", "base64": samples.b64(jpeg)}}
         await refused({}, 422, "message", "media", body=both)
+        quoting = {"to": "79001234567", "media": {"type": "image", "base64": samples.b64(jpeg)},
+                   "options": {"quoted": "3EB0AAAA"}}
+        await refused({}, 422, "options.quoted", body=quoting)
         # Nothing refused reached the phone or the store.
         assert await _outbox(api, cid) == []
         assert not list(settings.resolved_media_dir.glob("*/*")) or all(
