@@ -295,7 +295,8 @@ async def test_a_failing_download_is_retried_and_then_named_and_the_message_stil
     client: Client, api_settings: Settings
 ) -> None:
     jpeg = samples.image("JPEG")
-    async with serve_receiver() as receiver, media_stack(client, tuned(api_settings)) as api:
+    async with serve_receiver() as receiver, media_stack(client, tuned(api_settings,
+                                                                        media_download_window_s=2.5)) as api:
         cid = company()
         await api.connect(cid)
         await _webhook(api, cid, receiver)
