@@ -62,6 +62,17 @@ What it follows, by source (neonize master, ``goneonize/main.go`` and
   ``SendResponse.Timestamp`` is ``Unix()`` (seconds); ``MessageSource`` carries
   ``SenderAlt``/``RecipientAlt`` and the addressing mode.
 
+Media (issue #11): ``send_image``, ``send_video``, ``send_audio`` (``ptt=True``), ``send_document``,
+``send_sticker`` and their ``build_*`` builders are neonize's own functions (Pillow thumbnails, ffprobe
+lengths, sticker conversion with ffmpeg, libmagic types); under them ``upload`` (Go ``Upload``) keeps
+the bytes on the model's media servers (:class:`ModelServer` ``.media``) and answers neonize's
+``UploadResponse``, and ``send_message`` records what the recipient's phone gets (transport_outbox.media).
+:meth:`PhoneSide.incoming_media` sends ImageMessage, VideoMessage, AudioMessage (PTT for a voice note),
+DocumentMessage or StickerMessage in a ``MessageEv``; ``download_any`` (Go ``DownloadAny``) fetches it
+back, failing as whatsmeow names it ("download failed with status code 503/410/404", "invalid media
+SHA256 hash"). *Guesses*: the upload's direct path and encrypted hash (nothing here encrypts), the
+mimetype a sending phone sets, ``MessageInfo.Type``/``MediaType`` of media messages, the thumbnail.
+
 *Guesses* beyond the sources: dial and handshake take ``timing.dial_s``; the
 515 restart comes ``timing.restart_515_s`` after pairing; a stalled dial gives
 up after ``timing.dial_timeout_s`` (whatsmeow's own depends on the network);
