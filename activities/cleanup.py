@@ -21,6 +21,11 @@ What goes, and only this:
 Never touched: device rows of live companies, identity keys, app-state keys,
 Signal sessions, pre-keys, contacts, ``lid_map`` (it has no owner column).
 Everything is counted in one transaction; dry-run counts the same and rolls back.
+
+Media (issue #11, :func:`cleanup_media`, reported under ``media`` with the same shape): rows of
+``media`` older than ``MEDIA_MAX_AGE_DAYS`` (sent and received alike), then every blob that no
+remaining row refers to and that was not written within the last hour (a send stores its bytes just
+before its row; storing the same bytes again renews them). Dry-run counts both and deletes nothing.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from activities.jobs_common import heartbeat, report_failure
 from domain.jobs import JobInput
 from domain.settings import Settings
 from storage import Database
+from storage.blobs import BlobStore, blob_store
 from storage.whatsmeow import ensure_store_timestamps
 
 log = logging.getLogger("waorch.cleanup")
@@ -215,15 +221,76 @@ async def cleanup_store(settings: Settings, db: Database, *, dry_run: bool, verb
     return report
 
 
+# A blob written this recently is never deleted: its row may be on its way.
+MEDIA_BLOB_GRACE_S = 3600.0
+
+
+async def cleanup_media(settings: Settings, db: Database, blobs: BlobStore, *, dry_run: bool) -> dict[str, Any]:
+    """Delete (or count) media older than MEDIA_MAX_AGE_DAYS and the blobs no row refers to any more."""
+    t0 = time.monotonic()
+    days = settings.media_max_age_days
+    report: dict[str, Any] = {"dry_run": dry_run, "max_age_days": days, "store": blobs.where, "warnings": []}
+    async with db.connection() as conn:
+        if not await conn.fetchval("SELECT to_regclass('public.media') IS NOT NULL"):
+            report.update(rows_to_delete=0, rows_deleted=0, deleted={}, note="no media table yet")
+            return report
+        report["age_distribution"] = {"media": await age_distribution(conn, "created_at", "media")}
+        tr = conn.transaction()
+        await tr.start()
+        try:
+            rows = await conn.fetch(
+                "DELETE FROM media WHERE created_at < now() - make_interval(days => $1) RETURNING direction",
+                days, timeout=_LONG_S)
+            # What remains refers to these blobs (counted inside the transaction: a dry run sees the same).
+            referenced = {r["sha256"] for r in await conn.fetch(
+                "SELECT DISTINCT sha256 FROM media WHERE sha256 IS NOT NULL", timeout=_LONG_S)}
+            if dry_run:
+                await tr.rollback()
+            else:
+                await tr.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await tr.rollback()
+            raise
+    heartbeat("media rows", len(rows))
+    unreferenced = [(sha, size) for sha, size in await blobs.older_than(MEDIA_BLOB_GRACE_S) if sha not in referenced]
+    deleted_blobs = 0
+    if not dry_run:
+        for sha, _size in unreferenced:
+            try:
+                deleted_blobs += await blobs.delete(sha)
+            except Exception as exc:  # the next run tries again
+                report["warnings"].append(f"media blob {sha[:12]}… not deleted: {type(exc).__name__}")
+    received = sum(1 for r in rows if r["direction"] == "in")
+    report.update(
+        rows_to_delete=len(rows),
+        rows_deleted=0 if dry_run else len(rows),
+        deleted={k: v for k, v in {"media_received": received, "media_sent": len(rows) - received,
+                                   "media_blobs": len(unreferenced)}.items() if v},
+        blobs_to_delete=len(unreferenced),
+        blobs_deleted=deleted_blobs,
+        bytes_freed=0 if dry_run else sum(size for _, size in unreferenced),
+        bytes_to_free=sum(size for _, size in unreferenced),
+        duration_s=round(time.monotonic() - t0, 3),
+    )
+    log.info("media cleanup dry_run=%s rows=%d blobs=%d bytes=%d", dry_run, len(rows), len(unreferenced),
+             report["bytes_to_free"])
+    return report
+
+
 class CleanupActivities:
-    def __init__(self, settings: Settings, db: Database) -> None:
+    def __init__(self, settings: Settings, db: Database, blobs: BlobStore | None = None) -> None:
         self._settings = settings
         self._db = db
+        self._blobs = blobs or blob_store(settings)
 
     @activity.defn(name="run_cleanup")
     async def run_cleanup(self, job: JobInput) -> dict[str, Any]:
         try:
-            return await cleanup_store(self._settings, self._db, dry_run=job.dry_run, verbose=job.verbose)
+            report = await cleanup_store(self._settings, self._db, dry_run=job.dry_run, verbose=job.verbose)
+            report["media"] = await cleanup_media(self._settings, self._db, self._blobs, dry_run=job.dry_run)
+            report["warnings"] = [*report.get("warnings", []), *report["media"]["warnings"]]
+            return report
         except Exception as exc:
             report_failure(exc, "cleanup")
             raise ApplicationError(f"{type(exc).__name__}: {exc}", type=type(exc).__name__) from exc

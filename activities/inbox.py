@@ -70,8 +70,13 @@ def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def message_payload(msg: IncomingMessage) -> dict[str, Any]:
-    """The ``message`` event as a webhook receives it (E1 keys; the same bytes on every attempt)."""
+def message_payload(msg: IncomingMessage, base_url: str = "") -> dict[str, Any]:
+    """The ``message`` event as a webhook receives it (E1 keys; the same bytes on every attempt).
+
+    A media message carries ``media`` (issue #11): type, state, mimetype, size, sha256, caption,
+    filename, error and the URL of the API route that serves it (``base_url``: the API's public URL).
+    """
+    media = {} if msg.media is None else {"media": msg.media.to_wire(base_url, msg.company_id)}
     return {
         "id": message_event_id(msg.company_id, msg.message_id),
         "type": "message",
@@ -86,6 +91,7 @@ def message_payload(msg: IncomingMessage) -> dict[str, Any]:
         "messageType": msg.message_type,
         "fromMe": msg.from_me,
         "metadata": msg.metadata,
+        **media,
     }
 
 
@@ -145,6 +151,8 @@ def inbox_tuning_from(s: Settings) -> InboxTuning:
         idle_s=s.inbox_idle_s,
         max_messages_per_run=s.inbox_max_messages_per_run,
         seen_ids=s.inbox_seen_ids,
+        media_download_timeout_s=s.media_download_timeout_s,
+        media_download_window_s=s.media_download_window_s,
     )
 
 
@@ -219,6 +227,9 @@ class InboxActivities:
             return 0
         body = {**event.data, "id": event.event_id, "type": event.type, "companyId": event.company_id,
                 "timestamp": event.timestamp}
+        media = body.get("media")
+        if isinstance(media, dict) and str(media.get("url", "")).startswith("/"):
+            body["media"] = {**media, "url": self._settings.api_base_url + media["url"]}
         resp = await self._post(config.event_webhook_url, config.secret, event.event_id, event.type, body,
                                 event.company_id)
         return resp.status_code
@@ -303,8 +314,8 @@ class InboxActivities:
             raise ApplicationError(f"company {msg.company_id} has the webhook handler but no webhook URL",
                                    type="HandlerMisconfigured")
         event_id = message_event_id(msg.company_id, msg.message_id)
-        resp = await self._post(config.webhook_url, config.secret, event_id, "message", message_payload(msg),
-                                msg.company_id)
+        resp = await self._post(config.webhook_url, config.secret, event_id, "message",
+                                message_payload(msg, self._settings.api_base_url), msg.company_id)
         if not resp.content:
             return None
         try:
@@ -361,7 +372,7 @@ class InboxActivities:
             raise ApplicationError(f"company {msg.company_id} has the callable handler but no callable",
                                    type="HandlerMisconfigured")
         fn = self._resolve(config.callable_path)
-        payload = message_payload(msg)
+        payload = message_payload(msg, self._settings.api_base_url)
         try:
             if inspect.iscoroutinefunction(fn):
                 answer = await fn(payload)

@@ -19,6 +19,7 @@ from activities.event_relay import EventRelay
 from activities.failed_messages import FailedMessageActivities
 from activities.inbox import InboxActivities
 from activities.jobs_common import JobRecorder
+from activities.media import MediaActivities
 from activities.notify import Notifier
 from activities.schedules import ensure_schedules
 from activities.sessions import SessionActivities
@@ -55,6 +56,7 @@ def build_activities(deps: WorkerDeps) -> list[Callable[..., Any]]:
         cleanup.run_cleanup,
         *InboxActivities(deps.settings, deps.db, deps.redis, deps.client).activities(),
         *FailedMessageActivities(deps.db).activities(),
+        *MediaActivities(deps.settings, deps.db, deps.client, deps.events).activities(),
     ]
 
 

@@ -29,6 +29,7 @@ from infra.sentry import init_sentry
 from infra.temporal import connect_temporal
 from infra.watchdog import Watchdog
 from storage import Database, migrate
+from storage.blobs import blob_store
 
 log = logging.getLogger("waorch.api")
 
@@ -85,7 +86,7 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
             publisher=EventPublisher(redis, settings.events_channel),
             job_metrics=job_metrics_provider(db, settings.restore_rto_target_s),
             probes=probes, watchdog=watchdog, holders=holders,
-            last_events=last_events,
+            last_events=last_events, blobs=blob_store(settings),
         )
         if settings.watchdog_enabled:
             await watchdog.start()

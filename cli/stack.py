@@ -252,6 +252,7 @@ async def run_stack(settings: Settings) -> int:
                 f"  health         {api}/health    metrics {api}/metrics",
                 f"  Temporal UI    {ui}",
                 f"  transport      {settings.wa_transport}",
+                *_media_note(settings),
                 f"  logs           {data / 'logs'}",
                 *([f"  {admin_note}"] if admin_note else []),
                 "Ctrl-C stops everything.",
@@ -298,3 +299,16 @@ async def _supervise(children: list[Child], servers: list[ServerWatch], stop: as
             await asyncio.wait_for(stop.wait(), timeout=0.5)
         except TimeoutError:
             pass
+
+
+def _media_note(settings: Settings) -> list[str]:
+    """The media kinds neonize cannot send on this machine (ffmpeg/ffprobe missing), said at start."""
+    if settings.wa_transport != "neonize":
+        return []
+    from connector.media_tools import unavailable_media_kinds
+
+    unavailable = unavailable_media_kinds()
+    if not unavailable:
+        return []
+    why = sorted(set(unavailable.values()))
+    return [f"  media          cannot send {', '.join(sorted(unavailable))}: {'; '.join(why)}"]

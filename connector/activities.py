@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hashlib
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,9 +45,27 @@ from connector.devices import DeviceDirectory
 from connector.holds import HeldElsewhereError, HoldRow, HoldTable
 from connector.lease import Incarnation, LeaseKeeper, PeerWatch
 from connector.spool import IncomingSpool
-from connector.transport import NotConnectedError, Transport, TransportControlError
+from connector.transport import (
+    MediaGoneError,
+    MediaUnavailableError,
+    NotConnectedError,
+    Transport,
+    TransportControlError,
+)
 from domain.events import Event, EventType
 from domain.inbox import INBOX_WORKFLOW, SIGNAL_INBOX_MESSAGE, InboxWorkflowInput, IncomingMessage, inbox_workflow_id
+from domain.media import (
+    ACTIVITY_DOWNLOAD_MEDIA,
+    ERROR_MEDIA_GONE,
+    ERROR_MEDIA_MISSING,
+    ERROR_MEDIA_UNAVAILABLE,
+    GENERIC_MIMETYPES,
+    MediaDescriptor,
+    MediaDownload,
+    MediaKind,
+    MediaRef,
+    MediaState,
+)
 from domain.session import (
     ACTIVITY_HOLD_SESSION,
     ACTIVITY_LOGOUT_DEVICE,
@@ -79,6 +100,8 @@ from domain.session import (
 from domain.settings import Settings
 from infra.alerts import Alert, AlertSender
 from infra.redis import EventPublisher
+from storage.blobs import BlobMissing, blob_store
+from storage.media import MediaRows
 
 log = logging.getLogger("waorch.connector")
 
@@ -222,6 +245,8 @@ class ConnectorActivities:
         self.lost_peers: list[str] = []
         self._taking_over: dict[str, tuple[str, int]] = {}  # dead incarnation -> (its id, sessions it held)
         self._alerts = AlertSender(settings)
+        self.blobs = blob_store(settings)  # media of sends (read) and downloads (written)
+        self.media = MediaRows(devices.db)
 
     @property
     def held(self) -> list[str]:
@@ -528,6 +553,15 @@ class ConnectorActivities:
         """Signal-with-start the chat's inbox workflow (ordered, de-duplicated there); publish the event."""
         key = inbox_workflow_id(msg.company_id, msg.chat)
         async with self._chat_order.hold(key):
+            if msg.media is not None and msg.media.source is not None:
+                # The download key goes to the media row, not to Temporal; the inbox downloads from it.
+                try:
+                    await self.media.add_incoming(msg.company_id, msg.message_id, msg.chat, msg.media)
+                except Exception as exc:
+                    log.warning("incoming media not recorded company_id=%s message_id=%s error=%s",
+                                msg.company_id, msg.message_id, type(exc).__name__)
+                    return False
+                msg = dataclasses.replace(msg, media=dataclasses.replace(msg.media, source=None))
             try:
                 await self.client.start_workflow(
                     INBOX_WORKFLOW,
@@ -542,20 +576,99 @@ class ConnectorActivities:
                 log.warning("incoming message hand-off failed company_id=%s message_id=%s error=%s",
                             msg.company_id, msg.message_id, exc.status.name)
                 return False
+            media = {} if msg.media is None else {
+                "media": msg.media.to_wire(self.settings.api_base_url, msg.company_id)}
             await self.publish(msg.company_id, EventType.MESSAGE, messageId=msg.message_id, chat=msg.chat,
-                               sender=msg.sender, text=msg.text, messageType=msg.message_type)
+                               sender=msg.sender, text=msg.text, messageType=msg.message_type, **media)
         return True
 
     # ------------------------------------------------------------------ own queue
 
     @activity.defn(name=ACTIVITY_SEND_MESSAGE)
     async def send_message(self, req: SendRequest) -> SendResult:
+        if req.media is not None:
+            return await self._send_media(req, req.media)
         try:
             result = await self.transport.send(req.company_id, req.to, req.text, req.quoted)
         except NotConnectedError as exc:
             raise ApplicationError(str(exc), type=ERROR_NOT_CONNECTED, non_retryable=True) from exc
         await self.publish(req.company_id, EventType.MESSAGE_SENT, messageId=result.message_id, to=req.to)
         return result
+
+    # ------------------------------------------------------------------ media (issue #11)
+
+    async def _send_media(self, req: SendRequest, media: MediaRef) -> SendResult:
+        """A media send: its bytes from the blob store (the API put them there), then the transport."""
+        link = self.transport.status(req.company_id)
+        if link is None or not link.connected:  # before reading the store
+            raise ApplicationError(f"company {req.company_id} is not connected on this connector",
+                                   type=ERROR_NOT_CONNECTED, non_retryable=True)
+        try:
+            data = await self.blobs.get(media.sha256)
+        except BlobMissing:
+            raise ApplicationError(f"media {media.id} is not in the media store {self.blobs.where} (is MEDIA_STORE "
+                                   "shared by the API and the connector?)", type=ERROR_MEDIA_MISSING,
+                                   non_retryable=True) from None
+        if hashlib.sha256(data).hexdigest() != media.sha256:
+            raise ApplicationError(f"media {media.id} in the store does not match its sha256",
+                                   type=ERROR_MEDIA_MISSING, non_retryable=True)
+        try:
+            result = await self.transport.send_media(req.company_id, req.to, media, data)
+        except NotConnectedError as exc:
+            raise ApplicationError(str(exc), type=ERROR_NOT_CONNECTED, non_retryable=True) from exc
+        except MediaUnavailableError as exc:
+            raise ApplicationError(str(exc), type=ERROR_MEDIA_UNAVAILABLE, non_retryable=True) from exc
+        log.info("media sent company_id=%s message_id=%s kind=%s size=%d", req.company_id, result.message_id,
+                 media.kind.value, media.size)
+        await self.publish(req.company_id, EventType.MESSAGE_SENT, messageId=result.message_id, to=req.to,
+                           media={"id": media.id, "type": media.kind.value, "mimetype": media.mimetype,
+                                  "size": media.size, "sha256": media.sha256})
+        return result
+
+    @activity.defn(name=ACTIVITY_DOWNLOAD_MEDIA)
+    async def download_media(self, req: MediaDownload) -> MediaDescriptor:
+        """One attempt to download an incoming media into the blob store (the inbox workflow retries).
+
+        Not retried here: a failure raises, named; ``MediaGone`` (expired at WhatsApp, over the size
+        limit) is final, ``NotConnected`` sends the workflow to the session's current holder.
+        """
+        row = await self.media.get(req.company_id, req.media_id)
+        if row is None:
+            raise ApplicationError(f"no media {req.media_id} of {req.company_id}", type=ERROR_MEDIA_GONE,
+                                   non_retryable=True)
+        if row.state is not MediaState.PENDING or row.source is None:
+            return row.descriptor()
+        limit = self.settings.media_incoming_max_bytes
+        if row.size is not None and row.size > limit:
+            raise ApplicationError(f"media of {row.size} bytes is over MEDIA_INCOMING_MAX_BYTES ({limit})",
+                                   type=ERROR_MEDIA_GONE, non_retryable=True)
+        try:
+            data = await self.transport.download_media(req.company_id, row.source)
+        except NotConnectedError as exc:
+            raise ApplicationError(str(exc), type=ERROR_NOT_CONNECTED, non_retryable=True) from exc
+        except MediaGoneError as exc:
+            raise ApplicationError(f"WhatsApp no longer has it: {exc}", type=ERROR_MEDIA_GONE,
+                                   non_retryable=True) from exc
+        except Exception as exc:
+            error = f"download failed: {type(exc).__name__}: {exc}"[:300]
+            with contextlib.suppress(Exception):
+                await self.media.attempt_failed(req.company_id, req.media_id, error)
+            raise ApplicationError(error, type="MediaDownloadFailed", non_retryable=True) from None
+        if len(data) > limit:
+            raise ApplicationError(f"media of {len(data)} bytes is over MEDIA_INCOMING_MAX_BYTES ({limit})",
+                                   type=ERROR_MEDIA_GONE, non_retryable=True)
+        sha256 = hashlib.sha256(data).hexdigest()
+        if row.sha256 and row.sha256 != sha256:
+            raise ApplicationError(f"downloaded media does not match the sha256 WhatsApp announced ({row.sha256})",
+                                   type="MediaDownloadFailed", non_retryable=True)
+        await self.blobs.put(data)
+        descriptor = await self.media.stored(req.company_id, req.media_id, sha256=sha256, size=len(data),
+                                             mimetype=_stored_mimetype(row.kind, row.mimetype, data))
+        log.info("media stored company_id=%s media_id=%s kind=%s size=%d", req.company_id, req.media_id,
+                 row.kind.value, len(data))
+        await self.publish(req.company_id, EventType.MESSAGE_MEDIA, messageId=row.message_id, chat=row.chat,
+                           media=descriptor.to_wire(self.settings.api_base_url, req.company_id))
+        return descriptor
 
     def _requested(self, req: ReleaseRequest) -> _Hold | None:
         hold = self._held.get(req.company_id)
@@ -591,14 +704,34 @@ class ConnectorActivities:
     async def transport_outbox(self, company_id: str) -> list[OutboxEntry]:
         """What the company's phone sent, from PostgreSQL: it survives a connector's SIGKILL."""
         rows = await self.devices.db.fetch(
-            "SELECT message_id, to_jid, text, sent_at, quoted FROM transport_outbox WHERE company_id = $1 ORDER BY id",
+            """SELECT message_id, to_jid, text, sent_at, quoted, media::text AS media FROM transport_outbox
+               WHERE company_id = $1 ORDER BY id""",
             company_id,
         )
-        return [OutboxEntry(r["message_id"], r["to_jid"], r["text"], r["sent_at"], r["quoted"]) for r in rows]
+        return [OutboxEntry(r["message_id"], r["to_jid"], r["text"], r["sent_at"], r["quoted"],
+                            _outbox_media(r["media"])) for r in rows]
 
     def shared_queue_activities(self) -> list[Any]:
         return [self.hold_session, self.transport_outbox]
 
     def own_queue_activities(self) -> list[Any]:
         return [self.send_message, self.release_session, self.logout_device,
-                self.transport_control, self.transport_outbox]
+                self.transport_control, self.transport_outbox, self.download_media]
+
+
+def _stored_mimetype(kind: MediaKind, announced: str | None, data: bytes) -> str | None:
+    """The type of a downloaded media: read from its bytes, unless they say too little (a CSV document)."""
+    from infra.media_intake import sniff_mimetype
+
+    sniffed = sniff_mimetype(data)
+    if sniffed is None or (sniffed in GENERIC_MIMETYPES and announced):
+        return announced
+    return sniffed
+
+
+def _outbox_media(raw: str | None) -> MediaRef | None:
+    if raw is None:
+        return None
+    value = json.loads(raw)
+    return MediaRef(value.get("id", ""), MediaKind(value["kind"]), value["mimetype"], value["sha256"], value["size"],
+                    value.get("caption"), value.get("filename"))

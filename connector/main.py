@@ -131,7 +131,8 @@ class ResourceWatch:
         if leaks != self._last:
             self._last = leaks
             await publish_connector_figures(self._redis, s.redis_prefix, ConnectorFigures(
-                s.connector_id, leaks.leaked_threads, leaks.store_connections, leaks.clients_started))
+                s.connector_id, leaks.leaked_threads, leaks.store_connections, leaks.clients_started,
+                media_unavailable=self._transport.media_unavailable()))
         if self.drain.is_set():
             return
         if leaks.leaked_threads >= s.connector_leak_threshold:
@@ -249,6 +250,10 @@ async def run_connector(settings: Settings, stop: asyncio.Event | None = None) -
         "connector started id=%s transport=%s own_queue=%s",
         settings.connector_id, settings.wa_transport, settings.connector_own_queue,
     )
+    unavailable = transport.media_unavailable()
+    if unavailable:  # neonize only warns at its first client, and the sends then fail deep inside
+        log.warning("media kinds unavailable on this connector: %s",
+                    "; ".join(f"{kind}: {why}" for kind, why in sorted(unavailable.items())))
     exit_code = 0
     try:
         async with serve_phone_side(transport, settings.phone_side_port):

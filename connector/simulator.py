@@ -15,7 +15,10 @@ when a test (or the ``transport_control`` activity) asks for it.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
+import json
 import logging
 import uuid
 from collections import defaultdict
@@ -27,12 +30,14 @@ from connector.devices import DeviceDirectory
 from connector.live_sockets import LiveSockets
 from connector.transport import (
     LinkStatus,
+    MediaGoneError,
     NotConnectedError,
     SessionListener,
     TransportControlError,
     TransportLeaks,
 )
 from domain.inbox import IncomingMessage
+from domain.media import MediaDescriptor, MediaKind, MediaRef, media_id
 from domain.session import HoldOutcome, HoldOutcomeKind, OutboxEntry, SendResult
 
 log = logging.getLogger("waorch.simulator")
@@ -148,6 +153,42 @@ class SimulatorTransport:
         self.outbox[company_id].append(entry)
         return SendResult(message_id=entry.message_id, timestamp=now)
 
+    # ------------------------------------------------------------------ media (issue #11)
+
+    async def send_media(self, company_id: str, to: str, media: MediaRef, data: bytes) -> SendResult:
+        link = self._links.get(company_id)
+        if link is None or not link.connected:
+            raise NotConnectedError(f"company {company_id} is not connected on this connector")
+        now = datetime.now(UTC)
+        entry = OutboxEntry(message_id=f"SIM{uuid.uuid4().hex[:16].upper()}", to=to, text=media.caption or "",
+                            timestamp=now, media=media)
+        await self._devices.db.execute(
+            """INSERT INTO transport_outbox (company_id, transport, message_id, to_jid, text, sent_at, media)
+               VALUES ($1, 'simulator', $2, $3, $4, $5, $6::jsonb)""",
+            company_id, entry.message_id, to, entry.text, now, json.dumps(outbox_media(media)),
+        )
+        self.outbox[company_id].append(entry)
+        return SendResult(message_id=entry.message_id, timestamp=now)
+
+    async def download_media(self, company_id: str, source: str) -> bytes:
+        """From the simulated media servers (``sim_media``, shared by every connector): a media planned to
+        fail does so that many times (HTTP 503), one planned gone answers 410 every time."""
+        if not self._connected(company_id):
+            raise NotConnectedError(f"company {company_id} is not connected on this connector")
+        ref = source.removeprefix("sim:")
+        failing = await self._devices.db.fetchval(
+            "UPDATE sim_media SET failures_left = failures_left - 1 WHERE ref = $1 AND failures_left > 0 "
+            "RETURNING failures_left", ref)
+        if failing is not None:
+            raise RuntimeError("simulated media server error: HTTP 503")
+        row = await self._devices.db.fetchrow("SELECT data, failures_left FROM sim_media WHERE ref = $1", ref)
+        if row is None or row["failures_left"] < 0:
+            raise MediaGoneError("simulated media server: HTTP 410 (media expired)")
+        return bytes(row["data"])
+
+    def media_unavailable(self) -> dict[str, str]:
+        return {}  # the simulator converts nothing
+
     def status(self, company_id: str) -> LinkStatus | None:
         link = self._links.get(company_id)
         if link is None:
@@ -206,8 +247,12 @@ class SimulatorTransport:
                     chat=_opt_str(params.get("chat")),
                     sender=_opt_str(params.get("sender")),
                     message_id=_opt_str(params.get("message_id")),
+                    media=await self._phone_media(params),
                 )
-                return {"ok": True, "message_id": msg.message_id}
+                answer: dict[str, Any] = {"ok": True, "message_id": msg.message_id}
+                if msg.media is not None:
+                    answer["media_id"] = msg.media.id
+                return answer
             case _:
                 raise SimulatorError(f"unknown simulator action {action!r}")
         return {"ok": True}
@@ -265,23 +310,52 @@ class SimulatorTransport:
         chat: str | None = None,
         sender: str | None = None,
         message_id: str | None = None,
+        media: MediaDescriptor | None = None,
     ) -> IncomingMessage:
         link = self._require(company_id)
         if not link.connected:
             raise SimulatorError("not connected")
         sender = sender or "79990000001@s.whatsapp.net"
+        message_id = message_id or f"SIMIN{uuid.uuid4().hex[:14].upper()}"
+        if media is not None:
+            media.id = media_id(company_id, "in", message_id)
         msg = IncomingMessage(
             company_id=company_id,
-            message_id=message_id or f"SIMIN{uuid.uuid4().hex[:14].upper()}",
+            message_id=message_id,
             chat=chat or sender,
             sender=sender,
             timestamp=datetime.now(UTC),
-            text=text,
+            text=text if media is None else media.caption,
             sender_phone=sender.split("@", 1)[0].split(":", 1)[0] if sender.endswith("@s.whatsapp.net") else None,
             push_name="Sim sender",
+            message_type="text" if media is None else media.kind.value,
+            media=media,
         )
         await link.listener.message(msg)
         return msg
+
+    async def _phone_media(self, params: dict[str, Any]) -> MediaDescriptor | None:
+        """An incoming control's media: put on the simulated media servers, described as WhatsApp would."""
+        kind = params.get("media_type")
+        if kind is None:
+            return None
+        try:
+            data = base64.b64decode(str(params.get("media_base64", "")), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise SimulatorError(f"media_base64: {exc}") from None
+        if not data:
+            raise SimulatorError("an incoming media needs media_base64")
+        from infra.media_intake import sniff_mimetype
+
+        ref = uuid.uuid4().hex
+        failures = int(str(params.get("download_failures", 0)))
+        await self._devices.db.execute(
+            "INSERT INTO sim_media (ref, data, failures_left) VALUES ($1, $2, $3)", ref, data, failures)
+        return MediaDescriptor(
+            id="", kind=MediaKind(str(kind)), mimetype=_opt_str(params.get("mimetype")) or sniff_mimetype(data),
+            size=len(data), sha256=hashlib.sha256(data).hexdigest(), caption=_opt_str(params.get("caption")),
+            filename=_opt_str(params.get("filename")), source=f"sim:{ref}",
+        )
 
     # ------------------------------------------------------------------ internals
 
@@ -380,6 +454,12 @@ class SimulatorTransport:
                 break
             timeout = self.qr_next_timeout_s
         self._end(link, HoldOutcome(HoldOutcomeKind.PAIRING_TIMEOUT, "QR not scanned in time"))
+
+
+def outbox_media(media: MediaRef) -> dict[str, Any]:
+    """What ``transport_outbox.media`` keeps of a media send."""
+    return {"id": media.id, "kind": media.kind.value, "mimetype": media.mimetype, "sha256": media.sha256,
+            "size": media.size, "caption": media.caption, "filename": media.filename}
 
 
 def _opt_str(value: object) -> str | None:

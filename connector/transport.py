@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from domain.inbox import IncomingMessage
+from domain.media import MediaRef
 from domain.session import HoldOutcome, SendResult
 
 
@@ -24,6 +25,14 @@ class NotConnectedError(RuntimeError):
 
 class TransportControlError(ValueError):
     """A phone-side control (tests, demos) that the transport cannot apply now, or at all."""
+
+
+class MediaGoneError(RuntimeError):
+    """An incoming media WhatsApp no longer has (expired, deleted): downloading again will not help."""
+
+
+class MediaUnavailableError(RuntimeError):
+    """This connector cannot send the media kind (neonize needs ffmpeg/ffprobe for it)."""
 
 
 @dataclass
@@ -83,6 +92,27 @@ class Transport(Protocol):
 
     async def send(self, company_id: str, to: str, text: str, quoted: str | None = None) -> SendResult:
         """Send a text; raises :class:`NotConnectedError` when not connected here."""
+        ...
+
+    # ---- media (issue #11)
+
+    async def send_media(self, company_id: str, to: str, media: MediaRef, data: bytes) -> SendResult:
+        """Send a photo, video, audio, voice note, document or sticker (``data``: its checked bytes).
+
+        Raises :class:`NotConnectedError`, :class:`MediaUnavailableError`.
+        """
+        ...
+
+    async def download_media(self, company_id: str, source: str) -> bytes:
+        """The bytes of an incoming media (``source``: the download key the transport gave its descriptor).
+
+        Raises :class:`NotConnectedError`, :class:`MediaGoneError` (not worth retrying); anything else
+        is worth another attempt.
+        """
+        ...
+
+    def media_unavailable(self) -> dict[str, str]:
+        """Media kinds this transport cannot send here, each with why (empty: all of them)."""
         ...
 
     def status(self, company_id: str) -> LinkStatus | None: ...

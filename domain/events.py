@@ -26,6 +26,8 @@ class EventType(StrEnum):
     FAILED = "failed"
     MESSAGE = "message"
     MESSAGE_SENT = "message_sent"
+    # An incoming message's media was stored, or its download given up (issue #11): the final descriptor.
+    MESSAGE_MEDIA = "message_media"
     ERROR = "error"
 
 

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from domain.media import MediaDescriptor, MediaKind, MediaState
+
 # Incoming messages (SPEC M4): the connector signals-with-start one inbox workflow per chat.
 INBOX_WORKFLOW = "InboxWorkflow"
 SIGNAL_INBOX_MESSAGE = "message"
@@ -43,6 +45,8 @@ class IncomingMessage:
     metadata: dict[str, str] = field(default_factory=dict)
     # When the inbox workflow queued it (set there; the backlog's age is measured from it).
     received_at: datetime | None = None
+    # A photo, video, voice note, document or sticker (issue #11); ``text`` is then its caption.
+    media: MediaDescriptor | None = None
 
 
 
@@ -88,6 +92,9 @@ class InboxTuning:
     idle_s: float = 300.0
     max_messages_per_run: int = 500
     seen_ids: int = 2000
+    # Incoming media (issue #11): one download attempt, and how long failed ones are retried.
+    media_download_timeout_s: float = 120.0
+    media_download_window_s: float = 300.0
 
 
 @dataclass
@@ -245,6 +252,11 @@ def incoming_from_json(data: dict[str, Any]) -> IncomingMessage:
     for key in ("timestamp", "received_at"):
         if isinstance(values.get(key), str):
             values[key] = datetime.fromisoformat(values[key])
+    if isinstance(values.get("media"), dict):
+        media = {k: v for k, v in values["media"].items() if k in MediaDescriptor.__dataclass_fields__}
+        media["kind"] = MediaKind(media["kind"])
+        media["state"] = MediaState(media.get("state", MediaState.PENDING))
+        values["media"] = MediaDescriptor(**media)
     return IncomingMessage(**values)
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from domain.media import MediaRef
 from domain.states import SessionState
 
 SESSION_WORKFLOW = "SessionWorkflow"
@@ -205,6 +206,8 @@ class SendRequest:
     text: str
     quoted: str | None = None
     idempotency_key: str | None = None
+    # A media send (issue #11): the stored media; ``text`` is then its caption or "".
+    media: MediaRef | None = None
 
 
 @dataclass
@@ -229,6 +232,7 @@ class OutboxEntry:
     text: str
     timestamp: datetime
     quoted: str | None = None
+    media: MediaRef | None = None  # what a media send carried (its id is empty where the transport has none)
 
 
 # The workflow's own configuration: workflows cannot read the environment, so the

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 from functools import cached_property
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, urlencode, urlsplit
@@ -217,6 +218,38 @@ class Settings(BaseSettings):
     # Failed messages wait for an operator; while any remain, this schedule (UTC) reminds once a day.
     failed_messages_reminder_cron: str = "0 8 * * *"
 
+    # Media (issue #11). Sends: the largest file of each kind (413 past it), read from a URL with these
+    # timeouts, following at most MEDIA_FETCH_MAX_REDIRECTS; private, loopback, link-local, multicast and
+    # reserved addresses are refused unless in MEDIA_FETCH_ALLOWED_NETWORKS (comma-separated CIDRs).
+    media_max_image_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    media_max_video_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    media_max_audio_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    media_max_voice_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    media_max_document_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+    media_max_sticker_bytes: int = Field(default=500 * 1024, ge=1024)
+    media_fetch_connect_timeout_s: float = Field(default=5.0, gt=0)
+    media_fetch_timeout_s: float = Field(default=30.0, gt=0)
+    media_fetch_max_redirects: int = Field(default=5, ge=0, le=20)
+    media_fetch_allowed_networks: str = ""
+    # A media send (read from the store, uploaded to WhatsApp) may take this long before it is a 504.
+    media_send_timeout_s: float = Field(default=120.0, gt=0)
+    # Incoming: media larger than this are not downloaded (the message is delivered, the media "failed").
+    media_incoming_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+    # One download attempt may take MEDIA_DOWNLOAD_TIMEOUT_S; failed ones are retried with backoff for
+    # MEDIA_DOWNLOAD_WINDOW_S, then the message goes to the handler with its media "failed".
+    media_download_timeout_s: float = Field(default=120.0, gt=0)
+    media_download_window_s: float = Field(default=300.0, gt=0)
+    # Where media live: "local" (MEDIA_DIR, default DATA_DIR/media, content-addressed) or "s3" (an
+    # S3-compatible bucket; credentials from the usual AWS_* variables; needs the [s3] extra).
+    media_store: Literal["local", "s3"] = "local"
+    media_dir: Path | None = None
+    media_s3_bucket: str | None = None
+    media_s3_prefix: str = "media/"
+    media_s3_endpoint_url: str | None = None
+    media_s3_region: str | None = None
+    # The nightly cleanup removes media (sent and received) older than this.
+    media_max_age_days: int = Field(default=30, ge=1)
+
     @field_validator("default_phone_region")
     @classmethod
     def _known_region(cls, value: str | None) -> str | None:
@@ -228,6 +261,18 @@ class Settings(BaseSettings):
         if region not in phonenumbers.SUPPORTED_REGIONS:
             raise ValueError(f"DEFAULT_PHONE_REGION {value!r} is not a region code phonenumbers knows (e.g. RU, DE)")
         return region
+
+    @field_validator("media_fetch_allowed_networks")
+    @classmethod
+    def _networks_parse(cls, value: str) -> str:
+        for part in (p.strip() for p in value.split(",")):
+            if part:
+                try:
+                    ip_network(part, strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"MEDIA_FETCH_ALLOWED_NETWORKS: {part!r} is not a network such as 10.0.0.0/8") from None
+        return value
 
     @field_validator("temporal_ui_url")
     @classmethod
@@ -260,6 +305,8 @@ class Settings(BaseSettings):
             raise ValueError("NEONIZE_CLIENT=model is a test double of WhatsApp: refused when ENVIRONMENT=production")
         if self.api_admin_key is not None and len(self.api_admin_key.get_secret_value()) < 16:
             raise ValueError("API_ADMIN_KEY must be at least 16 characters")
+        if self.media_store == "s3" and not self.media_s3_bucket:
+            raise ValueError("MEDIA_STORE=s3 needs MEDIA_S3_BUCKET")
         if (self.temporal_tls_cert is None) != (self.temporal_tls_key is None):
             raise ValueError("TEMPORAL_TLS_CERT and TEMPORAL_TLS_KEY go together (mTLS): set both or neither")
         if self.temporal_tls is False and (self.temporal_tls_cert or self.temporal_tls_ca):
@@ -269,6 +316,27 @@ class Settings(BaseSettings):
     @cached_property
     def resolved_backup_dir(self) -> Path:
         return self.backup_dir or self.data_dir / "backups"
+
+    @cached_property
+    def resolved_media_dir(self) -> Path:
+        return self.media_dir or self.data_dir / "media"
+
+    @property
+    def api_base_url(self) -> str:
+        """Where clients reach this API: PUBLIC_URL, else API_HOST:API_PORT (media URLs in webhooks)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.api_host in ("0.0.0.0", "::", "") else self.api_host
+        return f"http://{host}:{self.api_port}"
+
+    def media_max_bytes(self, kind: str) -> int:
+        """The size limit of one media kind (``MEDIA_MAX_<KIND>_BYTES``)."""
+        value: int = getattr(self, f"media_max_{kind}_bytes")
+        return value
+
+    @property
+    def media_fetch_networks(self) -> list[IPv4Network | IPv6Network]:
+        return [ip_network(p.strip(), strict=False) for p in self.media_fetch_allowed_networks.split(",") if p.strip()]
 
     @property
     def connector_pool(self) -> str:

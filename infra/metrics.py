@@ -24,6 +24,7 @@ API process is subscribed are not counted.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -93,12 +94,14 @@ class ConnectorFigures:
     store_connections: int | None = None
     clients_started: int = 0
     updated_at: float = 0.0
+    # Media kinds the connector cannot send, each with why (ffmpeg/ffprobe missing; issue #11).
+    media_unavailable: dict[str, str] = field(default_factory=dict)
 
 
 async def publish_connector_figures(redis: aioredis.Redis, prefix: str, figures: ConnectorFigures) -> None:
     figures.updated_at = time.time()
     try:
-        await redis.hset(connectors_key(prefix), figures.connector_id, json.dumps(figures.__dict__))
+        await redis.hset(connectors_key(prefix), figures.connector_id, json.dumps(dataclasses.asdict(figures)))
     except (aioredis.RedisError, OSError) as exc:
         log.warning("connector figures not published error=%s", type(exc).__name__)
 

@@ -222,6 +222,47 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX failed_messages_failed_at ON failed_messages (failed_at);
         """,
     ),
+    (
+        120,
+        "media: stored media of sends and incoming messages, the simulator's media servers",
+        # media (issue #11): one row per media a send carried or an incoming message brought; the bytes
+        # are in the blob store under their sha256 (storage/blobs.py), shared by rows with the same
+        # content. ``source`` is the transport's download key while the download is pending (it never
+        # goes to Temporal). sim_media: what the simulator's phones sent, as WhatsApp's media servers
+        # would keep it (any connector may download it). transport_outbox.media: what a media send
+        # of the test transports carried.
+        """
+        CREATE TABLE media (
+            company_id  text NOT NULL,
+            id          text NOT NULL,
+            direction   text NOT NULL,
+            kind        text NOT NULL,
+            state       text NOT NULL,
+            mimetype    text,
+            size        bigint,
+            sha256      text,
+            caption     text,
+            filename    text,
+            message_id  text,
+            chat        text,
+            source      text,
+            error       text,
+            attempts    integer NOT NULL DEFAULT 0,
+            created_at  timestamptz NOT NULL DEFAULT now(),
+            stored_at   timestamptz,
+            PRIMARY KEY (company_id, id)
+        );
+        CREATE INDEX media_created_at ON media (created_at);
+        CREATE INDEX media_sha256 ON media (sha256);
+        CREATE TABLE sim_media (
+            ref            text PRIMARY KEY,
+            data           bytea NOT NULL,
+            failures_left  integer NOT NULL DEFAULT 0,
+            created_at     timestamptz NOT NULL DEFAULT now()
+        );
+        ALTER TABLE transport_outbox ADD COLUMN IF NOT EXISTS media jsonb;
+        """,
+    ),
 ]
 
 

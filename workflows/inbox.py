@@ -87,6 +87,16 @@ with workflow.unsafe.imports_passed_through():
         failed_message_workflow_id,
         message_event_id,
     )
+    from domain.media import (
+        ACTIVITY_DOWNLOAD_MEDIA,
+        ACTIVITY_MEDIA_FAILED,
+        ACTIVITY_MEDIA_HOLDER,
+        ERROR_MEDIA_GONE,
+        MediaDescriptor,
+        MediaDownload,
+        MediaFailure,
+        MediaState,
+    )
     from domain.session import (
         ACTIVITY_SEND_ALERT,
         ACTIVITY_SEND_MESSAGE,
@@ -98,11 +108,14 @@ with workflow.unsafe.imports_passed_through():
 
 
 def _message_event(msg: IncomingMessage) -> dict[str, Any]:
-    return {
+    event = {
         "messageId": msg.message_id, "chat": msg.chat, "sender": msg.sender, "senderPhone": msg.sender_phone,
         "pushName": msg.push_name, "text": msg.text, "messageType": msg.message_type,
         "sentAt": msg.timestamp.isoformat(), "fromMe": msg.from_me, "metadata": msg.metadata,
     }
+    if msg.media is not None:  # its URL is made absolute by the activity that posts it (the API's base URL)
+        event["media"] = msg.media.to_wire("", msg.company_id)
+    return event
 
 
 class _MessageProcessing:
@@ -150,6 +163,55 @@ class _MessageProcessing:
             self._event(msg.company_id, "message", message_event_id(msg.company_id, msg.message_id),
                         _message_event(msg))
         return outcome
+
+    async def store_media(self, msg: IncomingMessage) -> IncomingMessage:
+        """Download the message's media into the blob store before its handler sees it (issue #11).
+
+        Each attempt runs on the connector that holds the session now (asked for each time: a session
+        may move), once; a failed one is tried again after a durable timer, with backoff, for the
+        download window. Media that WhatsApp no longer has, or that are too large, fail at once. Either
+        way the message goes on: with its media stored, or ``failed`` with the reason.
+        """
+        assert msg.media is not None
+        t = self.tuning
+        deadline = workflow.now() + timedelta(seconds=t.media_download_window_s)
+        delay = t.retry_initial_s
+        holder: str | None = None
+        error = "not downloaded"
+        while True:
+            try:
+                if holder is None:
+                    holder = await workflow.execute_activity(
+                        ACTIVITY_MEDIA_HOLDER, msg.company_id, result_type=str,
+                        start_to_close_timeout=timedelta(seconds=10),
+                        schedule_to_close_timeout=max(timedelta(seconds=1), deadline - workflow.now()),
+                        retry_policy=RetryPolicy(
+                            initial_interval=timedelta(seconds=t.retry_initial_s),
+                            maximum_interval=timedelta(seconds=max(t.retry_max_interval_s, t.retry_initial_s))),
+                    )
+                media: MediaDescriptor = await workflow.execute_activity(
+                    ACTIVITY_DOWNLOAD_MEDIA, MediaDownload(msg.company_id, msg.media.id), task_queue=holder,
+                    result_type=MediaDescriptor,
+                    schedule_to_start_timeout=timedelta(seconds=10),
+                    start_to_close_timeout=timedelta(seconds=t.media_download_timeout_s),
+                    retry_policy=RetryPolicy(maximum_attempts=1),
+                    summary=f"download {msg.media.kind.value} of {msg.message_id}",
+                )
+                return dataclasses.replace(msg, media=media)
+            except ActivityError as err:
+                error = _root_message(err)
+                if _root_type(err) == ERROR_MEDIA_GONE or workflow.now() >= deadline:
+                    break
+                if _not_sent(err) or isinstance(err.cause, TemporalTimeoutError):
+                    holder = None  # ask again where the session is
+            await workflow.sleep(delay)
+            delay = min(delay * 2, t.retry_max_interval_s)
+        failed: MediaDescriptor = await workflow.execute_activity(
+            ACTIVITY_MEDIA_FAILED, MediaFailure(msg.company_id, msg.media.id, error), result_type=MediaDescriptor,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=60)),
+        )
+        return dataclasses.replace(msg, media=failed)
 
     async def reply(self, msg: IncomingMessage, outcome: HandleOutcome) -> SendResult:
         """Send the handler's reply through the send path (rate limit, connected holder, one attempt)."""
@@ -339,6 +401,8 @@ class InboxWorkflow:
         return self.summary()
 
     async def _process(self, processing: _MessageProcessing, msg: IncomingMessage) -> None:
+        if msg.media is not None and msg.media.state is MediaState.PENDING:
+            msg = await processing.store_media(msg)
         try:
             outcome = await processing.handle(msg)
         except ActivityError as err:

@@ -35,7 +35,11 @@ def _summary(kind: str, details: dict[str, Any]) -> str:
         return (f"restore test passed: {details.get('tables')} tables match, RTO {details.get('rto_s')} s "
                 f"(target {details.get('rto_target_s')} s)")
     would = "would delete" if details.get("dry_run") else "deleted"
-    return f"{prefix}key cleanup {would} {details.get('rows_deleted', details.get('rows_to_delete'))} rows"
+    rows = details.get("rows_to_delete") if details.get("dry_run") else details.get("rows_deleted")
+    media = details.get("media") or {}
+    media_part = (f"; media: {media.get('rows_to_delete', 0)} older than {media.get('max_age_days')} days, "
+                  f"{media.get('blobs_to_delete', 0)} files ({media.get('bytes_to_free', 0)} bytes)") if media else ""
+    return f"{prefix}key cleanup {would} {rows} rows{media_part}"
 
 
 async def _run_job(kind: str, activity_name: str, job: JobInput, *, timeout: timedelta) -> JobResult:

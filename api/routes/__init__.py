@@ -17,6 +17,7 @@ def all_routers(settings: Settings | None = None) -> list[APIRouter]:
         health,
         inbox,
         jobs,
+        media,
         messages,
         metrics,
         onboarding,
@@ -26,7 +27,8 @@ def all_routers(settings: Settings | None = None) -> list[APIRouter]:
     )
 
     routers = [health.router, metrics.router, sessions.router, messages.router, events.router, companies.router,
-               handlers.router, jobs.router, schedules.router, onboarding.router, inbox.router, dashboard.router]
+               handlers.router, jobs.router, schedules.router, onboarding.router, inbox.router, dashboard.router,
+               media.router]
     if settings is not None and (settings.wa_transport == "simulator" or settings.neonize_client == "model"):
         routers.append(transport_controls.router)
     return routers

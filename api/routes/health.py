@@ -32,6 +32,8 @@ router = APIRouter(tags=["health"])
 # Down: nothing durable can happen. Degraded when down or slow: the service works in part.
 VITAL = ("temporal", "postgres")
 SUPPORTING = ("redis", "worker", "connector")
+# Degraded, never down: some media kinds cannot be sent (a connector lacks ffmpeg/ffprobe).
+CAPABILITIES = ("media",)
 
 
 async def _sessions(ctx: AppContext) -> dict[str, Any]:
@@ -64,6 +66,16 @@ async def _inbox(ctx: AppContext) -> dict[str, Any]:
                                                      "oldestSeconds": round(backlog.oldest_s, 1)}}
 
 
+async def _media(ctx: AppContext) -> dict[str, Any]:
+    """Media kinds a live connector cannot send (ffmpeg/ffprobe missing there): degraded, naming them."""
+    from api.routes.sessions import live_connector_figures
+
+    unavailable = {f.connector_id: f.media_unavailable for f in await live_connector_figures(ctx)
+                   if f.media_unavailable}
+    kinds = sorted({kind for per in unavailable.values() for kind in per})
+    return {"status": "degraded" if kinds else "ok", "unavailable": kinds, "connectors": unavailable}
+
+
 async def _is_admin(ctx: AppContext, authorization: str | None, x_api_key: str | None) -> bool:
     key = extract_key(authorization, x_api_key)
     if not key:
@@ -79,6 +91,8 @@ def overall(results: list[ProbeResult]) -> str:
     if any(by_name.get(name) == "down" for name in VITAL):
         return "down"
     if any(by_name.get(name, "ok") != "ok" for name in (*VITAL, *SUPPORTING)):
+        return "degraded"
+    if any(by_name.get(name, "ok") == "degraded" for name in CAPABILITIES):
         return "degraded"
     return "ok"
 
@@ -97,13 +111,14 @@ async def health(
     x_api_key: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
     probes = probes_of(ctx)
-    infra, whatsapp, pending, inbox = await asyncio.gather(
+    infra, whatsapp, pending, inbox, media = await asyncio.gather(
         probes.infrastructure(),
         probes.run("whatsapp", _sessions(ctx), judge_speed=False),
         probes.run("pending", _pending(ctx), judge_speed=False),
         probes.run("inbox", _inbox(ctx), judge_speed=False),
+        probes.run("media", _media(ctx), judge_speed=False),
     )
-    results = [*infra, whatsapp, pending, inbox]
+    results = [*infra, whatsapp, pending, inbox, media]
     status = overall(results)
     checks = [r.to_json() for r in results]
     if not await _is_admin(ctx, authorization, x_api_key):
@@ -114,6 +129,8 @@ async def health(
                 check["unhealthy"] = len(check["unhealthy"])
             if "pollers" in check:
                 check["pollers"] = len(check["pollers"])
+            if check["name"] == "media":
+                check.pop("connectors", None)
     return JSONResponse(
         {"status": status, "timestamp": datetime.now(UTC).isoformat(),
          "down": [r.name for r in results if r.status == "down"],

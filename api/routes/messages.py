@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
-from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import (
     ActivityError,
@@ -31,15 +31,29 @@ from temporalio.exceptions import (
 from temporalio.exceptions import (
     TimeoutError as TemporalTimeoutError,
 )
+from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import CompanyDep, CtxDep
+from api.deps import AppContext, CompanyDep, CtxDep
 from api.errors import ApiError
 from domain.addresses import InvalidAddress, Jid, recipient_jid
 from domain.events import Event, EventType
+from domain.media import (
+    CAPTIONED,
+    ERROR_MEDIA_MISSING,
+    ERROR_MEDIA_UNAVAILABLE,
+    GENERIC_MIMETYPES,
+    MAX_CAPTION,
+    MediaKind,
+    MediaRef,
+    media_id,
+    media_path,
+)
 from domain.send import SEND_WORKFLOW, SendMessageInput, send_workflow_id
 from domain.session import ERROR_NOT_CONNECTED, SendRequest, SendResult
 from domain.states import SessionState
+from infra.media_intake import MediaRejected, check_content, decode_base64, fetch_media
 from infra.sessions import session_status
+from storage.media import MediaRows
 
 log = logging.getLogger("waorch.api.send")
 
@@ -60,6 +74,36 @@ class SendOptions(BaseModel):
                                      description="id of the message to reply to")
 
 
+class MediaBody(BaseModel):
+    """A photo, video, audio, voice note, document or sticker to send: its bytes by URL or base64 (issue #11)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: MediaKind = Field(description="image | video | audio | voice (a voice note, Ogg Opus) | document | "
+                                        "sticker (WebP)")
+    url: StrictStr | None = Field(default=None, min_length=8, max_length=2048,
+                                  description="http(s) URL the API fetches the file from (public addresses only, "
+                                              "unless MEDIA_FETCH_ALLOWED_NETWORKS allows others)")
+    base64: StrictStr | None = Field(default=None, min_length=1,
+                                     description="the file in standard base64, or a data:<type>;base64,… URI")
+    caption: StrictStr | None = Field(default=None, max_length=MAX_CAPTION,
+                                      description="text under an image, video or document")
+    filename: StrictStr | None = Field(default=None, min_length=1, max_length=255, pattern=r"^[^/\\\x00-\x1f]+$",
+                                       description="the name a document is shown with (no path)")
+    mimetype: StrictStr | None = Field(default=None, max_length=127, pattern=r"^[A-Za-z0-9.+-]+/[A-Za-z0-9.+-]+"
+                                                                           r"(\s*;.*)?$",
+                                       description="what the file is; checked against its bytes (a mismatch is "
+                                                   "a 422). Documents keep it; other kinds are named by their bytes")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MediaBody:
+        if (self.url is None) == (self.base64 is None):
+            raise ValueError("give exactly one of 'url' or 'base64'")
+        if self.caption is not None and self.type not in CAPTIONED:
+            raise ValueError(f"a {self.type.value} carries no caption on WhatsApp (only image, video and document)")
+        return self
+
+
 class SendBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -68,13 +112,15 @@ class SendBody(BaseModel):
                                                 "DEFAULT_PHONE_REGION=RU, 8 900 123-45-67")
     to: StrictStr | None = Field(default=None, max_length=256,
                                  description="a phone number or a JID (@s.whatsapp.net, @lid, @g.us)")
-    message: StrictStr = Field(min_length=1, max_length=MAX_TEXT, description="text, 1-4096 characters")
+    message: StrictStr | None = Field(default=None, min_length=1, max_length=MAX_TEXT,
+                                      description="text, 1-4096 characters (or give 'media')")
+    media: MediaBody | None = Field(default=None, description="a media message instead of a text")
     options: SendOptions | None = None
 
     @field_validator("message")
     @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
             raise ValueError("message must not be blank")
         return value
 
@@ -82,6 +128,10 @@ class SendBody(BaseModel):
     def _one_recipient(self) -> SendBody:
         if (self.phone is None) == (self.to is None):
             raise ValueError("give exactly one of 'phone' or 'to'")
+        if (self.message is None) == (self.media is None):
+            raise ValueError("give either 'message' (a text) or 'media' (its caption goes in media.caption)")
+        if self.media is not None and self.options is not None and self.options.quoted is not None:
+            raise ValueError("options.quoted: a media message cannot quote another one yet; send it without quoting")
         return self
 
     def recipient(self, default_region: str | None) -> Jid:
@@ -108,7 +158,8 @@ def _failure_type(exc: BaseException) -> tuple[str | None, BaseException]:
     return None, cause
 
 
-@router.post("/sessions/{company_id:path}/send", summary="Send a text message (idempotent with Idempotency-Key)")
+@router.post("/sessions/{company_id:path}/send",
+             summary="Send a text or a media message (idempotent with Idempotency-Key)")
 async def send(
     ctx: CtxDep,
     company_id: CompanyDep,
@@ -123,6 +174,8 @@ async def send(
                        "Idempotency-Key: use 1-128 characters of A-Z, a-z, 0-9, '.', '_', ':' or '-'")
     jid = body.recipient(ctx.settings.default_phone_region)
     recipient = str(jid)
+    # Media given inline is checked before anything else (no rate-limit slot for a file we refuse).
+    inline = _inline_media(ctx, body.media) if body.media is not None and body.media.base64 is not None else None
     assert ctx.limiter is not None
     t0 = time.perf_counter()
     decision = await ctx.limiter.check(company_id, idempotency_key)
@@ -152,20 +205,28 @@ async def send(
                        state=state, companyId=company_id)
 
     key = idempotency_key or uuid.uuid4().hex
-    request = SendRequest(company_id=company_id, to=recipient, text=body.message,
-                          quoted=body.options.quoted if body.options else None, idempotency_key=idempotency_key)
     wf_id = send_workflow_id(company_id, key)
+    media: MediaRef | None = None
+    t_media = t_status
+    if body.media is not None:
+        media = await _stored_media(ctx, company_id, key, body.media, inline, wf_id if idempotency_key else None)
+        t_media = time.perf_counter()
+    timeout_s = ctx.settings.media_send_timeout_s if media is not None else SendMessageInput.timeout_s
+    request = SendRequest(company_id=company_id, to=recipient,
+                          text=body.message if body.message is not None else (media.caption if media else None) or "",
+                          quoted=body.options.quoted if body.options else None, idempotency_key=idempotency_key,
+                          media=media)
     handle: WorkflowHandle[Any, SendResult]
     try:
         handle = await ctx.client.start_workflow(
             SEND_WORKFLOW,
-            SendMessageInput(request=request, holder_queue=status.holder_queue),
+            SendMessageInput(request=request, holder_queue=status.holder_queue, timeout_s=timeout_s),
             id=wf_id,
             # On the holder's own queue (the connector runs SendMessage there): its activity is
             # then dispatched eagerly. A holder that died meanwhile never picks it up, so the run
             # is bounded and ends as a timeout (504), after which the same key may be retried.
             task_queue=status.holder_queue,
-            execution_timeout=SEND_EXECUTION_TIMEOUT,
+            execution_timeout=SEND_EXECUTION_TIMEOUT if media is None else timedelta(seconds=timeout_s + 15),
             result_type=SendResult,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
@@ -181,6 +242,9 @@ async def send(
                 cache.invalidate(company_id)
             raise ApiError(409, "not_connected", f"company {company_id} is not connected: {root}",
                            state="disconnected", companyId=company_id) from None
+        if kind in (ERROR_MEDIA_UNAVAILABLE, ERROR_MEDIA_MISSING):
+            raise ApiError(503, "media_unavailable", f"media send refused by the connector: {root}",
+                           companyId=company_id) from None
         if isinstance(root, TemporalTimeoutError):
             raise ApiError(504, "send_timeout", "the connector did not confirm the send in time",
                            companyId=company_id) from None
@@ -191,13 +255,14 @@ async def send(
     response.headers["Server-Timing"] = ", ".join(
         f"{name};dur={ms:.1f}" for name, ms in (
             ("ratelimit", (t_limit - t0) * 1000), ("status", (t_status - t_limit) * 1000),
-            ("send", (t_sent - t_status) * 1000),
+            *((("media", (t_media - t_status) * 1000),) if media is not None else ()),
+            ("send", (t_sent - t_media) * 1000),
         )
     )
     if API_PUBLISHES_MESSAGE_SENT and ctx.publisher is not None:
         await ctx.publisher.publish(Event(type=EventType.MESSAGE_SENT, company_id=company_id,
                                                  data={"messageId": result.message_id, "to": recipient}))
-    return {
+    answer: dict[str, Any] = {
         "success": True,
         "companyId": company_id,
         "to": recipient,
@@ -206,3 +271,67 @@ async def send(
         "messageId": result.message_id,
         "timestamp": result.timestamp.isoformat(),
     }
+    if media is not None:
+        answer["media"] = {"id": media.id, "type": media.kind.value, "mimetype": media.mimetype, "size": media.size,
+                           "sha256": media.sha256, "caption": media.caption, "filename": media.filename,
+                           "url": ctx.settings.api_base_url + media_path(company_id, media.id)}
+    return answer
+
+
+# ---------------------------------------------------------------------------------------- media sends
+
+
+def _rejected(exc: MediaRejected) -> ApiError:
+    return ApiError(exc.status, exc.code, exc.message)
+
+
+def _inline_media(ctx: AppContext, body: MediaBody) -> tuple[bytes, str]:
+    """Base64 media, decoded and checked: (bytes, type read from them)."""
+    assert body.base64 is not None
+    limit = ctx.settings.media_max_bytes(body.type.value)
+    try:
+        data, uri_type = decode_base64(body.base64, body.type, limit)
+        return data, check_content(body.type, data, body.mimetype or uri_type, limit)
+    except MediaRejected as exc:
+        raise _rejected(exc) from None
+
+
+async def _stored_media(ctx: AppContext, company_id: str, key: str, body: MediaBody,
+                        inline: tuple[bytes, str] | None, keyed_workflow: str | None) -> MediaRef:
+    """The media of a send, in the blob store and the media table; what the send workflow carries."""
+    mid = media_id(company_id, "out", key)
+    rows = MediaRows(ctx.db)
+    if keyed_workflow is not None and inline is None and await _already_sent(ctx, keyed_workflow):
+        # A retry with its Idempotency-Key: the first request's media stands (its send answers below).
+        row = await rows.get(company_id, mid)
+        if row is not None and row.sha256 is not None and row.mimetype is not None and row.size is not None:
+            return MediaRef(row.id, row.kind, row.mimetype, row.sha256, row.size, row.caption, row.filename)
+    if inline is not None:
+        data, mimetype = inline
+    else:
+        assert body.url is not None
+        limit = ctx.settings.media_max_bytes(body.type.value)
+        try:
+            fetched = await fetch_media(body.url, body.type, limit, ctx.settings)
+            # A server's Content-Type names a document's type when the bytes say too little (a CSV).
+            served = fetched.content_type if fetched.content_type not in GENERIC_MIMETYPES else None
+            declared = body.mimetype or (served if body.type is MediaKind.DOCUMENT else None)
+            mimetype = check_content(body.type, fetched.data, declared, limit)
+        except MediaRejected as exc:
+            raise _rejected(exc) from None
+        data = fetched.data
+    sha256 = await ctx.blob_store().put(data)
+    ref = MediaRef(mid, body.type, mimetype, sha256, len(data), body.caption, body.filename)
+    await rows.add_outgoing(company_id, ref)
+    return ref
+
+
+async def _already_sent(ctx: AppContext, workflow_id: str) -> bool:
+    """A send with this id runs or completed (a failed one may run again, with the media given now)."""
+    try:
+        described = await ctx.client.get_workflow_handle(workflow_id).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return described.status in (WorkflowExecutionStatus.RUNNING, WorkflowExecutionStatus.COMPLETED)

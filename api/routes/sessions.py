@@ -120,10 +120,10 @@ async def metrics_snapshot(ctx: AppContext, states: list[tuple[str, SessionState
     backlog = ctx.watchdog.backlog_count if ctx.watchdog is not None else None
     return MetricsSnapshot(by_state, counters, await job_figures(ctx.job_metrics), last_error=last_error,
                            failed_messages=failed, inbox_backlog=backlog,
-                           connectors=await _live_connector_figures(ctx))
+                           connectors=await live_connector_figures(ctx))
 
 
-async def _live_connector_figures(ctx: AppContext) -> list[ConnectorFigures]:
+async def live_connector_figures(ctx: AppContext) -> list[ConnectorFigures]:
     """Figures of the connectors that poll their queue now (a killed one's are left out)."""
     figures = await read_connector_figures(ctx.redis, ctx.settings.redis_prefix)
     if not figures or ctx.probes is None:

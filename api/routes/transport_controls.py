@@ -9,6 +9,7 @@ in PostgreSQL and read through any connector.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -52,6 +53,15 @@ class ControlBody(BaseModel):
                                          description="incoming (model): the phone JID of an @lid sender")
     quoted: StrictStr | None = Field(default=None, max_length=128, description="incoming (model): quoted id")
     times: int | None = Field(default=None, ge=1, le=1000, description="dial_fail/outdated: how many dials")
+    # incoming media (issue #11)
+    media_type: Literal["image", "video", "audio", "voice", "document", "sticker"] | None = Field(
+        default=None, alias="mediaType", description="incoming: a media message of this kind")
+    media_base64: StrictStr | None = Field(default=None, alias="mediaBase64", description="incoming: its bytes")
+    caption: StrictStr | None = Field(default=None, max_length=1024, description="incoming media: caption")
+    filename: StrictStr | None = Field(default=None, max_length=255, description="incoming document: name")
+    mimetype: StrictStr | None = Field(default=None, max_length=127, description="incoming media: its type")
+    download_failures: int | None = Field(default=None, alias="downloadFailures", ge=-1, le=1000,
+                                          description="incoming media: downloads that fail first (-1: expired)")
     reason: StrictStr | None = Field(default=None, max_length=200, description="disconnect: why")
 
 
@@ -87,7 +97,8 @@ async def outbox(ctx: CtxDep, company_id: CompanyDep) -> dict[str, Any]:
     )
     return {"success": True, "companyId": company_id, "count": len(entries), "messages": [
         {"messageId": e.message_id, "to": e.to, "text": e.text, "timestamp": e.timestamp.isoformat(),
-         "quoted": e.quoted} for e in entries
+         "quoted": e.quoted, **({"media": dataclasses.asdict(e.media)} if e.media is not None else {})}
+        for e in entries
     ]}
 
 

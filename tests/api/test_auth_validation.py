@@ -38,6 +38,8 @@ COMPANY_ROUTES = {
     ("GET", "/api/inbox/failed"),
     ("POST", "/api/inbox/failed/{company_id}/{message_id}/redeliver"),
     ("POST", "/api/inbox/failed/{company_id}/{message_id}/discard"),
+    # A company's media, sent and received (issue #11).
+    ("GET", "/api/whatsapp/sessions/{company_id}/media/{media_id}"),
 }
 # What a caller would send: a refused request must be refused for who it is, not for its body.
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
@@ -48,7 +50,7 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/schedules/{schedule_id}/{action}"): {"note": "from a company key"},
 }
 # Path parameters that are not a Literal.
-PATH_VALUES = {"schedule_id": "backup", "key_id": "1", "message_id": "3EB0AAAA"}
+PATH_VALUES = {"schedule_id": "backup", "key_id": "1", "message_id": "3EB0AAAA", "media_id": "i" + "0" * 31}
 
 
 def _assert_error(resp: httpx.Response, status: int, code: str) -> dict[str, Any]:

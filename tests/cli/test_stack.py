@@ -47,7 +47,7 @@ async def test_up_is_healthy_persistent_and_stops_cleanly(stack: StackProcess) -
         assert health.json()["status"] == "ok", health.text
         assert {c["name"]: c["status"] for c in health.json()["checks"]} == {
             "temporal": "ok", "postgres": "ok", "redis": "ok", "worker": "ok", "connector": "ok", "whatsapp": "ok",
-            "pending": "ok", "inbox": "ok"}
+            "pending": "ok", "inbox": "ok", "media": "ok"}
         ui = await http.get(f"http://127.0.0.1:{stack.ports['TEMPORAL_UI_PORT']}/")
         assert ui.status_code == 200
         docs = await http.get(f"{stack.api}/docs")
