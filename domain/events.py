@@ -27,6 +27,10 @@ class EventType(StrEnum):
     MESSAGE = "message"
     MESSAGE_SENT = "message_sent"
     ERROR = "error"
+    # Additions to E1 (issue 11.3, 11.8): a sent message's status changed (server ack, delivered, read,
+    # played); a session is connected but its sent messages get no server ack.
+    MESSAGE_ACK = "message_ack"
+    DEGRADED = "degraded"
 
 
 def _now() -> datetime:
