@@ -35,7 +35,10 @@ def _summary(kind: str, details: dict[str, Any]) -> str:
         return (f"restore test passed: {details.get('tables')} tables match, RTO {details.get('rto_s')} s "
                 f"(target {details.get('rto_target_s')} s)")
     would = "would delete" if details.get("dry_run") else "deleted"
-    return f"{prefix}key cleanup {would} {details.get('rows_deleted', details.get('rows_to_delete'))} rows"
+    statuses = details.get("message_status")
+    expired = (f"; {statuses.get('rows_to_delete')} expired message statuses"
+               if isinstance(statuses, dict) and statuses.get("rows_to_delete") else "")
+    return f"{prefix}key cleanup {would} {details.get('rows_deleted', details.get('rows_to_delete'))} rows{expired}"
 
 
 async def _run_job(kind: str, activity_name: str, job: JobInput, *, timeout: timedelta) -> JobResult:

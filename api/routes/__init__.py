@@ -10,6 +10,7 @@ from domain.settings import Settings
 def all_routers(settings: Settings | None = None) -> list[APIRouter]:
     # Imported here so a route module can import api.deps without a cycle.
     from api.routes import (
+        chats,
         companies,
         dashboard,
         events,
@@ -20,13 +21,15 @@ def all_routers(settings: Settings | None = None) -> list[APIRouter]:
         messages,
         metrics,
         onboarding,
+        proxy,
         schedules,
         sessions,
         transport_controls,
     )
 
     routers = [health.router, metrics.router, sessions.router, messages.router, events.router, companies.router,
-               handlers.router, jobs.router, schedules.router, onboarding.router, inbox.router, dashboard.router]
+               handlers.router, jobs.router, schedules.router, onboarding.router, inbox.router, dashboard.router,
+               chats.router, proxy.router]
     if settings is not None and (settings.wa_transport == "simulator" or settings.neonize_client == "model"):
         routers.append(transport_controls.router)
     return routers
