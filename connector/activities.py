@@ -583,7 +583,8 @@ class ConnectorActivities:
     async def send_message(self, req: SendRequest) -> SendResult:
         try:
             result = await self._acknowledged(req.company_id, req.to, self.transport.send(
-                req.company_id, req.to, req.text, req.quoted, quoted_sender=req.quoted_sender))
+                req.company_id, req.to, req.text, req.quoted, quoted_sender=req.quoted_sender),
+                session_degraded=req.session_degraded)
         except NotConnectedError as exc:
             raise ApplicationError(str(exc), type=ERROR_NOT_CONNECTED, non_retryable=True) from exc
         await self.publish(req.company_id, EventType.MESSAGE_SENT, messageId=result.message_id, to=req.to)
@@ -591,13 +592,15 @@ class ConnectorActivities:
 
     # ------------------------------------------------------------------ beyond text (issue 11.3-11.8)
 
-    async def _acknowledged(self, company_id: str, chat: str, send: Awaitable[SendResult]) -> SendResult:
+    async def _acknowledged(self, company_id: str, chat: str, send: Awaitable[SendResult], *,
+                            session_degraded: bool = False) -> SendResult:
         """Run one send of the company's hold under its server-ack deadline (ACK_TIMEOUT_S), then record
         the server ack: status ``server`` in PostgreSQL and a ``message_ack`` event.
 
         The transport's send returns only once WhatsApp's server acknowledged the message (as
         whatsmeow's does). A send that is still waiting at the deadline makes the hold degraded (the
-        workflow re-holds once, then alerts); one acknowledged while degraded says it delivers again.
+        workflow re-holds once, then alerts); one acknowledged while degraded (as this hold saw it, or
+        as the session said when the send was asked for) says it delivers again.
         The send runs shielded: if this activity is cancelled, its end still settles the deadline.
         """
         loop = asyncio.get_running_loop()
@@ -619,7 +622,7 @@ class ConnectorActivities:
                     return  # no answer from the server: the deadline decides
                 deadline.cancel()
                 hold.ack_deadlines.discard(deadline)
-                if error is None and hold.degraded and self._held.get(company_id) is hold:
+                if error is None and (hold.degraded or session_degraded) and self._held.get(company_id) is hold:
                     hold.degraded = False
                     self._watch(hold, self._report_delivering(hold))
 

@@ -229,6 +229,9 @@ class SendRequest:
     idempotency_key: str | None = None
     # Who wrote the quoted message (a group member); None: the recipient, or as the connector remembers it.
     quoted_sender: str | None = None
+    # The session was degraded when this was sent: its server ack says the session delivers again (also
+    # to a connector that took the hold over and so never saw the degradation itself).
+    session_degraded: bool = False
 
 
 @dataclass

@@ -181,7 +181,8 @@ async def send(
     key = idempotency_key or uuid.uuid4().hex
     options = body.options or SendOptions()
     request = SendRequest(company_id=company_id, to=recipient, text=body.message, quoted=options.quoted,
-                          idempotency_key=idempotency_key, quoted_sender=options.quoted_sender_jid(ctx.settings))
+                          idempotency_key=idempotency_key, quoted_sender=options.quoted_sender_jid(ctx.settings),
+                          session_degraded=status.state is SessionState.DEGRADED)
     typing_s = ctx.settings.typing_seconds(body.message) if options.typing else 0.0
     wf_id = send_workflow_id(company_id, key)
     handle: WorkflowHandle[Any, SendResult]

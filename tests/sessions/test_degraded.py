@@ -53,11 +53,15 @@ async def test_no_server_ack_degrades_reholds_once_then_alerts_after_the_grace(t
         assert "connected but not delivering" in s.alerts[0].text and s.alerts[0].severity == "warning"
         assert (await s.status(company_id)).state is SessionState.DEGRADED
 
-        # The server acknowledges again: the waiting send goes out, the session is connected and its
-        # next degradation would re-hold once again.
+        # The server acknowledges again. Here the hold has forgotten its degradation, as one a connector
+        # took over (the same CONNECTOR_ID restarted) would: the waiting send goes out, but only a send
+        # asked for while the session says degraded (the API says so in the request) brings it back.
+        s.connector._held[company_id].degraded = False
         await s.sim.control(company_id, "resume_acks", {})
         sent = await asyncio.wait_for(waiting, 20)
-        assert sent.message_id
+        assert sent.message_id and (await s.status(company_id)).state is SessionState.DEGRADED
+        probe = SendRequest(company_id, "79001234567@s.whatsapp.net", "probe", session_degraded=True)
+        assert (await asyncio.wait_for(s.connector.send_message(probe), 20)).message_id
         st = await s.wait_state(company_id, SessionState.CONNECTED)
         assert st.degraded_reholds == 0 and st.last_error is None and st.reconnects == 1
         assert await _degraded_events(s, company_id) == 2
