@@ -172,6 +172,7 @@ class _Hold:
     # passed (the workflow was told: degraded) with no send acknowledged since.
     ack_deadlines: set[asyncio.TimerHandle] = field(default_factory=set)
     degraded: bool = False
+    delivering_told: bool = False  # "delivering" signalled since the last degradation (once is enough)
 
 
 class _HoldListener:
@@ -622,8 +623,9 @@ class ConnectorActivities:
                     return  # no answer from the server: the deadline decides
                 deadline.cancel()
                 hold.ack_deadlines.discard(deadline)
-                if error is None and (hold.degraded or session_degraded) and self._held.get(company_id) is hold:
-                    hold.degraded = False
+                if error is None and self._held.get(company_id) is hold and (
+                        hold.degraded or (session_degraded and not hold.delivering_told)):
+                    hold.degraded, hold.delivering_told = False, True
                     self._watch(hold, self._report_delivering(hold))
 
             task.add_done_callback(settle)
@@ -636,7 +638,7 @@ class ConnectorActivities:
         hold.ack_deadlines.discard(deadline)
         if hold.degraded or self._held.get(hold.company_id) is not hold or hold.closing:
             return
-        hold.degraded = True
+        hold.degraded, hold.delivering_told = True, False
         waited = asyncio.get_running_loop().time() - started
         reason = f"no server ack for a sent message in {waited:.0f} s: connected, but not delivering"
         log.warning("session degraded company_id=%s hold_id=%s waited_s=%.0f", hold.company_id, hold.hold_id, waited)
