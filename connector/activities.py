@@ -588,15 +588,14 @@ class ConnectorActivities:
                 session_degraded=req.session_degraded)
         except NotConnectedError as exc:
             raise ApplicationError(str(exc), type=ERROR_NOT_CONNECTED, non_retryable=True) from exc
-        await self.publish(req.company_id, EventType.MESSAGE_SENT, messageId=result.message_id, to=req.to)
+        await self._server_acked(req.company_id, req.to, result, sent_event=True)
         return result
 
     # ------------------------------------------------------------------ beyond text (issue 11.3-11.8)
 
     async def _acknowledged(self, company_id: str, chat: str, send: Awaitable[SendResult], *,
                             session_degraded: bool = False) -> SendResult:
-        """Run one send of the company's hold under its server-ack deadline (ACK_TIMEOUT_S), then record
-        the server ack: status ``server`` in PostgreSQL and a ``message_ack`` event.
+        """Run one send of the company's hold under its server-ack deadline (ACK_TIMEOUT_S).
 
         The transport's send returns only once WhatsApp's server acknowledged the message (as
         whatsmeow's does). A send that is still waiting at the deadline makes the hold degraded (the
@@ -629,10 +628,19 @@ class ConnectorActivities:
                     self._watch(hold, self._report_delivering(hold))
 
             task.add_done_callback(settle)
-        result = await asyncio.shield(task)
-        await self.message_status(MessageReceipt(company_id, [result.message_id], MessageStatus.SERVER, chat,
-                                                 result.timestamp))
-        return result
+        return await asyncio.shield(task)
+
+    async def _server_acked(self, company_id: str, chat: str, result: SendResult, *, sent_event: bool) -> None:
+        """Status ``server`` in PostgreSQL while the events go out: ``message_sent`` (a text), then
+        ``message_ack``. Side by side, so the send's answer waits for one round trip, not two."""
+        receipt = MessageReceipt(company_id, [result.message_id], MessageStatus.SERVER, chat, result.timestamp)
+
+        async def announce() -> None:
+            if sent_event:
+                await self.publish(company_id, EventType.MESSAGE_SENT, messageId=result.message_id, to=chat)
+            await self._publish_acks(receipt)
+
+        await asyncio.gather(self._record_status(receipt), announce())
 
     def _no_ack(self, hold: _Hold, deadline: asyncio.TimerHandle, started: float) -> None:
         hold.ack_deadlines.discard(deadline)
@@ -657,12 +665,18 @@ class ConnectorActivities:
 
     async def message_status(self, receipt: MessageReceipt) -> None:
         """Move the messages' status forward in PostgreSQL, and publish one ``message_ack`` event each."""
+        await self._record_status(receipt)
+        await self._publish_acks(receipt)
+
+    async def _record_status(self, receipt: MessageReceipt) -> None:
         try:
             await record_status(self.devices.db, receipt.company_id, receipt.message_ids, receipt.status,
                                 receipt.chat, receipt.timestamp)
         except Exception as exc:  # the event still goes out; GET …/messages/{id} misses this step
             log.warning("message status not recorded company_id=%s status=%s error=%s", receipt.company_id,
                         receipt.status.value, type(exc).__name__)
+
+    async def _publish_acks(self, receipt: MessageReceipt) -> None:
         for message_id in receipt.message_ids:
             extra = {"participant": receipt.participant} if receipt.participant else {}
             await self.publish(receipt.company_id, EventType.MESSAGE_ACK, messageId=message_id,
@@ -682,8 +696,10 @@ class ConnectorActivities:
     @activity.defn(name=ACTIVITY_SEND_REACTION)
     async def send_reaction(self, req: ReactionRequest) -> SendResult:
         async with _whatsapp_errors():
-            return await self._acknowledged(req.company_id, req.chat, self.transport.send_reaction(
+            result = await self._acknowledged(req.company_id, req.chat, self.transport.send_reaction(
                 req.company_id, req.chat, req.message_id, req.emoji, req.sender))
+        await self._server_acked(req.company_id, req.chat, result, sent_event=False)
+        return result
 
     @activity.defn(name=ACTIVITY_CHECK_CONTACT)
     async def check_contact(self, req: ContactCheck) -> ContactInfo:
