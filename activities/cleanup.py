@@ -26,6 +26,11 @@ Media (issue #11, :func:`cleanup_media`, reported under ``media`` with the same 
 ``media`` older than ``MEDIA_MAX_AGE_DAYS`` (sent and received alike), then every blob that no
 remaining row refers to and that was not written within the last hour (a send stores its bytes just
 before its row; storing the same bytes again renews them). Dry-run counts both and deletes nothing.
+
+The same job expires the project's own record of sent messages' status (``message_status``, issue
+11.3): rows unchanged for ``MESSAGE_STATUS_MAX_AGE_DAYS``, in its own transaction (also where there
+is no whatsmeow store: the simulator), reported apart under ``message_status``, not in the key
+counts and their warning (one row per message sent: thousands a night are normal).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from domain.jobs import JobInput
 from domain.settings import Settings
 from storage import Database
 from storage.blobs import BlobStore, blob_store
+from storage.message_status import EXPIRED_WHERE
 from storage.whatsmeow import ensure_store_timestamps
 
 log = logging.getLogger("waorch.cleanup")
@@ -135,6 +141,8 @@ async def cleanup_store(settings: Settings, db: Database, *, dry_run: bool, verb
     token_days = settings.privacy_token_max_age_days
     report: dict[str, Any] = {"dry_run": dry_run, "max_age_days": days, "privacy_token_max_age_days": token_days}
     async with db.connection() as conn:
+        report["message_status"] = await expire_message_status(conn, settings.message_status_max_age_days,
+                                                               dry_run=dry_run)
         if not await ensure_store_timestamps(conn):
             report.update(rows_to_delete=0, rows_deleted=0, deleted={}, warnings=[], note="no whatsmeow store yet")
             return report
@@ -276,6 +284,27 @@ async def cleanup_media(settings: Settings, db: Database, blobs: BlobStore, *, d
     log.info("media cleanup dry_run=%s rows=%d blobs=%d bytes=%d", dry_run, len(rows), len(unreferenced),
              report["bytes_to_free"])
     return report
+
+
+async def expire_message_status(conn: asyncpg.Connection, max_age_days: int, *, dry_run: bool) -> dict[str, Any]:
+    """Delete (dry run: count) the status rows of sent messages unchanged for ``max_age_days``."""
+    if not await conn.fetchval("SELECT to_regclass('public.message_status') IS NOT NULL"):
+        return {"max_age_days": max_age_days, "rows_to_delete": 0, "rows_deleted": 0}
+    tr = conn.transaction()
+    await tr.start()
+    try:
+        n = await _count(conn, f"WITH d AS (DELETE FROM message_status WHERE {EXPIRED_WHERE} RETURNING 1) "
+                               "SELECT count(*) FROM d", max_age_days)
+        if dry_run:
+            await tr.rollback()
+        else:
+            await tr.commit()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await tr.rollback()
+        raise
+    log.info("message status expired dry_run=%s rows=%d max_age_days=%d", dry_run, n, max_age_days)
+    return {"max_age_days": max_age_days, "rows_to_delete": n, "rows_deleted": 0 if dry_run else n}
 
 
 class CleanupActivities:

@@ -50,7 +50,6 @@ from domain.inbox import (
 )
 from domain.session import ERROR_NOT_CONNECTED
 from domain.settings import Settings
-from domain.states import SessionState
 from infra.metrics import counters_key
 from infra.ratelimit import RateLimiter
 from infra.sessions import session_status
@@ -295,7 +294,9 @@ class InboxActivities:
 
     async def _reserve(self, company_id: str, message_id: str, *, raise_not_connected: bool) -> ReplySlot:
         status = await session_status(self._client, company_id)
-        if status is None or status.state is not SessionState.CONNECTED or not status.holder_queue:
+        # A degraded session still holds its connection: its reply goes out (and is the probe that
+        # tells whether the server acknowledges sends again).
+        if status is None or not status.state.holds_connection or not status.holder_queue:
             if raise_not_connected:
                 state = status.state.value if status else "none"
                 raise ApplicationError(f"company {company_id} is not connected (state: {state})",

@@ -64,6 +64,11 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
             redis, prefix=settings.redis_prefix, limit=settings.rate_limit_count,
             window_s=settings.rate_limit_window_s, counters_key=counters_key(settings.redis_prefix),
         )
+        contact_limiter = RateLimiter(
+            redis, prefix=settings.redis_prefix, limit=settings.contact_check_limit_count,
+            window_s=settings.contact_check_window_s, counters_key=counters_key(settings.redis_prefix),
+            name="contact-checks",
+        )
         holders = HolderLiveness()
         last_events = LastEvents(redis, settings.redis_prefix)
         hub = EventHub(settings.redis_dsn, settings.events_channel, counters, holders, last_events)
@@ -82,7 +87,8 @@ def create_app(settings: Settings, client: Client | None = None) -> FastAPI:
 
         watchdog = Watchdog(settings, probes, alert, lease_redis=probe_redis)
         app.state.ctx = AppContext(
-            settings, temporal, db, redis, admin_key, limiter=limiter, counters=counters, events=hub,
+            settings, temporal, db, redis, admin_key, limiter=limiter, contact_limiter=contact_limiter,
+            counters=counters, events=hub,
             publisher=EventPublisher(redis, settings.events_channel),
             job_metrics=job_metrics_provider(db, settings.restore_rto_target_s),
             probes=probes, watchdog=watchdog, holders=holders,

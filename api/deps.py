@@ -38,6 +38,7 @@ class AppContext:
     admin_key: str
     # Set by the app's lifespan (api.app); None only in contexts built by hand.
     limiter: RateLimiter | None = None
+    contact_limiter: RateLimiter | None = None  # number checks: a window of their own (issue 11.5)
     counters: EventCounters | None = None
     events: EventHub | None = None
     publisher: EventPublisher | None = None

@@ -28,7 +28,7 @@ log = logging.getLogger("waorch.api.events")
 
 QUEUE_SIZE = 1000
 # Events that carry no state change: they never invalidate a cached session status.
-_NOT_STATE_CHANGES = frozenset({"message", "message_sent"})
+_NOT_STATE_CHANGES = frozenset({"message", "message_sent", "message_ack"})
 
 
 class ConnectedCache:
@@ -96,8 +96,8 @@ class HolderLiveness:
         self._answers.pop(company_id, None)
 
     async def current(self, db: Database, pool: str, status: SessionStatus) -> SessionStatus:
-        """``status``, or, when it says connected but its connector stopped, the same as ``connecting``."""
-        if status.state is not SessionState.CONNECTED or await self.held(db, pool, status.company_id):
+        """``status``, or, when it says connected (or degraded) but its connector stopped, ``connecting``."""
+        if not status.state.holds_connection or await self.held(db, pool, status.company_id):
             return status
         return dataclasses.replace(status, state=SessionState.CONNECTING,
                                    last_error="its connector stopped; another is taking the connection over")

@@ -76,8 +76,9 @@ class TimedSimulator(SimulatorTransport):
 
     on_sent: Callable[[str | None], None] = staticmethod(lambda quoted: None)
 
-    async def send(self, company_id: str, to: str, text: str, quoted: str | None = None) -> SendResult:
-        result = await super().send(company_id, to, text, quoted)
+    async def send(self, company_id: str, to: str, text: str, quoted: str | None = None,
+                   quoted_sender: str | None = None) -> SendResult:
+        result = await super().send(company_id, to, text, quoted, quoted_sender)
         self.outbox[company_id].clear()  # the bench sends thousands: keep memory flat
         self.on_sent(quoted)
         return result

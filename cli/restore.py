@@ -48,7 +48,7 @@ from domain.settings import Settings
 from domain.states import SessionState
 
 # States in which a connector holds the session's connection (and writes its keys).
-HELD_STATES = (SessionState.CONNECTED, SessionState.CONNECTING, SessionState.QR)
+HELD_STATES = (SessionState.CONNECTED, SessionState.DEGRADED, SessionState.CONNECTING, SessionState.QR)
 
 
 class RestoreRefused(Exception):

@@ -48,9 +48,28 @@ from connector.spool import IncomingSpool
 from connector.transport import (
     MediaGoneError,
     MediaUnavailableError,
+    NoServerAckError,
     NotConnectedError,
+    NotFoundOnWhatsAppError,
     Transport,
     TransportControlError,
+    WhatsAppRefusedError,
+)
+from domain.chat_actions import (
+    ACTIVITY_CHECK_CONTACT,
+    ACTIVITY_GROUP_INFO,
+    ACTIVITY_MARK_READ,
+    ACTIVITY_SEND_PRESENCE,
+    ACTIVITY_SEND_REACTION,
+    ERROR_NOT_FOUND,
+    ERROR_REFUSED,
+    ContactCheck,
+    ContactInfo,
+    GroupInfo,
+    GroupInfoRequest,
+    MarkReadRequest,
+    PresenceRequest,
+    ReactionRequest,
 )
 from domain.events import Event, EventType
 from domain.inbox import INBOX_WORKFLOW, SIGNAL_INBOX_MESSAGE, InboxWorkflowInput, IncomingMessage, inbox_workflow_id
@@ -66,6 +85,7 @@ from domain.media import (
     MediaRef,
     MediaState,
 )
+from domain.receipts import MessageReceipt, MessageStatus
 from domain.session import (
     ACTIVITY_HOLD_SESSION,
     ACTIVITY_LOGOUT_DEVICE,
@@ -77,11 +97,15 @@ from domain.session import (
     ERROR_HELD_ELSEWHERE,
     ERROR_NOT_CONNECTED,
     SIGNAL_CONNECTED,
+    SIGNAL_DEGRADED,
+    SIGNAL_DELIVERING,
     SIGNAL_DISCONNECTED,
     SIGNAL_HOLD_ENDED,
     SIGNAL_PAIRING_CODE,
     SIGNAL_QR,
     ConnectedSignal,
+    DegradedSignal,
+    DeliveringSignal,
     DisconnectedSignal,
     HoldEndedSignal,
     HoldOutcome,
@@ -102,6 +126,7 @@ from infra.alerts import Alert, AlertSender
 from infra.redis import EventPublisher
 from storage.blobs import BlobMissing, blob_store
 from storage.media import MediaRows
+from storage.message_status import record_status
 
 log = logging.getLogger("waorch.connector")
 
@@ -162,6 +187,11 @@ class _Hold:
     # Set when the client connects: (jid, phone, push name). The resume of a session with no workflow
     # waits for it before it starts the workflow (resume_without_workflow).
     connected: asyncio.Future[tuple[str, str | None, str | None]] | None = None
+    # "Connected but dead" (issue 11.8): server-ack deadlines of the sends in flight, and whether one
+    # passed (the workflow was told: degraded) with no send acknowledged since.
+    ack_deadlines: set[asyncio.TimerHandle] = field(default_factory=set)
+    degraded: bool = False
+    delivering_told: bool = False  # "delivering" signalled since the last degradation (once is enough)
 
 
 class _HoldListener:
@@ -206,6 +236,9 @@ class _HoldListener:
 
     async def message(self, msg: IncomingMessage) -> None:
         await self._acts.deliver_incoming(msg)
+
+    async def receipt(self, receipt: MessageReceipt) -> None:
+        await self._acts.message_status(receipt)
 
 
 class ConnectorActivities:
@@ -417,6 +450,9 @@ class ConnectorActivities:
         outcome = await outcome_f
         if self._held.get(hold.company_id) is hold:
             del self._held[hold.company_id]
+        for deadline in hold.ack_deadlines:  # the connection is over: its sends' acks cannot come
+            deadline.cancel()
+        hold.ack_deadlines.clear()
         log.info("hold end company_id=%s outcome=%s detail=%s closing=%s", hold.company_id, outcome.kind.value,
                  outcome.detail, hold.closing or "-")
         if hold.closing in ("shutdown", "lost"):
@@ -579,7 +615,8 @@ class ConnectorActivities:
             media = {} if msg.media is None else {
                 "media": msg.media.to_wire(self.settings.api_base_url, msg.company_id)}
             await self.publish(msg.company_id, EventType.MESSAGE, messageId=msg.message_id, chat=msg.chat,
-                               sender=msg.sender, text=msg.text, messageType=msg.message_type, **media)
+                               sender=msg.sender, text=msg.text, messageType=msg.message_type, **media,
+                               **({"quoted": msg.metadata["quoted"]} if msg.metadata.get("quoted") else {}))
         return True
 
     # ------------------------------------------------------------------ own queue
@@ -589,10 +626,12 @@ class ConnectorActivities:
         if req.media is not None:
             return await self._send_media(req, req.media)
         try:
-            result = await self.transport.send(req.company_id, req.to, req.text, req.quoted)
+            result = await self._acknowledged(req.company_id, req.to, self.transport.send(
+                req.company_id, req.to, req.text, req.quoted, quoted_sender=req.quoted_sender),
+                session_degraded=req.session_degraded)
         except NotConnectedError as exc:
             raise ApplicationError(str(exc), type=ERROR_NOT_CONNECTED, non_retryable=True) from exc
-        await self.publish(req.company_id, EventType.MESSAGE_SENT, messageId=result.message_id, to=req.to)
+        await self._server_acked(req.company_id, req.to, result, sent_event=True)
         return result
 
     # ------------------------------------------------------------------ media (issue #11)
@@ -623,6 +662,9 @@ class ConnectorActivities:
         await self.publish(req.company_id, EventType.MESSAGE_SENT, messageId=result.message_id, to=req.to,
                            media={"id": media.id, "type": media.kind.value, "mimetype": media.mimetype,
                                   "size": media.size, "sha256": media.sha256})
+        # Its status as a text's (GET …/messages/{id}, message_ack). Not under the server-ack deadline:
+        # a media send's time is mostly its upload, which says nothing about a dead connection.
+        await self._server_acked(req.company_id, req.to, result, sent_event=False)
         return result
 
     @activity.defn(name=ACTIVITY_DOWNLOAD_MEDIA)
@@ -670,6 +712,126 @@ class ConnectorActivities:
                            media=descriptor.to_wire(self.settings.api_base_url, req.company_id))
         return descriptor
 
+    # ------------------------------------------------------------------ beyond text (issue 11.3-11.8)
+
+    async def _acknowledged(self, company_id: str, chat: str, send: Awaitable[SendResult], *,
+                            session_degraded: bool = False) -> SendResult:
+        """Run one send of the company's hold under its server-ack deadline (ACK_TIMEOUT_S).
+
+        The transport's send returns only once WhatsApp's server acknowledged the message (as
+        whatsmeow's does). A send that is still waiting at the deadline makes the hold degraded (the
+        workflow re-holds once, then alerts); one acknowledged while degraded (as this hold saw it, or
+        as the session said when the send was asked for) says it delivers again.
+        The send runs shielded: if this activity is cancelled, its end still settles the deadline.
+        """
+        loop = asyncio.get_running_loop()
+        hold = self._held.get(company_id)
+        task: asyncio.Future[SendResult] = asyncio.ensure_future(send)
+        if hold is not None:
+            started = loop.time()
+            deadline: asyncio.TimerHandle
+
+            def expire() -> None:
+                self._no_ack(hold, deadline, started)
+
+            deadline = loop.call_later(self.settings.ack_timeout_s, expire)
+            hold.ack_deadlines.add(deadline)
+
+            def settle(done: asyncio.Future[SendResult]) -> None:
+                error = None if done.cancelled() else done.exception()
+                if done.cancelled() or isinstance(error, TimeoutError | NoServerAckError):
+                    return  # no answer from the server: the deadline decides
+                deadline.cancel()
+                hold.ack_deadlines.discard(deadline)
+                if error is None and self._held.get(company_id) is hold and (
+                        hold.degraded or (session_degraded and not hold.delivering_told)):
+                    hold.degraded, hold.delivering_told = False, True
+                    self._watch(hold, self._report_delivering(hold))
+
+            task.add_done_callback(settle)
+        return await asyncio.shield(task)
+
+    async def _server_acked(self, company_id: str, chat: str, result: SendResult, *, sent_event: bool) -> None:
+        """Status ``server`` in PostgreSQL while the events go out: ``message_sent`` (a text), then
+        ``message_ack``. Side by side, so the send's answer waits for one round trip, not two."""
+        receipt = MessageReceipt(company_id, [result.message_id], MessageStatus.SERVER, chat, result.timestamp)
+
+        async def announce() -> None:
+            if sent_event:
+                await self.publish(company_id, EventType.MESSAGE_SENT, messageId=result.message_id, to=chat)
+            await self._publish_acks(receipt)
+
+        await asyncio.gather(self._record_status(receipt), announce())
+
+    def _no_ack(self, hold: _Hold, deadline: asyncio.TimerHandle, started: float) -> None:
+        hold.ack_deadlines.discard(deadline)
+        if hold.degraded or self._held.get(hold.company_id) is not hold or hold.closing:
+            return
+        hold.degraded, hold.delivering_told = True, False
+        waited = asyncio.get_running_loop().time() - started
+        reason = f"no server ack for a sent message in {waited:.0f} s: connected, but not delivering"
+        log.warning("session degraded company_id=%s hold_id=%s waited_s=%.0f", hold.company_id, hold.hold_id, waited)
+        self._watch(hold, self._report_degraded(hold, reason))
+
+    async def _report_degraded(self, hold: _Hold, reason: str) -> None:
+        await self.publish(hold.company_id, EventType.DEGRADED, reason=reason, connector=self.settings.connector_id)
+        await self.signal(hold, SIGNAL_DEGRADED, DegradedSignal(hold.hold_id, reason), durable=True)
+
+    async def _report_delivering(self, hold: _Hold) -> None:
+        log.info("session delivers again company_id=%s hold_id=%s", hold.company_id, hold.hold_id)
+        link = self.transport.status(hold.company_id)
+        await self.publish(hold.company_id, EventType.CONNECTED, jid=link.jid if link else None,
+                           reason="the server acknowledges sent messages again", connector=self.settings.connector_id)
+        await self.signal(hold, SIGNAL_DELIVERING, DeliveringSignal(hold.hold_id), durable=True)
+
+    async def message_status(self, receipt: MessageReceipt) -> None:
+        """Move the messages' status forward in PostgreSQL, and publish one ``message_ack`` event each."""
+        await self._record_status(receipt)
+        await self._publish_acks(receipt)
+
+    async def _record_status(self, receipt: MessageReceipt) -> None:
+        try:
+            await record_status(self.devices.db, receipt.company_id, receipt.message_ids, receipt.status,
+                                receipt.chat, receipt.timestamp)
+        except Exception as exc:  # the event still goes out; GET …/messages/{id} misses this step
+            log.warning("message status not recorded company_id=%s status=%s error=%s", receipt.company_id,
+                        receipt.status.value, type(exc).__name__)
+
+    async def _publish_acks(self, receipt: MessageReceipt) -> None:
+        for message_id in receipt.message_ids:
+            extra = {"participant": receipt.participant} if receipt.participant else {}
+            await self.publish(receipt.company_id, EventType.MESSAGE_ACK, messageId=message_id,
+                               status=receipt.status.value, ack=receipt.status.ack, chat=receipt.chat,
+                               at=receipt.timestamp.isoformat(), **extra)
+
+    @activity.defn(name=ACTIVITY_MARK_READ)
+    async def mark_read(self, req: MarkReadRequest) -> None:
+        async with _whatsapp_errors():
+            await self.transport.mark_read(req.company_id, req.chat, req.sender, req.message_ids)
+
+    @activity.defn(name=ACTIVITY_SEND_PRESENCE)
+    async def send_chat_presence(self, req: PresenceRequest) -> None:
+        async with _whatsapp_errors():
+            await self.transport.send_presence(req.company_id, req.chat, req.state)
+
+    @activity.defn(name=ACTIVITY_SEND_REACTION)
+    async def send_reaction(self, req: ReactionRequest) -> SendResult:
+        async with _whatsapp_errors():
+            result = await self._acknowledged(req.company_id, req.chat, self.transport.send_reaction(
+                req.company_id, req.chat, req.message_id, req.emoji, req.sender))
+        await self._server_acked(req.company_id, req.chat, result, sent_event=False)
+        return result
+
+    @activity.defn(name=ACTIVITY_CHECK_CONTACT)
+    async def check_contact(self, req: ContactCheck) -> ContactInfo:
+        async with _whatsapp_errors():
+            return await self.transport.check_contact(req.company_id, req.phone)
+
+    @activity.defn(name=ACTIVITY_GROUP_INFO)
+    async def group_info(self, req: GroupInfoRequest) -> GroupInfo:
+        async with _whatsapp_errors():
+            return await self.transport.group_info(req.company_id, req.group)
+
     def _requested(self, req: ReleaseRequest) -> _Hold | None:
         hold = self._held.get(req.company_id)
         if hold is None or (req.hold_id and hold.hold_id != req.hold_id):
@@ -716,7 +878,8 @@ class ConnectorActivities:
 
     def own_queue_activities(self) -> list[Any]:
         return [self.send_message, self.release_session, self.logout_device,
-                self.transport_control, self.transport_outbox, self.download_media]
+                self.transport_control, self.transport_outbox, self.download_media,
+                self.mark_read, self.send_chat_presence, self.send_reaction, self.check_contact, self.group_info]
 
 
 def _stored_mimetype(kind: MediaKind, announced: str | None, data: bytes) -> str | None:
@@ -735,3 +898,18 @@ def _outbox_media(raw: str | None) -> MediaRef | None:
     value = json.loads(raw)
     return MediaRef(value.get("id", ""), MediaKind(value["kind"]), value["mimetype"], value["sha256"], value["size"],
                     value.get("caption"), value.get("filename"))
+
+
+
+
+@contextlib.asynccontextmanager
+async def _whatsapp_errors() -> AsyncIterator[None]:
+    """A transport's refusal as the ApplicationError type the API maps (409, 404, 502); never retried."""
+    try:
+        yield
+    except NotConnectedError as exc:
+        raise ApplicationError(str(exc), type=ERROR_NOT_CONNECTED, non_retryable=True) from exc
+    except NotFoundOnWhatsAppError as exc:
+        raise ApplicationError(str(exc), type=ERROR_NOT_FOUND, non_retryable=True) from exc
+    except WhatsAppRefusedError as exc:
+        raise ApplicationError(str(exc), type=ERROR_REFUSED, non_retryable=True) from exc

@@ -21,6 +21,13 @@ class DeviceDirectory:
         )
         return jid
 
+    async def proxy_of(self, company_id: str) -> str | None:
+        """The company's outbound proxy URL (issue 11.7), read at each connect. A secret: never log it."""
+        url: str | None = await self.db.fetchval(
+            "SELECT proxy_url FROM companies WHERE company_id = $1 AND removed_at IS NULL", company_id
+        )
+        return url
+
     async def remember(self, company_id: str, jid: str, phone: str | None, push_name: str | None) -> None:
         await self.db.execute(
             """INSERT INTO companies (company_id, device_jid, phone, push_name) VALUES ($1, $2, $3, $4)

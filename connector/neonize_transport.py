@@ -37,6 +37,19 @@ and how this module copes:
 * **Messages**: ``MessageEv.Info.Timestamp`` is in milliseconds; ``@lid`` senders'
   numbers come from ``SenderAlt``; senders lose their device part; status
   broadcasts and newsletters never reach the inbox.
+* **Beyond text** (issue 11.3-11.8). ``send_message`` returns only once WhatsApp's server
+  acknowledged the message (whatsmeow waits for the server's ack, and gives up with "timed out
+  waiting for message send response"): that return *is* the server ack, so a send is awaited past
+  ``ACK_TIMEOUT_S`` and the connector's deadline sees a dead connection. Receipts of sent messages
+  come as ``ReceiptEv`` (delivered, read, played; the ``*_self``, ``sender``, ``retry``, … types
+  are about other devices of this number and are dropped). Replies are built by neonize's
+  ``build_reply_message`` from the quoted message as whatsmeow delivered it (a bounded memory of
+  recent incoming messages) or, for one not in memory, from its id, author and an empty text.
+  Reactions (``build_reaction``), read marks (``mark_read``), presence (``send_chat_presence``),
+  number checks (``is_on_whatsapp``; the LID from the store's ``whatsmeow_lid_map``, read with SQL
+  rather than ``get_lid_from_pn``, a call into Go that aborts the process on a stopped client) and
+  groups (``get_group_info``) are calls into Go like any other, through the gate. Each connect dials
+  through the company's proxy as stored then (``connect(ProxySettings(...))``).
 
 :func:`outcome_for_event` is the one mapping of whatsmeow events to session outcomes.
 """
@@ -51,6 +64,7 @@ import functools
 import itertools
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -63,14 +77,21 @@ from connector.transport import (
     LinkStatus,
     MediaGoneError,
     MediaUnavailableError,
+    NoServerAckError,
     NotConnectedError,
+    NotFoundOnWhatsAppError,
     SessionListener,
     TransportControlError,
     TransportLeaks,
+    WhatsAppRefusedError,
 )
+from domain.addresses import GROUP_SERVER
 from domain.addresses import phone_of as phone_from_jid
+from domain.chat_actions import ChatPresenceState, ContactInfo, GroupInfo, GroupParticipant
 from domain.inbox import IncomingMessage
 from domain.media import MediaDescriptor, MediaKind, MediaRef, media_id
+from domain.proxy import masked_proxy
+from domain.receipts import MessageReceipt, MessageStatus
 from domain.session import HoldOutcome, HoldOutcomeKind, SendResult
 from domain.settings import Settings
 
@@ -241,13 +262,17 @@ class NeonizeTuning:
     keepalive_grace_s: float = 200.0
     leak_grace_s: float = 2.0  # a stopped client's thread still alive this long after is counted as leaked
     media_timeout_s: float = 120.0  # one media send (thumbnail, upload, send) or download
+    # A send is awaited this long: past the connector's server-ack deadline (ACK_TIMEOUT_S), so the
+    # deadline, not this wait, decides that a connection no longer delivers.
+    send_timeout_s: float = 60.0 + STOP_TIMEOUT_S
 
     @classmethod
     def from_settings(cls, s: Settings | None) -> NeonizeTuning:
         if s is None:
             return cls()
         tuning = cls(s.qr_first_timeout_s, s.qr_total_timeout_s, s.neonize_start_settle_s, s.neonize_stop_timeout_s,
-                     s.neonize_paired_connect_timeout_s, s.neonize_keepalive_grace_s)
+                     s.neonize_paired_connect_timeout_s, s.neonize_keepalive_grace_s,
+                     send_timeout_s=s.ack_timeout_s + STOP_TIMEOUT_S)
         tuning.media_timeout_s = s.media_send_timeout_s
         return tuning
 
@@ -256,8 +281,10 @@ class _Client:
     """One company's client, its thread and the one way its attempt ends."""
 
     def __init__(self, company_id: str, client: Any, listener: SessionListener,
-                 loop: asyncio.AbstractEventLoop, pairing_phone: str | None, device: str | None) -> None:
+                 loop: asyncio.AbstractEventLoop, pairing_phone: str | None, device: str | None,
+                 proxy: str | None = None) -> None:
         self.company_id = company_id
+        self.proxy = proxy  # the company's proxy URL this client dials through (a secret)
         self.client = client
         self.listener = listener
         self.loop = loop
@@ -343,6 +370,7 @@ class NeonizeTransport:
         self.dials: dict[str, int] = {}
         self.clients_started = 0
         self.on_resources: Callable[[], Awaitable[None]] | None = None  # the connector's ResourceWatch
+        self.recent = RecentMessages()  # incoming messages a reply may quote
 
     @property
     def store_dsn(self) -> str:
@@ -377,6 +405,7 @@ class NeonizeTransport:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ending[jid].dead.wait(), self.tuning.stop_timeout_s)
         loop = asyncio.get_running_loop()
+        proxy = await self._devices.proxy_of(company_id) or self._proxy  # as stored now (issue 11.7)
         if self.store_connection_cap is not None:
             held = await self.store_connections()
             if held is not None and held >= self.store_connection_cap:
@@ -389,7 +418,7 @@ class NeonizeTransport:
                     await self.on_resources()
                 return refused
         client = self._new_client(company_id, jid)
-        entry = _Client(company_id, client, listener, loop, pairing_phone, jid)
+        entry = _Client(company_id, client, listener, loop, pairing_phone, jid, proxy)
         self._register(entry)
         self._clients[company_id] = entry
         self.dials[company_id] = self.dials.get(company_id, 0) + 1
@@ -433,10 +462,11 @@ class NeonizeTransport:
         from neonize.exc import NeonizeError
 
         try:
-            if self._proxy:
+            if entry.proxy:
                 from neonize._binder import ProxySettings
 
-                entry.client.connect(ProxySettings(proxy_address=self._proxy))
+                log.info("dialling through proxy company_id=%s proxy=%s", entry.company_id, masked_proxy(entry.proxy))
+                entry.client.connect(ProxySettings(proxy_address=entry.proxy))
             else:
                 entry.client.connect()
         except NeonizeError as exc:
@@ -458,6 +488,7 @@ class NeonizeTransport:
             LoggedOutEv,
             MessageEv,
             PairStatusEv,
+            ReceiptEv,
             StreamErrorEv,
             StreamReplacedEv,
             TemporaryBanEv,
@@ -484,9 +515,11 @@ class NeonizeTransport:
                             type(exc).__name__, exc)
                 return
             if msg is not None:
+                self.recent.remember(entry.company_id, ev)
                 entry.hand_over(msg)
 
         c.event(MessageEv)(on_message)
+        c.event(ReceiptEv)(lambda _c, ev: entry.on_loop(self._on_receipt, entry, ev))
 
     # ------------------------------------------------------------------ events (on the loop)
 
@@ -651,20 +684,32 @@ class NeonizeTransport:
         code: str = await GO_CALLS.call(entry.client.PairPhone, phone, True)
         return code
 
-    async def send(self, company_id: str, to: str, text: str, quoted: str | None = None) -> SendResult:
-        entry = self._clients.get(company_id)
-        if entry is None or not entry.connected:
-            raise NotConnectedError(f"company {company_id} is not connected on this connector")
+    async def send(self, company_id: str, to: str, text: str, quoted: str | None = None,
+                   quoted_sender: str | None = None) -> SendResult:
+        entry = self._connected(company_id)
         from neonize.utils.jid import build_jid
 
         target = parse_jid(to) if "@" in to else build_jid(to)
         message: Any = text
         if quoted:
-            from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import ContextInfo, ExtendedTextMessage, Message
+            quoted_ev = self.recent.quoted(company_id, quoted, chat=non_ad(target),
+                                           sender=quoted_sender or non_ad(target))
+            message = await GO_CALLS.call(entry.client.build_reply_message, text, quoted_ev)
+        return await self._send(entry, target, message)
 
-            message = Message(extendedTextMessage=ExtendedTextMessage(
-                text=text, contextInfo=ContextInfo(stanzaID=quoted, participant=non_ad(target))))
-        resp = await GO_CALLS.call(entry.client.send_message, target, message)
+    # ------------------------------------------------------------------ beyond text (issue 11.3-11.8)
+
+    def _connected(self, company_id: str) -> _Client:
+        entry = self._clients.get(company_id)
+        if entry is None or not entry.connected:
+            raise NotConnectedError(f"company {company_id} is not connected on this connector")
+        return entry
+
+    async def _send(self, entry: _Client, target: Any, message: Any) -> SendResult:
+        """``send_message``, which returns once WhatsApp's server acknowledged the message."""
+        async with _refusals():
+            resp = await GO_CALLS.call(entry.client.send_message, target, message,
+                                       timeout=self.tuning.send_timeout_s)
         return SendResult(message_id=str(resp.ID), timestamp=datetime.fromtimestamp(int(resp.Timestamp), UTC))
 
     # ------------------------------------------------------------------ media (issue #11)
@@ -712,6 +757,72 @@ class NeonizeTransport:
 
     def media_unavailable(self) -> dict[str, str]:
         return unavailable_media_kinds()
+
+    async def mark_read(self, company_id: str, chat: str, sender: str, message_ids: list[str]) -> None:
+        from neonize.utils.enum import ReceiptType
+
+        entry = self._connected(company_id)
+        call = functools.partial(entry.client.mark_read, *message_ids, chat=parse_jid(chat),
+                                 sender=parse_jid(sender), receipt=ReceiptType.READ)
+        async with _refusals():
+            await GO_CALLS.call(call)
+
+    async def send_presence(self, company_id: str, chat: str, state: ChatPresenceState) -> None:
+        from neonize.utils.enum import ChatPresence, ChatPresenceMedia
+
+        entry = self._connected(company_id)
+        presence = ChatPresence.CHAT_PRESENCE_PAUSED if state is ChatPresenceState.PAUSED \
+            else ChatPresence.CHAT_PRESENCE_COMPOSING
+        media = ChatPresenceMedia.CHAT_PRESENCE_MEDIA_AUDIO if state is ChatPresenceState.RECORDING \
+            else ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT
+        async with _refusals():
+            await GO_CALLS.call(entry.client.send_chat_presence, parse_jid(chat), presence, media)
+
+    async def send_reaction(self, company_id: str, chat: str, message_id: str, emoji: str,
+                            sender: str | None) -> SendResult:
+        entry = self._connected(company_id)
+        chat_jid = parse_jid(chat)
+        # whatsmeow's BuildMessageKey: a sender that is this number makes the key "from me".
+        author = parse_jid(sender or entry.jid or entry.device or "")
+        async with _refusals():
+            message = await GO_CALLS.call(entry.client.build_reaction, chat_jid, author, message_id, emoji)
+        return await self._send(entry, chat_jid, message)
+
+    async def check_contact(self, company_id: str, phone: str) -> ContactInfo:
+        entry = self._connected(company_id)
+        async with _refusals():
+            answers = await GO_CALLS.call(entry.client.is_on_whatsapp, f"+{phone}")
+        answer = next(iter(answers), None)
+        if answer is None or not answer.IsIn:
+            return ContactInfo(phone, False)
+        business = answer.VerifiedName.Details.verifiedName if answer.HasField("VerifiedName") else ""
+        # The store's LID map (whatsmeow fills it from what WhatsApp tells, usync answers included). Read
+        # here rather than through get_lid_from_pn: no call into Go for a row of our own database.
+        lid = await self._devices.db.fetchval("SELECT lid FROM whatsmeow_lid_map WHERE pn = $1", answer.JID.User)
+        return ContactInfo(phone, True, non_ad(answer.JID), f"{lid}@lid" if lid else None, business or None)
+
+    async def group_info(self, company_id: str, group: str) -> GroupInfo:
+        entry = self._connected(company_id)
+        async with _refusals():
+            info = await GO_CALLS.call(entry.client.get_group_info, parse_jid(group))
+
+        def jid_or_none(jid: Any) -> str | None:
+            return non_ad(jid) if jid.User else None
+
+        return GroupInfo(
+            jid=non_ad(info.JID) if info.JID.User else group, subject=info.GroupName.Name,
+            owner=jid_or_none(info.OwnerPN) or jid_or_none(info.OwnerJID), topic=info.GroupTopic.Topic or None,
+            created_at=int(info.GroupCreated) or None,
+            participants=[GroupParticipant(
+                jid=non_ad(p.JID), phone=phone_from_jid(non_ad(p.PhoneNumber)) if p.PhoneNumber.User else
+                phone_from_jid(non_ad(p.JID)), lid=jid_or_none(p.LID), is_admin=bool(p.IsAdmin),
+                is_super_admin=bool(p.IsSuperAdmin), display_name=p.DisplayName or None) for p in info.Participants],
+        )
+
+    def _on_receipt(self, entry: _Client, ev: Any) -> None:
+        receipt = receipt_of(entry.company_id, ev)
+        if receipt is not None:
+            entry.spawn(entry.listener.receipt(receipt), "receipt")
 
     def status(self, company_id: str) -> LinkStatus | None:
         entry = self._clients.get(company_id)
@@ -810,6 +921,20 @@ def model_control(phone: Any, entry: _Client, action: str, params: dict[str, Any
                 )
                 return {"ok": True, "message_id": mid,
                         "media_id": media_id(entry.company_id, "in", mid)}
+            case "receipt":
+                ids = params.get("message_ids") or [params.get("message_id")]
+                chat = opt("chat") or phone.sent_to(str(ids[0])) or "79990000001@s.whatsapp.net"
+                phone.receipt([str(i) for i in ids if i], str(params.get("status", "delivered")), chat=chat,
+                              participant=opt("participant"))
+            case "stop_acks" | "resume_acks":
+                phone.stop_acks(action == "stop_acks")
+            case "contact":
+                phone.contact(str(params.get("phone", "")), on_whatsapp=bool(params.get("on_whatsapp", True)),
+                              lid=opt("lid"))
+            case "group":
+                phone.group(str(params.get("group", "")), str(params.get("subject", "Model group")),
+                            [str(m) for m in params.get("participants") or []],
+                            [str(a) for a in params.get("admins") or []])
             case "incoming":
                 sender = opt("sender") or "79990000001@s.whatsapp.net"
                 mid = phone.incoming(
@@ -918,6 +1043,91 @@ def send_media_call(client: Any, target: Any, media: MediaRef, data: bytes) -> A
                                         filename=media.filename, mimetype=media.mimetype)
         case MediaKind.STICKER:
             return client.send_sticker(target, data)
+
+
+def receipt_of(company_id: str, ev: Any) -> MessageReceipt | None:
+    """A ``ReceiptEv`` about messages this number sent, as a status step; None for the other kinds."""
+    from neonize.proto.Neonize_pb2 import Receipt
+
+    status = {Receipt.DELIVERED: MessageStatus.DELIVERED, Receipt.READ: MessageStatus.READ,
+              Receipt.PLAYED: MessageStatus.PLAYED}.get(ev.Type)
+    src = ev.MessageSource
+    if status is None or src.IsFromMe or not ev.MessageIDs:
+        return None
+    # *Guess*: the encoder's receipt Timestamp is seconds (Unix()); a value in milliseconds is read as such.
+    raw = int(ev.Timestamp)
+    when = datetime.fromtimestamp(raw / 1000 if raw > 10**11 else raw, UTC) if raw > 0 else datetime.now(UTC)
+    group = src.Chat.Server == GROUP_SERVER
+    return MessageReceipt(company_id, [str(i) for i in ev.MessageIDs], status, non_ad(src.Chat), when,
+                          participant=non_ad(src.Sender) if group and src.Sender.User else None)
+
+
+class RecentMessages:
+    """Incoming messages a reply may quote, as whatsmeow delivered them: a bounded memory across all
+    companies (oldest forgotten first). A quote of a message not remembered is built from its id,
+    author and chat with an empty text."""
+
+    MAX_MESSAGES = 10_000
+    MAX_BYTES = 4096  # a bigger message (a media one with its thumbnail) is remembered by its text only
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # Go threads remember, the event loop reads
+        self._items: OrderedDict[tuple[str, str], tuple[bytes, bytes]] = OrderedDict()
+
+    def remember(self, company_id: str, ev: Any) -> None:
+        from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message
+
+        body = ev.Message.SerializeToString()
+        if len(body) > self.MAX_BYTES:
+            text = ev.Message.conversation or ev.Message.extendedTextMessage.text
+            body = Message(conversation=text[: self.MAX_BYTES]).SerializeToString()
+        item = (ev.Info.MessageSource.SerializeToString(), body)
+        with self._lock:
+            self._items[(company_id, str(ev.Info.ID))] = item
+            self._items.move_to_end((company_id, str(ev.Info.ID)))
+            while len(self._items) > self.MAX_MESSAGES:
+                self._items.popitem(last=False)
+
+    def quoted(self, company_id: str, message_id: str, *, chat: str, sender: str) -> Any:
+        """The quoted message as neonize's ``build_reply_message`` takes it (a ``MessageEv``)."""
+        from neonize.proto import Neonize_pb2 as neonize_proto
+        from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message
+
+        with self._lock:
+            item = self._items.get((company_id, message_id))
+        ev = neonize_proto.Message()
+        ev.Info.ID = message_id
+        if item is not None:
+            ev.Info.MessageSource.ParseFromString(item[0])
+            ev.Message.ParseFromString(item[1])
+        else:
+            ev.Info.MessageSource.Chat.CopyFrom(parse_jid(chat))
+            ev.Info.MessageSource.Sender.CopyFrom(parse_jid(sender))
+            ev.Message.CopyFrom(Message(conversation=""))
+        return ev
+
+
+@contextlib.asynccontextmanager
+async def _refusals() -> AsyncIterator[None]:
+    """neonize's errors of a call as the transport's: not connected, not found, refused, no server ack."""
+    from neonize.exc import GetGroupInfoError
+
+    try:
+        yield
+    except TimeoutError:
+        raise
+    except Exception as exc:
+        text = str(exc) or type(exc).__name__
+        low = text.lower()
+        if "timed out waiting for message send response" in low:
+            raise NoServerAckError(text) from exc
+        if "not connected" in low or "not logged in" in low or "websocket disconnected" in low:
+            raise NotConnectedError(text) from exc
+        if isinstance(exc, GetGroupInfoError) and ("not found" in low or "not participating" in low):
+            raise NotFoundOnWhatsAppError(text) from exc
+        if type(exc).__module__.startswith("neonize"):
+            raise WhatsAppRefusedError(text) from exc
+        raise
 
 
 def store_application_name(connector_id: str | None) -> str | None:

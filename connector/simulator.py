@@ -8,6 +8,15 @@ device credentials persisted in PostgreSQL (``sim_devices``, like
 injectable trouble: incoming messages, drops, 440, logout, temporary bans,
 dial failures and flapping. Sent messages go to an outbox.
 
+Beyond text (issue 11.3-11.8), as whatsmeow behaves: a send returns once WhatsApp's server
+acknowledged it, and the server can be told to stop acknowledging (``stop_acks``: a send then waits
+until ``resume_acks``, the connection's end, or ``send_ack_timeout_s``, whatsmeow's "timed out waiting
+for message send response"); receipts (delivered, read, played) come when the phone side says so
+(``receipt``); read marks, presence, reactions, number checks and group reads are recorded in
+``transport_actions`` (PostgreSQL, like the outbox), and so is the proxy of each dial of a company
+that has one (masked). Numbers are on WhatsApp unless ``contact`` says otherwise; groups exist once
+``group`` made them.
+
 Deterministic: nothing random but the QR payload; every injected event happens
 when a test (or the ``transport_control`` activity) asks for it.
 """
@@ -31,13 +40,19 @@ from connector.live_sockets import LiveSockets
 from connector.transport import (
     LinkStatus,
     MediaGoneError,
+    NoServerAckError,
     NotConnectedError,
+    NotFoundOnWhatsAppError,
     SessionListener,
     TransportControlError,
     TransportLeaks,
 )
+from domain.addresses import GROUP_SERVER, InvalidAddress, parse_jid, phone_of
+from domain.chat_actions import ChatPresenceState, ContactInfo, GroupInfo, GroupParticipant
 from domain.inbox import IncomingMessage
 from domain.media import MediaDescriptor, MediaKind, MediaRef, media_id
+from domain.proxy import masked_proxy
+from domain.receipts import MessageReceipt, MessageStatus
 from domain.session import HoldOutcome, HoldOutcomeKind, OutboxEntry, SendResult
 
 log = logging.getLogger("waorch.simulator")
@@ -60,6 +75,8 @@ class _Link:
     pairing_code: str | None = None
     socket_id: str | None = None  # the live-socket registry's entry while connected
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    proxy: str | None = None  # the company's proxy this connection was dialled through
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def simulated_phone(company_id: str) -> str:
@@ -93,6 +110,12 @@ class SimulatorTransport:
         self.outbox: dict[str, list[OutboxEntry]] = defaultdict(list)
         self.sockets = LiveSockets(devices.db.dsn)
         self.dials: dict[str, int] = defaultdict(int)  # connection attempts per company
+        # Beyond text (issue 11.3-11.8): the server's acks, WhatsApp's directory, each dial's proxy.
+        self.send_ack_timeout_s = 75.0
+        self._silent: dict[str, asyncio.Event] = {}  # companies whose sends get no server ack (set: back)
+        self._contacts: dict[str, ContactInfo] = {}
+        self._groups: dict[str, GroupInfo] = {}
+        self.proxies: dict[str, list[str | None]] = defaultdict(list)  # what each dial was given
 
     # ------------------------------------------------------------------ protocol
 
@@ -105,6 +128,7 @@ class SimulatorTransport:
         link = _Link(company_id, listener, loop.create_future(), pairing_phone)
         self._links[company_id] = link
         self.dials[company_id] += 1
+        await self._dial_through_proxy(link)
         if company_id in self._outdated:
             self._end(link, HoldOutcome(HoldOutcomeKind.CLIENT_OUTDATED, "client outdated (405): update neonize"))
             return link.outcome
@@ -138,10 +162,10 @@ class SimulatorTransport:
         link.pairing_code = self._pair_code_for(company_id, phone)
         return link.pairing_code
 
-    async def send(self, company_id: str, to: str, text: str, quoted: str | None = None) -> SendResult:
-        link = self._links.get(company_id)
-        if link is None or not link.connected:
-            raise NotConnectedError(f"company {company_id} is not connected on this connector")
+    async def send(self, company_id: str, to: str, text: str, quoted: str | None = None,
+                   quoted_sender: str | None = None) -> SendResult:
+        link = self._connected_link(company_id)
+        await self._server_ack(link)
         now = datetime.now(UTC)
         entry = OutboxEntry(message_id=f"SIM{uuid.uuid4().hex[:16].upper()}", to=to, text=text, timestamp=now,
                             quoted=quoted)
@@ -248,11 +272,14 @@ class SimulatorTransport:
                     sender=_opt_str(params.get("sender")),
                     message_id=_opt_str(params.get("message_id")),
                     media=await self._phone_media(params),
+                    quoted=_opt_str(params.get("quoted")),
                 )
                 answer: dict[str, Any] = {"ok": True, "message_id": msg.message_id}
                 if msg.media is not None:
                     answer["media_id"] = msg.media.id
                 return answer
+            case "receipt" | "stop_acks" | "resume_acks" | "contact" | "group":
+                return await self._beyond_text_control(company_id, action, params)
             case _:
                 raise SimulatorError(f"unknown simulator action {action!r}")
         return {"ok": True}
@@ -311,6 +338,7 @@ class SimulatorTransport:
         sender: str | None = None,
         message_id: str | None = None,
         media: MediaDescriptor | None = None,
+        quoted: str | None = None,
     ) -> IncomingMessage:
         link = self._require(company_id)
         if not link.connected:
@@ -330,6 +358,7 @@ class SimulatorTransport:
             push_name="Sim sender",
             message_type="text" if media is None else media.kind.value,
             media=media,
+            metadata={"quoted": quoted} if quoted else {},
         )
         await link.listener.message(msg)
         return msg
@@ -379,6 +408,7 @@ class SimulatorTransport:
         if self._links.get(link.company_id) is link:
             del self._links[link.company_id]
         link.connected = False
+        link.ended.set()
         if link.socket_id is not None:
             # Closed before the outcome is known, so the next hold of the device never overlaps it.
             self.sockets.close(link.socket_id)
@@ -456,10 +486,130 @@ class SimulatorTransport:
         self._end(link, HoldOutcome(HoldOutcomeKind.PAIRING_TIMEOUT, "QR not scanned in time"))
 
 
+    # ------------------------------------------------------------------ beyond text (issue 11.3-11.8)
+
+    async def mark_read(self, company_id: str, chat: str, sender: str, message_ids: list[str]) -> None:
+        self._connected_link(company_id)
+        await self._record_action(company_id, "read", chat, {"sender": sender, "messageIds": message_ids})
+
+    async def send_presence(self, company_id: str, chat: str, state: ChatPresenceState) -> None:
+        self._connected_link(company_id)
+        await self._record_action(company_id, "presence", chat, {"state": state.value})
+
+    async def send_reaction(self, company_id: str, chat: str, message_id: str, emoji: str,
+                            sender: str | None) -> SendResult:
+        link = self._connected_link(company_id)
+        await self._server_ack(link)  # a reaction is a message: the same server ack
+        reaction_id = f"SIMR{uuid.uuid4().hex[:16].upper()}"
+        await self._record_action(company_id, "reaction", chat, {
+            "messageId": message_id, "emoji": emoji, "fromMe": sender is None, "sender": sender,
+            "reactionId": reaction_id})
+        return SendResult(message_id=reaction_id, timestamp=datetime.now(UTC))
+
+    async def check_contact(self, company_id: str, phone: str) -> ContactInfo:
+        self._connected_link(company_id)
+        await self._record_action(company_id, "contact_check", None, {"phone": phone})
+        return self._contacts.get(phone) or ContactInfo(phone, True, f"{phone}@s.whatsapp.net")
+
+    async def group_info(self, company_id: str, group: str) -> GroupInfo:
+        self._connected_link(company_id)
+        await self._record_action(company_id, "group_info", group, {})
+        info = self._groups.get(group)
+        if info is None:
+            raise NotFoundOnWhatsAppError("group not found")
+        return info
+
+    async def _beyond_text_control(self, company_id: str, action: str, params: dict[str, Any]) -> dict[str, Any]:
+        match action:
+            case "stop_acks":  # the server goes on taking sends but acknowledges none ("connected but dead")
+                self._silent.setdefault(company_id, asyncio.Event())
+            case "resume_acks":
+                back = self._silent.pop(company_id, None)
+                if back is not None:
+                    back.set()
+            case "receipt":
+                link = self._require(company_id)
+                status = MessageStatus(str(params.get("status", "delivered")))
+                if status is MessageStatus.SERVER:
+                    raise SimulatorError("the server ack comes with the send; a receipt is delivered, read or played")
+                ids = [str(i) for i in _list(params.get("message_ids") or params.get("message_id"))]
+                if not ids:
+                    raise SimulatorError("receipt: give message_id")
+                chat = _opt_str(params.get("chat")) or await self._devices.db.fetchval(
+                    "SELECT to_jid FROM transport_outbox WHERE company_id = $1 AND message_id = $2",
+                    company_id, ids[0]) or "79990000001@s.whatsapp.net"
+                await link.listener.receipt(MessageReceipt(
+                    company_id, ids, status, chat, datetime.now(UTC), participant=_opt_str(params.get("participant"))))
+            case "contact":
+                phone = str(params.get("phone", ""))
+                lid = _opt_str(params.get("lid"))
+                on = bool(params.get("on_whatsapp", True))
+                self._contacts[phone] = ContactInfo(phone, on, f"{phone}@s.whatsapp.net" if on else None,
+                                                    f"{lid}@lid" if lid and on else None)
+            case "group":
+                group = str(params.get("group", ""))
+                try:
+                    if parse_jid(group).server != GROUP_SERVER:
+                        raise InvalidAddress(group)
+                except InvalidAddress:
+                    raise SimulatorError(f"group: {group!r} is not a …@g.us JID") from None
+                admins = {str(a) for a in _list(params.get("admins"))}
+                members = [str(p) for p in _list(params.get("participants"))]
+                owner = members[0] if members else None
+                self._groups[group] = GroupInfo(
+                    group, str(params.get("subject", "Simulated group")), owner=owner,
+                    participants=[GroupParticipant(m, phone_of(m), is_admin=m in admins or m == owner,
+                                                   is_super_admin=m == owner) for m in members])
+        return {"ok": True}
+
+    def _connected_link(self, company_id: str) -> _Link:
+        link = self._links.get(company_id)
+        if link is None or not link.connected:
+            raise NotConnectedError(f"company {company_id} is not connected on this connector")
+        return link
+
+    async def _server_ack(self, link: _Link) -> None:
+        """Return once WhatsApp's server acknowledged the send: at once, unless it stopped acking."""
+        back = self._silent.get(link.company_id)
+        if back is None:
+            return
+        waits = [asyncio.ensure_future(back.wait()), asyncio.ensure_future(link.ended.wait())]
+        try:
+            await asyncio.wait(waits, timeout=self.send_ack_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if link.ended.is_set():
+            raise NotConnectedError("websocket disconnected before the message send returned a response")
+        if not back.is_set():
+            raise NoServerAckError("timed out waiting for message send response")
+
+    async def _dial_through_proxy(self, link: _Link) -> None:
+        """Each dial uses the company's proxy as stored now; what it was given is recorded (masked)."""
+        link.proxy = await self._devices.proxy_of(link.company_id)
+        seen = self.proxies[link.company_id]
+        if link.proxy is not None or (seen and seen[-1] is not None):
+            await self._record_action(link.company_id, "dial", None, {"proxy": masked_proxy(link.proxy)})
+        seen.append(link.proxy)
+
+    async def _record_action(self, company_id: str, kind: str, chat: str | None, detail: dict[str, Any]) -> None:
+        await self._devices.db.execute(
+            "INSERT INTO transport_actions (company_id, transport, kind, chat, detail) VALUES ($1, 'simulator', $2, "
+            "$3, $4::jsonb)", company_id, kind, chat, json.dumps(detail))
+
+
+
 def outbox_media(media: MediaRef) -> dict[str, Any]:
     """What ``transport_outbox.media`` keeps of a media send."""
     return {"id": media.id, "kind": media.kind.value, "mimetype": media.mimetype, "sha256": media.sha256,
             "size": media.size, "caption": media.caption, "filename": media.filename}
+
+
+
+def _list(value: object) -> list[object]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
 
 
 def _opt_str(value: object) -> str | None:

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
+from domain.chat_actions import ChatPresenceState, ContactInfo, GroupInfo
 from domain.inbox import IncomingMessage
 from domain.media import MediaRef
+from domain.receipts import MessageReceipt
 from domain.session import HoldOutcome, SendResult
 
 
@@ -33,6 +35,18 @@ class MediaGoneError(RuntimeError):
 
 class MediaUnavailableError(RuntimeError):
     """This connector cannot send the media kind (neonize needs ffmpeg/ffprobe for it)."""
+
+
+class WhatsAppRefusedError(RuntimeError):
+    """WhatsApp (or whatsmeow) answered a request with an error; the message is its reason."""
+
+
+class NotFoundOnWhatsAppError(WhatsAppRefusedError):
+    """WhatsApp has no such thing: a group that does not exist, or one this number is not in."""
+
+
+class NoServerAckError(WhatsAppRefusedError):
+    """A send gave up waiting for the server's acknowledgement: it is unknown whether it went out."""
 
 
 @dataclass
@@ -56,6 +70,10 @@ class SessionListener(Protocol):
     async def disconnected(self, reason: str) -> None: ...
 
     async def message(self, msg: IncomingMessage) -> None: ...
+
+    async def receipt(self, receipt: MessageReceipt) -> None:
+        """Messages this session sent were delivered, read or played (issue 11.3)."""
+        ...
 
 
 @dataclass
@@ -90,8 +108,11 @@ class Transport(Protocol):
         """Ask for a pairing code for ``phone`` on a connection waiting to pair."""
         ...
 
-    async def send(self, company_id: str, to: str, text: str, quoted: str | None = None) -> SendResult:
-        """Send a text; raises :class:`NotConnectedError` when not connected here."""
+    async def send(self, company_id: str, to: str, text: str, quoted: str | None = None,
+                   quoted_sender: str | None = None) -> SendResult:
+        """Send a text, as a reply to message ``quoted`` (written by ``quoted_sender``: by default the
+        recipient, or who the transport remembers wrote it) when given; raises
+        :class:`NotConnectedError` when not connected here."""
         ...
 
     # ---- media (issue #11)
@@ -134,6 +155,32 @@ class Transport(Protocol):
 
     async def leaks(self) -> TransportLeaks:
         """What this transport could not give back: leaked threads, store connections."""
+        ...
+
+    # Chat actions and lookups (issue 11.4-11.6). Each raises NotConnectedError when the company is
+    # not connected here, WhatsAppRefusedError (or NotFoundOnWhatsAppError) when WhatsApp says no.
+    # A send (text or reaction) returns only once WhatsApp's server acknowledged it (whatsmeow's
+    # SendMessage waits for that ack); one that gave up waiting raises NoServerAckError.
+
+    async def mark_read(self, company_id: str, chat: str, sender: str, message_ids: list[str]) -> None:
+        """Send read receipts for messages received in ``chat`` from ``sender``."""
+        ...
+
+    async def send_presence(self, company_id: str, chat: str, state: ChatPresenceState) -> None:
+        """Show "typing…" / "recording…" in ``chat``, or stop showing it."""
+        ...
+
+    async def send_reaction(self, company_id: str, chat: str, message_id: str, emoji: str,
+                            sender: str | None) -> SendResult:
+        """React to a message (``sender``: who wrote it, None for this session's own); "" takes it back."""
+        ...
+
+    async def check_contact(self, company_id: str, phone: str) -> ContactInfo:
+        """Whether ``phone`` (E.164 digits) is on WhatsApp, with its JID, and its LID where known."""
+        ...
+
+    async def group_info(self, company_id: str, group: str) -> GroupInfo:
+        """Subject and participants of a ``…@g.us`` group this number is in."""
         ...
 
 

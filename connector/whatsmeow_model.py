@@ -74,6 +74,33 @@ back, failing as whatsmeow names it ("download failed with status code 503/410/4
 SHA256 hash"). *Guesses*: the upload's direct path and encrypted hash (nothing here encrypts), the
 mimetype a sending phone sets, ``MessageInfo.Type``/``MediaType`` of media messages, the thumbnail.
 
+Beyond text (issue 11.3-11.8), from whatsmeow ``send.go``, ``receipt.go``, ``presence.go``,
+``user.go``, ``group.go`` and neonize's ``client.py``:
+
+* ``SendMessage`` returns only once the server acknowledged the message node (the response's id
+  and timestamp); it gives up with "timed out waiting for message send response" after the request
+  timeout (``timing.send_timeout_s``; *guess*: 75 s, whatsmeow's default request timeout), and a
+  socket closed while it waits fails it at once (*guess*: "websocket disconnected before message send
+  returned response"). The server can stop acknowledging (:meth:`PhoneSide.stop_acks`, kept by
+  :class:`ModelServer` per device, so it outlives reconnects): "connected but dead".
+* Receipts come as ``ReceiptEv`` (neonize event code 18) with the message ids, the chat and, in a
+  group, the member as ``Sender``; types ``DELIVERED``, ``READ``, ``PLAYED``. *Guess*: the encoder's
+  receipt ``Timestamp`` is ``Unix()`` seconds, as ``SendResponse``'s.
+* ``build_reply_message`` (and its helpers ``_make_quoted_message``, ``_parse_mention``,
+  ``_parse_group_mention``) are neonize's own Python code, run here unchanged; ``build_reaction``
+  follows whatsmeow's ``BuildReaction`` / ``BuildMessageKey`` (``fromMe`` when the sender is this
+  number; ``participant`` only in a group); a reaction is then sent like any message.
+* ``mark_read``, ``send_chat_presence``, ``is_on_whatsapp`` and ``get_group_info`` need a live socket
+  ("websocket not connected" otherwise); ``mark_read`` with no id fails ("no message IDs specified").
+  ``is_on_whatsapp`` answers every number as registered unless :meth:`PhoneSide.contact` said
+  otherwise; a LID the server tells is stored in ``whatsmeow_lid_map`` as whatsmeow does after a
+  usync query. ``get_group_info`` of a group the server does not know fails with whatsmeow's
+  ``ErrGroupNotFound`` ("group not found"); one without this number with ``ErrNotInGroup``.
+* ``connect(proxy_settings)`` keeps the ``ProxySettings`` it was given (``NewClient.proxy_address``):
+  no network is dialled either way, so the proxy changes nothing else.
+* Read marks, presence and reactions are recorded in ``transport_actions``, like texts in
+  ``transport_outbox``; every message object sent is kept in :attr:`ModelServer.sent` (this process).
+
 *Guesses* beyond the sources: dial and handshake take ``timing.dial_s``; the
 515 restart comes ``timing.restart_515_s`` after pairing; a stalled dial gives
 up after ``timing.dial_timeout_s`` (whatsmeow's own depends on the network);
@@ -122,11 +149,23 @@ from neonize.events import (
     LoggedOutEv,
     MessageEv,
     PairStatusEv,
+    ReceiptEv,
     StreamErrorEv,
     StreamReplacedEv,
     TemporaryBanEv,
 )
-from neonize.exc import DownloadError, LogoutError, NeonizeError, PairPhoneError, SendMessageError, UploadError
+from neonize.exc import (
+    DownloadError,
+    GetGroupInfoError,
+    IsOnWhatsAppError,
+    LogoutError,
+    MarkReadError,
+    NeonizeError,
+    PairPhoneError,
+    SendMessageError,
+    SendPresenceError,
+    UploadError,
+)
 from neonize.proto import Neonize_pb2 as neonize_proto
 from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message as E2EMessage
 from neonize.utils.jid import JID
@@ -138,7 +177,7 @@ log = logging.getLogger("waorch.model")
 EVENT_CODES: dict[type[Any], int] = {
     neonize_proto.Device: 0, PairStatusEv: 2, ConnectedEv: 3, KeepAliveTimeoutEv: 4, KeepAliveRestoredEv: 5,
     LoggedOutEv: 6, StreamReplacedEv: 7, TemporaryBanEv: 8, ConnectFailureEv: 9, ClientOutdatedEv: 10,
-    StreamErrorEv: 11, DisconnectedEv: 12, MessageEv: 17,
+    StreamErrorEv: 11, DisconnectedEv: 12, MessageEv: 17, ReceiptEv: 18,
 }  # neonize.events.EVENT_TO_INT
 EVENT_CHANNEL_SIZE = 100  # main.go: make(chan *MessageEvent, 100)
 
@@ -160,6 +199,7 @@ class ModelTiming:
     keepalive_max_fail_s: float = 180.0  # keepalive.go KeepAliveMaxFailTime
     map_write_s: float = 0.01  # the store round trips inside Neonize()'s write span
     callback_delay_s: float = 0.0  # between CallbackFunction taking an event and Python running it
+    send_timeout_s: float = 75.0  # SendMessage gives up waiting for the server's ack (guess: request timeout)
 
     def follow_settings(self, settings: Any) -> None:
         """A connector process on the model: QR rotation as configured (whatsmeow's is 60 s, then 20 s)."""
@@ -188,6 +228,12 @@ class ModelServer:
         # ("fail": HTTP 503, "gone": HTTP 410), one step per download.
         self.media: dict[str, bytes] = {}
         self.media_plans: dict[str, deque[str]] = defaultdict(deque)
+        # Beyond text: devices whose sends the server takes but does not acknowledge, WhatsApp's
+        # directory of numbers (phone → registered, LID) and groups, every message object sent.
+        self._silent: set[str] = set()
+        self.contacts: dict[str, tuple[bool, str | None]] = {}
+        self.groups: dict[str, Any] = {}  # group jid → neonize GroupInfo
+        self.sent: list[tuple[str | None, str, E2EMessage]] = []  # (device, to, message)
 
     def plan(self, device: str | None, *steps: str) -> None:
         """Queue what the next dials of ``device`` (None: of new devices) meet, one step per dial.
@@ -226,6 +272,14 @@ class ModelServer:
             if plan and plan[0] == "gone":
                 return "gone"
             return plan.popleft() if plan else ("ok" if direct_path in self.media else "missing")
+
+    def stop_acks(self, device: str | None, stop: bool = True) -> None:
+        with self._lock:
+            (self._silent.add if stop else self._silent.discard)(device or "new")
+
+    def acks_stopped(self, device: str | None) -> bool:
+        with self._lock:
+            return (device or "new") in self._silent
 
 
 class GoRuntime:
@@ -382,6 +436,7 @@ class GoClient:
         self.last_keepalive_success = time.time()
         self.deleted = False
         self.lock = threading.Lock()
+        self.socket_generation = 0  # a send waiting for its ack fails when its socket is gone
 
     # ------------------------------------------------------------------ events
     def dispatch(self, ev: Any) -> None:
@@ -470,6 +525,7 @@ class GoClient:
             if err:
                 return err
             self.socket = self._open_socket()
+            self.socket_generation += 1
         threading.Thread(target=self._after_handshake, args=(step,), name=f"{self.uuid.decode()}-handshake",
                          daemon=True).start()
         return ""
@@ -582,6 +638,28 @@ class GoClient:
                 (jid, *(os.urandom(n) for n in (32, 32, 32, 64, 32, 32, 64, 32, 64)), push_name),
             )
 
+    def await_server_ack(self) -> str:
+        """SendMessage waits for the server's ack of the message node: "" once it came, else an error."""
+        generation = self.socket_generation
+        deadline = time.monotonic() + RUNTIME.timing.send_timeout_s
+        while RUNTIME.server.acks_stopped(self.device):
+            if self.socket is None or self.socket_generation != generation or RUNTIME.exiting.is_set():
+                return "websocket disconnected before message send returned response"
+            if time.monotonic() >= deadline:
+                return "timed out waiting for message send response"
+            time.sleep(0.02)
+        return ""
+
+    def record_action(self, kind: str, chat: str | None, detail: dict[str, Any]) -> None:
+        """What the phone was asked to do besides sending text (``transport_actions``, for tests)."""
+        with self.lock:
+            self.container.execute(
+                """INSERT INTO transport_actions (company_id, transport, kind, chat, detail)
+                   SELECT coalesce((SELECT company_id FROM companies WHERE device_jid = %s), %s),
+                          'neonize-model', %s, %s, %s::jsonb""",
+                (self.device, self.device, kind, chat, json.dumps(detail)),
+            )
+
     def _delete_device(self) -> None:
         self.deleted = True
         if self.device:
@@ -611,7 +689,16 @@ class NewClient:
         self.connected = False
         self.me: Any = None
         self._go: GoClient | None = None
+        self.proxy_address: str | None = None  # what connect() was given (ProxySettings.proxy_address)
         self._stop_finalizer = weakref.finalize(self, NewClient._release_ffi, self.uuid, RUNTIME, name)
+
+    # neonize's own Python code, unchanged: it builds the reply message and calls Go only for a group
+    # mention in the text (get_group_info, modelled below).
+    build_reply_message = NeonizeClient.build_reply_message
+    _make_quoted_message = NeonizeClient._make_quoted_message
+    _parse_mention = NeonizeClient._parse_mention
+    _parse_group_mention = NeonizeClient._parse_group_mention
+    _generate_link_preview = NeonizeClient._generate_link_preview
 
     @staticmethod
     def _release_ffi(uuid: bytes, runtime: GoRuntime, dsn: str) -> None:
@@ -626,6 +713,7 @@ class NewClient:
 
     # ------------------------------------------------------------------ the blocking call
     def connect(self, proxy_settings: Any = None) -> None:
+        self.proxy_address = proxy_settings.proxy_address if proxy_settings is not None else None
         refs = (self.__onQr, self.__onLoginStatus, self.event.execute)
         holder: dict[str, Any] = {}
         done = threading.Event()
@@ -751,20 +839,30 @@ class NewClient:
             raise SendMessageError("websocket not connected")
         target = to if isinstance(to, str) else _jid_text(to)
         msg = message if isinstance(message, E2EMessage) else E2EMessage(conversation=str(message))
-        text = msg.conversation or msg.extendedTextMessage.text
-        quoted = msg.extendedTextMessage.contextInfo.stanzaID or None
-        media = _outbox_media(msg)
-        if media is not None:
-            text = media.get("caption") or ""
+        error = client.await_server_ack()  # SendMessage returns once the server acknowledged the node
+        if error:
+            raise SendMessageError(error)
         message_id = "3EB0" + uuidlib.uuid4().hex[:16].upper()
-        with client.lock:
-            client.container.execute(
-                """INSERT INTO transport_outbox (company_id, transport, message_id, to_jid, text, quoted, media)
-                   SELECT coalesce((SELECT company_id FROM companies WHERE device_jid = %s), %s),
-                          'neonize-model', %s, %s, %s, %s, %s::jsonb""",
-                (client.device, client.device, message_id, target, text, quoted,
-                 None if media is None else json.dumps(media)),
-            )
+        RUNTIME.server.sent.append((client.device, target, msg))
+        if msg.HasField("reactionMessage"):
+            r = msg.reactionMessage
+            client.record_action("reaction", target, {
+                "messageId": r.key.ID, "emoji": r.text, "fromMe": r.key.fromMe, "reactionId": message_id,
+                "participant": r.key.participant or None})
+        else:
+            text = msg.conversation or msg.extendedTextMessage.text
+            quoted = msg.extendedTextMessage.contextInfo.stanzaID or None
+            media = _outbox_media(msg)
+            if media is not None:
+                text = media.get("caption") or ""
+            with client.lock:
+                client.container.execute(
+                    """INSERT INTO transport_outbox (company_id, transport, message_id, to_jid, text, quoted, media)
+                       SELECT coalesce((SELECT company_id FROM companies WHERE device_jid = %s), %s),
+                              'neonize-model', %s, %s, %s, %s, %s::jsonb""",
+                    (client.device, client.device, message_id, target, text, quoted,
+                     None if media is None else json.dumps(media)),
+                )
         timings = neonize_proto.MessageDebugTimings(Queue=0, Marshal=0, GetParticipants=0, GetDevices=0,
                                                     GroupEncrypt=0, PeerEncrypt=0, Send=0, Resp=0, Retry=0)
         return neonize_proto.SendResponse(ID=message_id, Timestamp=int(time.time()), ServerID=0,
@@ -783,8 +881,6 @@ class NewClient:
     build_document_message = NeonizeClient.build_document_message
     send_sticker = NeonizeClient.send_sticker
     build_sticker_message = NeonizeClient.build_sticker_message
-    _parse_mention = NeonizeClient._parse_mention
-    _parse_group_mention = NeonizeClient._parse_group_mention
 
     def upload(self, binary: bytes, media_type: Any = None) -> Any:
         """Go ``Upload``: encrypts and uploads; answers where the media is and its keys and hashes.
@@ -825,6 +921,75 @@ class NewClient:
                 fh.write(data)
             return None
         return data
+
+    # ------------------------------------------------------------------ beyond text (issue 11.3-11.8)
+    def _live(self, what: str, error: type[NeonizeError]) -> GoClient:
+        client = self._client(what)
+        if client is None:
+            raise error("client is nil")
+        if client.socket is None or not client.logged_in:
+            raise error("websocket not connected")
+        return client
+
+    def mark_read(self, *message_ids: str, chat: JID, sender: JID, receipt: Any,
+                  timestamp: int | None = None) -> None:
+        client = self._live("MarkRead", MarkReadError)
+        if not message_ids:
+            raise MarkReadError("no message IDs specified")
+        client.record_action("read", _jid_text(chat), {
+            "messageIds": list(message_ids), "sender": _jid_text(sender),
+            "receipt": receipt.value.decode() if isinstance(receipt.value, bytes) else str(receipt.value)})
+
+    def send_chat_presence(self, jid: JID, state: Any, media: Any) -> None:
+        client = self._live("SendChatPresence", SendPresenceError)
+        kind = "paused" if state.name.endswith("PAUSED") else \
+            "recording" if media.name.endswith("AUDIO") else "typing"
+        client.record_action("presence", _jid_text(jid), {"state": kind})
+
+    def build_reaction(self, chat: JID, sender: JID, message_id: str, reaction: str) -> E2EMessage:
+        """whatsmeow BuildReaction: the key is "from me" unless the sender is another number; a group's
+        key names the member (BuildMessageKey)."""
+        client = self._client("BuildReaction")
+        if client is None:
+            raise SendMessageError("client is nil")
+        msg = E2EMessage()
+        key = msg.reactionMessage.key
+        key.remoteJID = _jid_text(chat)
+        key.ID = message_id
+        own = (client.device or "").split("@")[0].split(":")[0]
+        key.fromMe = not (sender.User and sender.User != own)
+        if not key.fromMe and chat.Server not in ("s.whatsapp.net", "lid", "msgr"):
+            key.participant = f"{sender.User}@{sender.Server}"
+        msg.reactionMessage.text = reaction
+        msg.reactionMessage.senderTimestampMS = int(time.time() * 1000)
+        return msg
+
+    def is_on_whatsapp(self, *numbers: str) -> list[Any]:
+        client = self._live("IsOnWhatsApp", IsOnWhatsAppError)
+        out = []
+        for number in numbers:
+            digits = number.lstrip("+")
+            registered, lid = RUNTIME.server.contacts.get(digits, (True, None))
+            if registered and lid:  # whatsmeow stores what usync told it
+                with client.lock:
+                    client.container.execute(
+                        "INSERT INTO whatsmeow_lid_map (lid, pn) VALUES (%s, %s) ON CONFLICT DO NOTHING", (lid, digits))
+            client.record_action("contact_check", None, {"phone": digits})
+            out.append(neonize_proto.IsOnWhatsAppResponse(Query=number, JID=_jid_proto(f"{digits}@s.whatsapp.net"),
+                                                          IsIn=registered))
+        return out
+
+    def get_group_info(self, jid: JID) -> Any:
+        client = self._live("GetGroupInfo", GetGroupInfoError)
+        group = _jid_text(jid)
+        client.record_action("group_info", group, {})
+        info = RUNTIME.server.groups.get(group)
+        if info is None:
+            raise GetGroupInfoError("group not found")
+        own = (client.device or "").split("@")[0].split(":")[0]
+        if not any(p.JID.User == own or p.PhoneNumber.User == own for p in info.Participants):
+            raise GetGroupInfoError("you're not participating in that group")
+        return neonize_proto.GroupInfo.FromString(info.SerializeToString())  # as Go encodes it
 
     def get_me(self) -> Any:
         client = self._client("GetMe")
@@ -878,6 +1043,23 @@ def _outbox_media(msg: Any) -> dict[str, Any] | None:
             "filename": (part.fileName or None) if "fileName" in names else None,
             "ptt": bool(part.PTT) if "PTT" in names else None, "url": part.URL, "direct_path": part.directPath,
             "media_key": bool(part.mediaKey)}
+
+
+def _complete(msg: Any) -> Any:
+    """Every required field left unset gets its zero value, as Go's encoder writes every field."""
+    for f in msg.DESCRIPTOR.fields:
+        if f.message_type is not None:
+            if f.is_repeated:
+                for item in getattr(msg, f.name):
+                    _complete(item)
+                continue
+            if f.is_required and not msg.HasField(f.name):
+                getattr(msg, f.name).SetInParent()
+            if msg.HasField(f.name):
+                _complete(getattr(msg, f.name))
+        elif f.is_required and not msg.HasField(f.name):
+            setattr(msg, f.name, f.default_value)
+    return msg
 
 
 def pairing_code_for(phone: str) -> str:
@@ -1056,6 +1238,62 @@ class PhoneSide:
                               IsViewOnceV2Extension=False, IsDocumentWithCaption=False, IsLottieSticker=False,
                               IsEdit=False, UnavailableRequestID="", RetryCount=0))
         return mid
+
+    # ------------------------------------------------------------------ beyond text (issue 11.3-11.8)
+    def receipt(self, message_ids: list[str], status: str, *, chat: str, participant: str | None = None,
+                timestamp_s: int | None = None) -> None:
+        """The recipient's phone reports sent messages delivered, read or played (``ReceiptEv``)."""
+        go = self._go
+        if go.socket is None or not go.logged_in:
+            raise ModelControlError("not connected")
+        kinds = {"delivered": ReceiptEv.DELIVERED, "read": ReceiptEv.READ, "played": ReceiptEv.PLAYED}
+        if status not in kinds:
+            raise ModelControlError(f"receipt status {status!r}: use delivered, read or played")
+        is_group = chat.endswith("@g.us")
+        sender = participant if is_group and participant else chat
+        source = neonize_proto.MessageSource(
+            Chat=_jid_proto(chat), Sender=_jid_proto(sender), IsFromMe=False, IsGroup=is_group,
+            AddressingMode=neonize_proto.PN, SenderAlt=_empty_jid(), RecipientAlt=_empty_jid(),
+            BroadcastListOwner=_empty_jid(),
+        )
+        go.dispatch(ReceiptEv(MessageSource=source, MessageIDs=message_ids, Type=kinds[status],
+                              Timestamp=timestamp_s if timestamp_s is not None else int(time.time())))
+
+    def sent_to(self, message_id: str) -> str | None:
+        """The chat this device sent ``message_id`` to (where its receipts come from)."""
+        go = self._go
+        with go.lock:
+            row = go.container.execute("SELECT to_jid FROM transport_outbox WHERE message_id = %s",
+                                       (message_id,)).fetchone()
+        return str(row[0]) if row else None
+
+    def stop_acks(self, stop: bool = True) -> None:
+        """The server goes on taking this device's sends but acknowledges none (or again, ``stop=False``)."""
+        RUNTIME.server.stop_acks(self._go.device, stop)
+
+    @staticmethod
+    def contact(phone: str, *, on_whatsapp: bool = True, lid: str | None = None) -> None:
+        """What WhatsApp's directory answers for a number (and the LID it tells)."""
+        RUNTIME.server.contacts[phone] = (on_whatsapp, lid)
+
+    @staticmethod
+    def group(group: str, subject: str, participants: list[str], admins: list[str] | None = None) -> None:
+        """A group as WhatsApp's server knows it (its first participant owns it)."""
+        owner = participants[0] if participants else None
+
+        def member(jid: str) -> Any:
+            return _complete(neonize_proto.GroupParticipant(
+                JID=_jid_proto(jid), PhoneNumber=_jid_proto(jid) if jid.endswith("@s.whatsapp.net") else _empty_jid(),
+                LID=_empty_jid(), IsAdmin=jid == owner or jid in (admins or []), IsSuperAdmin=jid == owner,
+                DisplayName="", Error=0))
+
+        info = neonize_proto.GroupInfo(
+            JID=_jid_proto(group), OwnerJID=_jid_proto(owner) if owner else _empty_jid(),
+            OwnerPN=_jid_proto(owner) if owner else _empty_jid(),
+            GroupName=neonize_proto.GroupName(Name=subject, NameSetAt=int(time.time()), NameSetBy=_empty_jid()),
+            GroupCreated=float(int(time.time())), Participants=[member(j) for j in participants],
+        )
+        RUNTIME.server.groups[group] = _complete(info)
 
     def incoming(self, text: str, *, sender: str, chat: str | None = None, sender_alt: str | None = None,
                  message_id: str | None = None, quoted: str | None = None, push_name: str = "Model sender",

@@ -29,6 +29,10 @@ class EventType(StrEnum):
     # An incoming message's media was stored, or its download given up (issue #11): the final descriptor.
     MESSAGE_MEDIA = "message_media"
     ERROR = "error"
+    # Additions to E1 (issue 11.3, 11.8): a sent message's status changed (server ack, delivered, read,
+    # played); a session is connected but its sent messages get no server ack.
+    MESSAGE_ACK = "message_ack"
+    DEGRADED = "degraded"
 
 
 def _now() -> datetime:

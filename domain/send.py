@@ -19,6 +19,8 @@ class SendMessageInput:
     request: SendRequest
     holder_queue: str
     timeout_s: float = 30.0
+    # The send option "typing": the chat shows "typing…" this long (a durable timer) before the text goes.
+    typing_s: float = 0.0
 
 
 CONNECTOR_CALL_WORKFLOW = "ConnectorCall"

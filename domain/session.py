@@ -22,6 +22,10 @@ SIGNAL_PAIRING_CODE = "pairing_code"
 SIGNAL_CONNECTED = "connected"
 SIGNAL_DISCONNECTED = "disconnected"
 SIGNAL_HOLD_ENDED = "hold_ended"  # the connection of one hold attempt is over (HoldEndedSignal)
+# "Connected but dead" (issue 11.8): a sent message got no server ack in time (DegradedSignal), and
+# a send of a degraded hold was acknowledged again (DeliveringSignal).
+SIGNAL_DEGRADED = "degraded"
+SIGNAL_DELIVERING = "delivering"
 # Signals an operator sends (API, Temporal UI, `temporal workflow signal`, CLI).
 SIGNAL_RELINK = "relink"
 SIGNAL_PAUSE = "pause"
@@ -164,6 +168,21 @@ class DisconnectedSignal:
 
 
 @dataclass
+class DegradedSignal:
+    """A send of this hold got no server ack within ACK_TIMEOUT_S: connected, but not delivering."""
+
+    hold_id: str
+    reason: str
+
+
+@dataclass
+class DeliveringSignal:
+    """A send of a hold that was degraded was acknowledged by the server again."""
+
+    hold_id: str
+
+
+@dataclass
 class InitializeRequest:
     pairing_phone: str | None = None
 
@@ -197,6 +216,9 @@ class SessionStatus:
     qr_sequence: int = 0
     pairing_code: str | None = None
     history: list[str] = field(default_factory=list)
+    # Re-holds done because the session was degraded (no server ack): one at most, then an alert; back
+    # to 0 once a send is acknowledged again, or when an operator takes over (pause, relink, logout).
+    degraded_reholds: int = 0
 
 
 @dataclass
@@ -208,6 +230,11 @@ class SendRequest:
     idempotency_key: str | None = None
     # A media send (issue #11): the stored media; ``text`` is then its caption or "".
     media: MediaRef | None = None
+    # Who wrote the quoted message (a group member); None: the recipient, or as the connector remembers it.
+    quoted_sender: str | None = None
+    # The session was degraded when this was sent: its server ack says the session delivers again (also
+    # to a connector that took the hold over and so never saw the degradation itself).
+    session_degraded: bool = False
 
 
 @dataclass

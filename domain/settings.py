@@ -168,6 +168,24 @@ class Settings(BaseSettings):
     # 999… → 7999…); unset → they are read as international digits only.
     default_phone_region: str | None = None
 
+    # Message status, chat actions, number checks, "connected but dead" (issue 11.3-11.8).
+    # ACK_TIMEOUT_S: a sent message WhatsApp's server has not acknowledged in this long makes the session
+    # `degraded`; it is re-held once, and if that does not help an alert goes out after ALERT_GRACE_S.
+    ack_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    # MESSAGE_STATUS_MAX_AGE_DAYS: the latest status of each sent message is kept this long after its last
+    # change; the cleanup job deletes older rows (dry-run and report like the key cleanup).
+    message_status_max_age_days: int = Field(default=30, ge=1)
+    # Number checks (GET …/contacts/{phone}): their own sliding window, stricter than sends (bulk checks get
+    # numbers banned), and each answer cached this long (0: not cached; a cached answer uses no slot).
+    contact_check_limit_count: int = Field(default=10, ge=1)
+    contact_check_window_s: float = Field(default=60.0, gt=0)
+    contact_check_cache_s: int = Field(default=86400, ge=0)
+    # The send option {"typing": true}: "typing…" for the text's length at this many characters per second,
+    # at least SEND_TYPING_MIN_S and at most SEND_TYPING_MAX_S, before the text goes out.
+    send_typing_chars_per_s: float = Field(default=15.0, gt=0)
+    send_typing_min_s: float = Field(default=1.0, ge=0)
+    send_typing_max_s: float = Field(default=8.0, gt=0, le=20)
+
     # Nightly jobs (SPEC B1-B3).
     backup_dir: Path | None = None
     # BACKUP_COPY_DIR: a second place (e.g. a mounted network share) each verified backup is copied to and
@@ -297,6 +315,8 @@ class Settings(BaseSettings):
             raise ValueError("LEASE_FENCE_S and LEASE_TTL_S must be at least twice LEASE_RENEW_S")
         if self.backoff_cap_s < self.backoff_base_s:
             raise ValueError("BACKOFF_CAP_S must be >= BACKOFF_BASE_S")
+        if self.send_typing_max_s < self.send_typing_min_s:
+            raise ValueError("SEND_TYPING_MAX_S must be >= SEND_TYPING_MIN_S")
         if self.environment == "production" and self.phone_side_port is not None:
             raise ValueError("PHONE_SIDE_PORT is for tests and fault runs; it is refused in production")
         if self.environment == "production" and self.api_admin_key is None:
@@ -342,6 +362,10 @@ class Settings(BaseSettings):
     def connector_pool(self) -> str:
         """The connectors that adopt each other's holds: one Temporal namespace and connector queue."""
         return f"{self.temporal_namespace}/{self.temporal_connector_queue}"
+
+    def typing_seconds(self, text: str) -> float:
+        """How long the send option ``typing`` shows "typing…" before ``text`` goes out."""
+        return min(self.send_typing_max_s, max(self.send_typing_min_s, len(text) / self.send_typing_chars_per_s))
 
     @property
     def connector_own_queue(self) -> str:

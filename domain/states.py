@@ -16,10 +16,17 @@ class SessionState(StrEnum):
     PAUSED = "paused"
     FAILED = "failed"
     STOPPED = "stopped"
+    # An addition to S11 (issue 11.8): held and connected, but sent messages get no server ack.
+    DEGRADED = "degraded"
 
     @property
     def is_healthy(self) -> bool:
         return self is SessionState.CONNECTED
+
+    @property
+    def holds_connection(self) -> bool:
+        """A connector holds a live connection: sends may go out (a degraded session's send is its probe)."""
+        return self in {SessionState.CONNECTED, SessionState.DEGRADED}
 
     @property
     def needs_operator(self) -> bool:

@@ -230,7 +230,7 @@ class MetricsSnapshot:
 
     @property
     def active_connections(self) -> int:
-        return self.sessions_by_state.get(SessionState.CONNECTED.value, 0)
+        return sum(self.sessions_by_state.get(s.value, 0) for s in SessionState if s.holds_connection)
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {

@@ -68,9 +68,10 @@ class RateLimiter:
     """Sliding-window limiter: ``limit`` requests per ``window_s`` per company."""
 
     def __init__(self, redis: aioredis.Redis, *, prefix: str, limit: int, window_s: float,
-                 counters_key: str) -> None:
+                 counters_key: str, name: str = "ratelimit") -> None:
         self._redis = redis
         self._prefix = prefix
+        self._name = name  # the window's own keys: sends use "ratelimit", number checks "contact-checks"
         self.limit = limit
         self.window_s = window_s
         self._counters_key = counters_key
@@ -80,7 +81,7 @@ class RateLimiter:
         self.local_rejections = 0  # rejections counted while Redis was down
 
     def _key(self, company_id: str) -> str:
-        return f"{self._prefix}whatsapp:ratelimit:{company_id}"
+        return f"{self._prefix}whatsapp:{self._name}:{company_id}"
 
     async def check(self, company_id: str, member: str | None = None) -> Decision:
         """Admit or refuse one request of ``company_id`` (``member``: its idempotency key, if any)."""

@@ -263,6 +263,44 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE transport_outbox ADD COLUMN IF NOT EXISTS media jsonb;
         """,
     ),
+    (
+        130,
+        "message status, company proxy, what the test transports were asked to do",
+        # message_status: the latest status of each sent message (issue 11.3), moved only forward by
+        # the server ack and the receipts, with when each step happened; rows not changed for
+        # MESSAGE_STATUS_MAX_AGE_DAYS are deleted by the cleanup job. companies.proxy_url: the
+        # company's outbound proxy (issue 11.7; a secret, never answered or logged unmasked).
+        # transport_actions: what the simulator and the model of neonize's client were asked to do
+        # besides sending text (read marks, presence, reactions, lookups, the proxy of each dial), for
+        # tests, like transport_outbox.
+        """
+        CREATE TABLE message_status (
+            company_id    text NOT NULL,
+            message_id    text NOT NULL,
+            chat          text,
+            status        text NOT NULL,
+            ack           smallint NOT NULL,
+            server_at     timestamptz,
+            delivered_at  timestamptz,
+            read_at       timestamptz,
+            played_at     timestamptz,
+            updated_at    timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (company_id, message_id)
+        );
+        CREATE INDEX message_status_updated ON message_status (updated_at);
+        ALTER TABLE companies ADD COLUMN IF NOT EXISTS proxy_url text;
+        CREATE TABLE IF NOT EXISTS transport_actions (
+            id          bigserial PRIMARY KEY,
+            company_id  text NOT NULL,
+            transport   text NOT NULL,
+            kind        text NOT NULL,
+            chat        text,
+            detail      jsonb NOT NULL DEFAULT '{}'::jsonb,
+            at          timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX IF NOT EXISTS transport_actions_company ON transport_actions (company_id, id);
+        """,
+    ),
 ]
 
 

@@ -39,7 +39,10 @@ def _summary(kind: str, details: dict[str, Any]) -> str:
     media = details.get("media") or {}
     media_part = (f"; media: {media.get('rows_to_delete', 0)} older than {media.get('max_age_days')} days, "
                   f"{media.get('blobs_to_delete', 0)} files ({media.get('bytes_to_free', 0)} bytes)") if media else ""
-    return f"{prefix}key cleanup {would} {rows} rows{media_part}"
+    statuses = details.get("message_status")
+    expired = (f"; {statuses.get('rows_to_delete')} expired message statuses"
+               if isinstance(statuses, dict) and statuses.get("rows_to_delete") else "")
+    return f"{prefix}key cleanup {would} {rows} rows{media_part}{expired}"
 
 
 async def _run_job(kind: str, activity_name: str, job: JobInput, *, timeout: timedelta) -> JobResult:

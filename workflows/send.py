@@ -16,8 +16,10 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    from domain.chat_actions import ACTIVITY_SEND_PRESENCE, ChatPresenceState, PresenceRequest
     from domain.send import CONNECTOR_CALL_WORKFLOW, SEND_WORKFLOW, ConnectorCallInput, SendMessageInput
     from domain.session import ACTIVITY_SEND_MESSAGE, SendResult
 
@@ -28,6 +30,8 @@ class SendMessageWorkflow:
     @workflow.run
     async def run(self, inp: SendMessageInput) -> SendResult:
         workflow.set_current_details(f"send to the connector queue {inp.holder_queue}")
+        if inp.typing_s > 0:
+            await self._show_typing(inp)
         result: SendResult = await workflow.execute_activity(
             ACTIVITY_SEND_MESSAGE,
             inp.request,
@@ -38,6 +42,24 @@ class SendMessageWorkflow:
             retry_policy=RetryPolicy(maximum_attempts=1),
         )
         return result
+
+    @staticmethod
+    async def _show_typing(inp: SendMessageInput) -> None:
+        """Show "typing…" in the chat, then wait on a durable timer: the wait holds no activity slot and
+        no other send waits for it. A presence that fails does not stop the send (which then says why)."""
+        req = inp.request
+        try:
+            await workflow.execute_activity(
+                ACTIVITY_SEND_PRESENCE,
+                PresenceRequest(req.company_id, req.to, ChatPresenceState.TYPING),
+                task_queue=inp.holder_queue,
+                schedule_to_close_timeout=timedelta(seconds=10),
+                retry_policy=RetryPolicy(maximum_attempts=1),
+            )
+        except ActivityError as err:
+            workflow.logger.info("typing not shown company_id=%s error=%s", req.company_id, err.cause)
+            return
+        await workflow.sleep(timedelta(seconds=inp.typing_s))
 
 
 @workflow.defn(name=CONNECTOR_CALL_WORKFLOW, sandboxed=False)

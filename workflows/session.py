@@ -11,6 +11,13 @@ This workflow decides what happens when a hold ends: durable exponential backoff
 waiting for a relink after 440, deleting credentials after a logout, waiting out a temporary ban.
 Handlers only record requests; the run loop is the one place that acts on them, so no two
 coroutines ever drive the session at once.
+
+"Connected but dead" (issue 11.8): when a send of the current hold got no server ack in time the
+holder signals ``degraded``. The session is then ``degraded``, and the first time it asks for one
+re-hold (the ``_restart_hold`` path: release, hold again); degraded again after that, it starts a
+down episode, so an alert goes out under the H4 grace rules unless a send is acknowledged first
+(``delivering``: connected again). The count of re-holds is carried through continue-as-new and
+cleared by an acknowledged send or an operator (relink, pause, logout).
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ with workflow.unsafe.imports_passed_through():
         SEARCH_ATTRIBUTE_SESSION_STATE,
         SESSION_WORKFLOW,
         SIGNAL_CONNECTED,
+        SIGNAL_DEGRADED,
+        SIGNAL_DELIVERING,
         SIGNAL_DISCONNECTED,
         SIGNAL_HOLD_ENDED,
         SIGNAL_PAIRING_CODE,
@@ -55,6 +64,8 @@ with workflow.unsafe.imports_passed_through():
         UPDATE_REMOVE,
         ConnectedSignal,
         CredentialsDeletion,
+        DegradedSignal,
+        DeliveringSignal,
         DisconnectedSignal,
         HeldElsewhere,
         HoldEndedSignal,
@@ -115,7 +126,7 @@ class SessionWorkflow:
         # The current hold attempt: its id (also in self._st.hold_id) and how it ended, once it has.
         self._hold_id = self._st.hold_id or ""
         self._hold_ended: HoldOutcome | None = None
-        self._hold_connected = self._st.state is SessionState.CONNECTED and bool(self._hold_id)
+        self._hold_connected = self._st.state.holds_connection and bool(self._hold_id)
         # Connectors that said "connected" for a hold this workflow no longer has: to be closed.
         self._stale_holders: list[tuple[str, str]] = []
         # Grace-period alerts (SPEC H4).
@@ -484,9 +495,10 @@ class SessionWorkflow:
         await workflow.sleep(timedelta(seconds=max(self._inp.alert_grace_s - elapsed, 0.001)))
         if self._down_episode == episode and self._down_since is not None:
             self._alerts_sending += 1
+            how = "connected but not delivering" if self._st.state is SessionState.DEGRADED else "down"
             try:
                 await self._alert(
-                    f"WhatsApp session of {self._inp.company_id} down since {self._down_since:%H:%M:%S} UTC "
+                    f"WhatsApp session of {self._inp.company_id} {how} since {self._down_since:%H:%M:%S} UTC "
                     f"({self._st.last_error or 'disconnected'})", "warning",
                 )
             finally:
@@ -518,6 +530,8 @@ class SessionWorkflow:
         self._st.since = workflow.now()
         if state is not SessionState.BACKOFF:
             self._st.next_retry_at = None
+        if state.needs_operator:
+            self._st.degraded_reholds = 0  # a person takes over: a later degradation re-holds once again
         self._st.history.append(f"{workflow.now():%Y-%m-%dT%H:%M:%S}Z {state.value}")
         del self._st.history[:-HISTORY_KEEP]
         self._publish_state(force=True)
@@ -570,7 +584,7 @@ class SessionWorkflow:
         st = self._st
         if st.jid is None:
             st.reconnects = 0  # a first pairing, or a new one after a logout: a new device
-        elif st.state is not SessionState.CONNECTED or sig.holder_queue != st.holder_queue:
+        elif not st.state.holds_connection or sig.holder_queue != st.holder_queue:
             st.reconnects += 1  # the same device back after a drop, relink, resume or adoption
         st.jid = sig.jid
         st.phone = sig.phone or st.phone
@@ -590,17 +604,44 @@ class SessionWorkflow:
 
     @workflow.signal(name=SIGNAL_DISCONNECTED)
     def on_disconnected(self, sig: DisconnectedSignal) -> None:
-        if self._stale(sig.hold_id) or self._st.state is not SessionState.CONNECTED:
+        if self._stale(sig.hold_id) or not self._st.state.holds_connection:
             return
         self._st.last_error = sig.reason
         self._start_down_episode()
         self._set_state(SessionState.CONNECTING)
+
+    @workflow.signal(name=SIGNAL_DEGRADED)
+    def on_degraded(self, sig: DegradedSignal) -> None:
+        if sig.hold_id != self._hold_id or self._st.state is not SessionState.CONNECTED:
+            return
+        self._st.last_error = sig.reason
+        self._set_state(SessionState.DEGRADED)
+        if self._st.degraded_reholds == 0:
+            self._st.degraded_reholds = 1
+            self._restart_hold = True  # the run loop releases this hold and holds the session again, once
+        else:
+            self._start_down_episode()  # the re-hold did not help: alert after the grace period (H4)
+
+    @workflow.signal(name=SIGNAL_DELIVERING)
+    def on_delivering(self, sig: DeliveringSignal) -> None:
+        if sig.hold_id != self._hold_id or self._st.state is not SessionState.DEGRADED:
+            return
+        self._st.degraded_reholds = 0
+        self._st.last_error = None
+        self._calm_down()
+        self._set_state(SessionState.CONNECTED)
 
     # ------------------------------------------------------------------ operator signals
 
     @workflow.signal(name=SIGNAL_RELINK)
     def relink(self) -> None:
         if self._st.state in (SessionState.CONNECTED, SessionState.QR) or self._finished:
+            return
+        if self._st.state is SessionState.DEGRADED:
+            # Held but not delivering: reconnect with the stored credentials, and a later degradation
+            # re-holds once again before it alerts.
+            self._st.degraded_reholds = 0
+            self._restart_hold = True
             return
         self._relink = True
 
@@ -643,7 +684,7 @@ class SessionWorkflow:
         st = self._st
         if self._init or self._restart_hold:
             return False
-        if st.state is SessionState.CONNECTED:
+        if st.state.holds_connection:
             return True
         if st.state is SessionState.QR:
             return bool(st.pairing_code) if self._pairing_phone else bool(st.qr)

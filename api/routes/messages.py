@@ -20,7 +20,7 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator, model_validator
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import (
@@ -50,6 +50,7 @@ from domain.media import (
 )
 from domain.send import SEND_WORKFLOW, SendMessageInput, send_workflow_id
 from domain.session import ERROR_NOT_CONNECTED, SendRequest, SendResult
+from domain.settings import Settings
 from domain.states import SessionState
 from infra.media_intake import MediaRejected, check_content, decode_base64, fetch_media
 from infra.sessions import session_status
@@ -65,13 +66,37 @@ SEND_EXECUTION_TIMEOUT = timedelta(seconds=45)
 # inbox replies); the API would only duplicate it.
 API_PUBLISHES_MESSAGE_SENT = False
 _IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# WhatsApp message ids are letters and digits; this also keeps them safe in a URL path.
+MESSAGE_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 
 
 class SendOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    quoted: StrictStr | None = Field(default=None, min_length=1, max_length=128,
+    quoted: StrictStr | None = Field(default=None, min_length=1, max_length=128, pattern=MESSAGE_ID_PATTERN,
                                      description="id of the message to reply to")
+    quoted_sender: StrictStr | None = Field(
+        default=None, alias="quotedSender", max_length=256,
+        description="who wrote the quoted message (phone or JID): needed in a group for a message the "
+                    "connector no longer remembers; default: the recipient")
+    typing: StrictBool = Field(default=False, description="show \"typing…\" for a time proportional to the text "
+                                                          "(SEND_TYPING_*; at most SEND_TYPING_MAX_S) before sending")
+
+    @model_validator(mode="after")
+    def _sender_needs_quote(self) -> SendOptions:
+        if self.quoted_sender is not None and self.quoted is None:
+            raise ValueError("quotedSender goes with quoted")
+        return self
+
+    def quoted_sender_jid(self, settings: Settings) -> str | None:
+        """``quotedSender`` as a JID; raises ApiError 422 naming the field."""
+        if self.quoted_sender is None:
+            return None
+        try:
+            return str(recipient_jid(self.quoted_sender, settings.default_phone_region))
+        except InvalidAddress as exc:
+            raise ApiError(422, "validation_error", f"options.quotedSender: {exc}",
+                           details=[{"field": "options.quotedSender", "message": str(exc)}]) from None
 
 
 class MediaBody(BaseModel):
@@ -196,7 +221,9 @@ async def send(
     t_status = time.perf_counter()
     if status is not None:
         status = await ctx.holders.current(ctx.db, ctx.settings.connector_pool, status)
-    if status is None or status.state is not SessionState.CONNECTED or not status.holder_queue:
+    # A degraded session (connected, sends not acknowledged) still sends: each send is the probe that
+    # says whether the server acknowledges again (issue 11.8).
+    if status is None or not status.state.holds_connection or not status.holder_queue:
         if cache is not None:
             cache.invalidate(company_id)
         state = status.state.value if status else "none"
@@ -205,6 +232,7 @@ async def send(
                        state=state, companyId=company_id)
 
     key = idempotency_key or uuid.uuid4().hex
+    options = body.options or SendOptions()
     wf_id = send_workflow_id(company_id, key)
     media: MediaRef | None = None
     t_media = t_status
@@ -214,19 +242,23 @@ async def send(
     timeout_s = ctx.settings.media_send_timeout_s if media is not None else SendMessageInput.timeout_s
     request = SendRequest(company_id=company_id, to=recipient,
                           text=body.message if body.message is not None else (media.caption if media else None) or "",
-                          quoted=body.options.quoted if body.options else None, idempotency_key=idempotency_key,
-                          media=media)
+                          quoted=options.quoted, idempotency_key=idempotency_key, media=media,
+                          quoted_sender=options.quoted_sender_jid(ctx.settings),
+                          session_degraded=status.state is SessionState.DEGRADED)
+    typing_s = ctx.settings.typing_seconds(request.text) if options.typing else 0.0
     handle: WorkflowHandle[Any, SendResult]
     try:
         handle = await ctx.client.start_workflow(
             SEND_WORKFLOW,
-            SendMessageInput(request=request, holder_queue=status.holder_queue, timeout_s=timeout_s),
+            SendMessageInput(request=request, holder_queue=status.holder_queue, timeout_s=timeout_s,
+                             typing_s=typing_s),
             id=wf_id,
             # On the holder's own queue (the connector runs SendMessage there): its activity is
             # then dispatched eagerly. A holder that died meanwhile never picks it up, so the run
             # is bounded and ends as a timeout (504), after which the same key may be retried.
             task_queue=status.holder_queue,
-            execution_timeout=SEND_EXECUTION_TIMEOUT if media is None else timedelta(seconds=timeout_s + 15),
+            execution_timeout=(SEND_EXECUTION_TIMEOUT if media is None else timedelta(seconds=timeout_s + 15))
+            + timedelta(seconds=typing_s),
             result_type=SendResult,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
@@ -270,6 +302,7 @@ async def send(
         "phone": jid.phone if body.phone is not None else None,
         "messageId": result.message_id,
         "timestamp": result.timestamp.isoformat(),
+        **_options_answer(options, typing_s, status.state),
     }
     if media is not None:
         answer["media"] = {"id": media.id, "type": media.kind.value, "mimetype": media.mimetype, "size": media.size,
@@ -335,3 +368,16 @@ async def _already_sent(ctx: AppContext, workflow_id: str) -> bool:
             return False
         raise
     return described.status in (WorkflowExecutionStatus.RUNNING, WorkflowExecutionStatus.COMPLETED)
+
+
+def _options_answer(options: SendOptions, typing_s: float, state: SessionState) -> dict[str, Any]:
+    """What the send options did, and a word when the session is degraded (issue 11.4, 11.8)."""
+    out: dict[str, Any] = {}
+    if options.quoted:
+        out["quoted"] = options.quoted
+    if typing_s:
+        out["typingS"] = round(typing_s, 3)
+    if state is SessionState.DEGRADED:
+        out["warning"] = ("the session is degraded: WhatsApp's server has not acknowledged a recent send; "
+                          "check this message's status (GET …/messages/{id})")
+    return out

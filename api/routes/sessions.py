@@ -195,6 +195,10 @@ async def initialize(
     out: dict[str, Any] = {"success": True, "companyId": company_id, "status": result.state.value}
     if result.state is SessionState.CONNECTED:
         out.update(connected=True, phone=result.phone, jid=result.jid, message="already connected")
+    elif result.state is SessionState.DEGRADED:
+        out.update(connected=False, phone=result.phone, jid=result.jid,
+                   message="linked, but WhatsApp's server does not acknowledge sent messages (degraded): "
+                           "no QR needed; see its status")
     elif result.pairing_code:
         out.update(pairingCode=result.pairing_code,
                    message="On the phone: Linked devices → Link with phone number, enter this code")

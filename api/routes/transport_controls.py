@@ -10,11 +10,12 @@ in PostgreSQL and read through any connector.
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 from temporalio.client import WorkflowFailureError
 
 from api.deps import CompanyDep, CtxDep
@@ -32,6 +33,9 @@ router = APIRouter(prefix="/api/simulator", tags=["simulator"])
 
 Action = Literal[
     "scan", "pair", "disconnect", "replace", "logout", "ban", "incoming", "dial_fail",
+    # beyond text (issue 11.3-11.8): receipts of sent messages, a server that stops acknowledging sends
+    # ("connected but dead") and again, WhatsApp's directory of numbers, a group
+    "receipt", "stop_acks", "resume_acks", "contact", "group",
     # the model of neonize's client only:
     "pair_error", "outdated", "connect_failure", "stream_error", "keepalive_timeout", "keepalive_restore",
 ]
@@ -63,6 +67,18 @@ class ControlBody(BaseModel):
     download_failures: int | None = Field(default=None, alias="downloadFailures", ge=-1, le=1000,
                                           description="incoming media: downloads that fail first (-1: expired)")
     reason: StrictStr | None = Field(default=None, max_length=200, description="disconnect: why")
+    status: Literal["delivered", "read", "played"] | None = Field(default=None, description="receipt: which")
+    participant: StrictStr | None = Field(default=None, max_length=128,
+                                          description="receipt: the group member who sent it")
+    on_whatsapp: StrictBool | None = Field(default=None, alias="onWhatsApp",
+                                           description="contact: whether the number (phone) is on WhatsApp")
+    lid: StrictStr | None = Field(default=None, pattern=r"^[0-9]{6,20}$", description="contact: the number's LID")
+    group: StrictStr | None = Field(default=None, max_length=128, description="group: its JID (…@g.us)")
+    subject: StrictStr | None = Field(default=None, max_length=100, description="group: its subject")
+    participants: list[Annotated[StrictStr, Field(max_length=128)]] | None = Field(
+        default=None, max_length=256, description="group: member JIDs, the owner first")
+    admins: list[Annotated[StrictStr, Field(max_length=128)]] | None = Field(
+        default=None, max_length=256, description="group: members who are admins")
 
 
 async def _holder_queue(ctx: CtxDep, company_id: str) -> str:
@@ -99,6 +115,19 @@ async def outbox(ctx: CtxDep, company_id: CompanyDep) -> dict[str, Any]:
         {"messageId": e.message_id, "to": e.to, "text": e.text, "timestamp": e.timestamp.isoformat(),
          "quoted": e.quoted, **({"media": dataclasses.asdict(e.media)} if e.media is not None else {})}
         for e in entries
+    ]}
+
+
+@router.get("/{company_id}/actions", summary="What the test phone was asked to do besides sending text")
+async def actions(ctx: CtxDep, company_id: CompanyDep) -> dict[str, Any]:
+    """Read marks, presence, reactions, number checks, group reads and each dial's proxy (masked), oldest
+    first, from PostgreSQL (``transport_actions``): also after the connector that did them is gone."""
+    await require_status(ctx, company_id)  # 404 for a company without a session
+    rows = await ctx.db.fetch(
+        "SELECT kind, chat, detail, at FROM transport_actions WHERE company_id = $1 ORDER BY id", company_id)
+    return {"success": True, "companyId": company_id, "count": len(rows), "actions": [
+        {"kind": r["kind"], "chat": r["chat"], "at": r["at"].isoformat(),
+         **(json.loads(r["detail"]) if isinstance(r["detail"], str) else dict(r["detail"]))} for r in rows
     ]}
 
 

@@ -34,6 +34,14 @@ COMPANY_ROUTES = {
     ("DELETE", "/api/whatsapp/sessions/{company_id}"),
     ("POST", "/api/simulator/{company_id}/{action}"),
     ("GET", "/api/simulator/{company_id}/outbox"),
+    ("GET", "/api/simulator/{company_id}/actions"),
+    # Beyond text (issue 11.3-11.6): a company's own messages' status, chat actions and lookups.
+    ("GET", "/api/whatsapp/sessions/{company_id}/messages/{message_id}"),
+    ("POST", "/api/whatsapp/sessions/{company_id}/read"),
+    ("POST", "/api/whatsapp/sessions/{company_id}/presence"),
+    ("POST", "/api/whatsapp/sessions/{company_id}/react"),
+    ("GET", "/api/whatsapp/sessions/{company_id}/contacts/{phone}"),
+    ("GET", "/api/whatsapp/sessions/{company_id}/groups/{group_id}"),
     # A company sees and acts on its own failed incoming messages (the list shows only its own).
     ("GET", "/api/inbox/failed"),
     ("POST", "/api/inbox/failed/{company_id}/{message_id}/redeliver"),
@@ -48,9 +56,15 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("PUT", "/api/companies/{company_id}/handler"): {"type": "echo"},
     ("POST", "/api/companies/{company_id}/onboarding-link"): {"ttlSeconds": 3600},
     ("POST", "/api/schedules/{schedule_id}/{action}"): {"note": "from a company key"},
+    ("PUT", "/api/companies/{company_id}/proxy"): {"url": "socks5://user:secret@proxy.example.com:1080"},
+    ("POST", "/api/whatsapp/sessions/{company_id}/read"): {"chat": "79001234567", "messageIds": ["3EB0AAAA"]},
+    ("POST", "/api/whatsapp/sessions/{company_id}/presence"): {"chat": "79001234567", "state": "typing"},
+    ("POST", "/api/whatsapp/sessions/{company_id}/react"): {"chat": "79001234567", "messageId": "3EB0AAAA",
+                                                            "emoji": "👍"},
 }
 # Path parameters that are not a Literal.
-PATH_VALUES = {"schedule_id": "backup", "key_id": "1", "message_id": "3EB0AAAA", "media_id": "i" + "0" * 31}
+PATH_VALUES = {"schedule_id": "backup", "key_id": "1", "message_id": "3EB0AAAA", "media_id": "i" + "0" * 31,
+               "phone": "79001234567", "group_id": "120363000000000001@g.us"}
 
 
 def _assert_error(resp: httpx.Response, status: int, code: str) -> dict[str, Any]:

@@ -24,6 +24,7 @@ class Listener:
     def __init__(self) -> None:
         self.calls: list[str] = []
         self.messages: list[Any] = []
+        self.receipts: list[Any] = []
         self.qrs: list[str] = []
         self.jid: str | None = None
 
@@ -44,6 +45,10 @@ class Listener:
     async def message(self, msg) -> None:
         self.calls.append("message")
         self.messages.append(msg)
+
+    async def receipt(self, receipt) -> None:
+        self.calls.append("receipt")
+        self.receipts.append(receipt)
 
 
 @pytest.fixture

@@ -236,33 +236,41 @@ def test_sessions_live_with_operator_actions(stack: StackProcess, browser: Any) 
     _click(browser, BRAVO, "resume")
     _wait(lambda: _state(browser, BRAVO) == "connected", 30, "connected after resume")
 
-    # States and events this page does not know yet (another branch adds `degraded`, `message_ack`) are
-    # shown by their own name, in neutral grey, with every button left to the API. No workflow has such a
-    # state today, so the page's fetch answers are rewritten in the browser for this one check.
+    # A state this page does not know (a newer server's) is shown by its own name, in neutral grey, with
+    # every button left to the API; `degraded` (connected, sends not acknowledged: issue 11.8) is red and
+    # sorted with the sessions needing a look. No workflow is in either state here, so the page's fetch
+    # answers are rewritten in the browser for this one check.
     browser.execute_script("""
       const real = window.fetch;
       window.__realFetch = real;
+      window.__fakeState = "hibernating";
       const company = arguments[0];
       window.fetch = async (url, opts) => {
         const res = await real(url, opts);
         const list = String(url).includes("/api/whatsapp/dashboard");
         if (!list && !String(url).includes(`/sessions/${company}/status`)) return res;
         const body = await res.json();
-        for (const s of list ? body.sessions : [body]) if (s.companyId === company) s.status = "degraded";
+        for (const s of list ? body.sessions : [body]) if (s.companyId === company) s.status = window.__fakeState;
         return new Response(JSON.stringify(body), { status: res.status, headers: res.headers });
       };""", BRAVO)
     browser.find_element(By.ID, "reload").click()
-    _wait(lambda: _state(browser, BRAVO) == "degraded", 10, "the unknown state on the row")
+    _wait(lambda: _state(browser, BRAVO) == "hibernating", 10, "the unknown state on the row")
     pill = _row(browser, BRAVO).find_element(By.CSS_SELECTOR, ".pill")
-    assert pill.text == "degraded" and "s-other" in pill.get_attribute("class")
+    assert pill.text == "hibernating" and "s-other" in pill.get_attribute("class")
     assert all(b.is_enabled() for b in _row(browser, BRAVO).find_elements(By.CSS_SELECTOR, "button"))
-    assert _counts(browser)["degraded"] == "1"
+    assert _counts(browser)["hibernating"] == "1"
+    browser.execute_script("window.__fakeState = 'degraded'")
+    browser.find_element(By.ID, "reload").click()
+    _wait(lambda: _state(browser, BRAVO) == "degraded", 10, "the degraded state on the row")
+    pill = _row(browser, BRAVO).find_element(By.CSS_SELECTOR, ".pill")
+    assert pill.text == "degraded" and "s-bad" in pill.get_attribute("class")
+    assert _visible_companies(browser)[0] == BRAVO  # sorted with the sessions that need a look
     _publish(stack, {"type": "message_ack", "companyId": BRAVO, "timestamp": datetime.now(UTC).isoformat(),
                      "messageId": "ABC", "status": "read"})
-    _wait(lambda: _cell(browser, BRAVO, "last-event").startswith("message ack"), 10, "the unknown event")
-    time.sleep(3)  # the status reads that follow an event are done: the row still stands
+    _wait(lambda: _cell(browser, BRAVO, "last-event").startswith("message ack"), 10, "the message_ack event")
+    time.sleep(3)  # a message_ack is not a state change: the row still stands
     assert _state(browser, BRAVO) == "degraded" and _counts(browser)["degraded"] == "1"
-    _shot(browser, "5-unknown-state")
+    _shot(browser, "5-degraded-and-unknown-states")
     browser.execute_script("window.fetch = window.__realFetch")
     browser.find_element(By.ID, "reload").click()
     _wait(lambda: _state(browser, BRAVO) == "connected", 10, "the real state back")

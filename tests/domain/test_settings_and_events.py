@@ -78,7 +78,10 @@ def test_states_are_the_spec_vocabulary() -> None:
     assert [s.value for s in SessionState] == [
         "starting", "qr", "connecting", "connected", "backoff",
         "replaced", "logged_out", "paused", "failed", "stopped",
+        "degraded",  # an addition to S11 (issue 11.8): connected, sends not acknowledged
     ]
+    assert {s for s in SessionState if s.holds_connection} == {SessionState.CONNECTED, SessionState.DEGRADED}
+    assert not SessionState.DEGRADED.needs_operator and not SessionState.DEGRADED.is_healthy
 
 
 def test_temporal_ui_url_is_checked_and_defaults_to_the_embedded_ui(monkeypatch: pytest.MonkeyPatch) -> None:
