@@ -187,11 +187,13 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 # --------------------------------------------------------------------------- Temporal
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
     """Time-skipping test server: timers, backoff, grace periods, day-long waits.
 
-    It has no custom search attributes and no Schedules: use ``dev_env`` for those.
+    It has no custom search attributes and no Schedules: use ``dev_env`` for those. One per module:
+    a server shared by the whole run slows down with every workflow earlier tests left running (their
+    timers still fire), until a long ``sleep`` times out ("Timeout expired") late in the run.
     """
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=venv_binary("temporal-test-server")
