@@ -506,8 +506,9 @@ def check_scratch_is_imported(root: Path) -> None:
 
 def check_tests_exist(root: Path, breaks: list[Break]) -> None:
     ids = sorted({t for b in breaks for t in b.tests})
-    res = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *ids],
-                         cwd=root, env=pytest_env(root), capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-n0", "-p", "no:cacheprovider", *ids],
+        cwd=root, env=pytest_env(root), capture_output=True, text=True, timeout=300)
     if res.returncode != 0:
         raise StaleBreak(f"cannot collect the breaks' tests:\n{res.stdout[-3000:]}{res.stderr[-2000:]}")
 
@@ -522,7 +523,7 @@ def run_break(root: Path, b: Break) -> dict[str, object]:
     started = time.monotonic()
     try:
         res = subprocess.run(
-            [sys.executable, "-m", "pytest", "-x", "-q", "-rfE", "-p", "no:cacheprovider", *b.tests],
+            [sys.executable, "-m", "pytest", "-x", "-n0", "-q", "-rfE", "-p", "no:cacheprovider", *b.tests],
             cwd=root, env=pytest_env(root), capture_output=True, text=True, timeout=BREAK_TIMEOUT_S,
         )
         code, output = res.returncode, res.stdout + res.stderr
