@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -57,6 +58,23 @@ log = logging.getLogger("waorch.cleanup")
 STORE_TABLE_PREFIX = "whatsmeow_"
 # Scans, deletes and VACUUM on a big store can outlast the pool's 30 s command timeout.
 _LONG_S = 1800.0
+
+
+@contextlib.asynccontextmanager
+async def dry_run_transaction(conn: asyncpg.Connection, dry_run: bool) -> AsyncIterator[None]:
+    """A transaction whose deletes are counted, then rolled back on a dry run and committed otherwise."""
+    tr = conn.transaction()
+    await tr.start()
+    try:
+        yield
+        if dry_run:
+            await tr.rollback()
+        else:
+            await tr.commit()
+    except BaseException:
+        with contextlib.suppress(Exception):  # the commit itself may be what failed
+            await tr.rollback()
+        raise
 AGE_BUCKETS = (("<1d", 0, 1), ("1-7d", 1, 7), ("7-14d", 7, 14), ("14-30d", 14, 30), (">30d", 30, None))
 
 
@@ -155,9 +173,7 @@ async def cleanup_store(settings: Settings, db: Database, *, dry_run: bool, verb
         heartbeat("measured")
         counts: dict[str, int] = {}
         removed: list[str] = []
-        tr = conn.transaction()
-        await tr.start()
-        try:
+        async with dry_run_transaction(conn, dry_run):
             # Devices of removed companies first: their cascades must not be counted twice below.
             if await _companies_table(conn):
                 removed = [r["jid"] for r in await conn.fetch(_REMOVED_DEVICES)]
@@ -188,14 +204,6 @@ async def cleanup_store(settings: Settings, db: Database, *, dry_run: bool, verb
                 conn, "WITH d AS (DELETE FROM whatsmeow_privacy_tokens p WHERE NOT EXISTS "
                 "(SELECT 1 FROM whatsmeow_device d WHERE d.jid = p.our_jid) RETURNING 1) SELECT count(*) FROM d")
             total = sum(counts.values())
-            if dry_run:
-                await tr.rollback()
-            else:
-                await tr.commit()
-        except BaseException:
-            with contextlib.suppress(Exception):  # the commit itself may be what failed
-                await tr.rollback()
-            raise
         heartbeat("deleted", total)
         if not dry_run and total:
             for table in sizes_before:
@@ -243,23 +251,13 @@ async def cleanup_media(settings: Settings, db: Database, blobs: BlobStore, *, d
             report.update(rows_to_delete=0, rows_deleted=0, deleted={}, note="no media table yet")
             return report
         report["age_distribution"] = {"media": await age_distribution(conn, "created_at", "media")}
-        tr = conn.transaction()
-        await tr.start()
-        try:
+        async with dry_run_transaction(conn, dry_run):
             rows = await conn.fetch(
                 "DELETE FROM media WHERE created_at < now() - make_interval(days => $1) RETURNING direction",
                 days, timeout=_LONG_S)
             # What remains refers to these blobs (counted inside the transaction: a dry run sees the same).
             referenced = {r["sha256"] for r in await conn.fetch(
                 "SELECT DISTINCT sha256 FROM media WHERE sha256 IS NOT NULL", timeout=_LONG_S)}
-            if dry_run:
-                await tr.rollback()
-            else:
-                await tr.commit()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await tr.rollback()
-            raise
     heartbeat("media rows", len(rows))
     unreferenced = [(sha, size) for sha, size in await blobs.older_than(MEDIA_BLOB_GRACE_S) if sha not in referenced]
     deleted_blobs = 0
@@ -290,19 +288,9 @@ async def expire_message_status(conn: asyncpg.Connection, max_age_days: int, *, 
     """Delete (dry run: count) the status rows of sent messages unchanged for ``max_age_days``."""
     if not await conn.fetchval("SELECT to_regclass('public.message_status') IS NOT NULL"):
         return {"max_age_days": max_age_days, "rows_to_delete": 0, "rows_deleted": 0}
-    tr = conn.transaction()
-    await tr.start()
-    try:
+    async with dry_run_transaction(conn, dry_run):
         n = await _count(conn, f"WITH d AS (DELETE FROM message_status WHERE {EXPIRED_WHERE} RETURNING 1) "
                                "SELECT count(*) FROM d", max_age_days)
-        if dry_run:
-            await tr.rollback()
-        else:
-            await tr.commit()
-    except BaseException:
-        with contextlib.suppress(Exception):
-            await tr.rollback()
-        raise
     log.info("message status expired dry_run=%s rows=%d max_age_days=%d", dry_run, n, max_age_days)
     return {"max_age_days": max_age_days, "rows_to_delete": n, "rows_deleted": 0 if dry_run else n}
 
