@@ -9,43 +9,30 @@ key and a key in the URL each get a clear answer. Screenshots go to test-artifac
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 import redis
 
+from tests.browser import SKIP_WITHOUT_CHROMIUM, chromium, fail_without_chromium, screenshot, wait_for
 from tests.stack_harness import StackProcess
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-MISSING = None if CHROMIUM and CHROMEDRIVER else (
-    "needs Debian chromium + chromium-driver (apt-get install chromium chromium-driver; .ci/run does)"
-)
-IN_CI = os.environ.get("CI") == "true"
 pytestmark = [
     pytest.mark.timeout(300),
     # A developer's machine without Chromium skips; CI never does (see chromium_present).
-    pytest.mark.skipif(MISSING is not None and not IN_CI, reason=MISSING or ""),
+    SKIP_WITHOUT_CHROMIUM,
 ]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-T = TypeVar("T")
 
 ALPHA, BRAVO, CHARLIE = "company_7001", "company_7002", "company_7003"
 
 
 @pytest.fixture(scope="module", autouse=True)
 def chromium_present() -> None:
-    """Under ``CI=true`` a missing browser fails the run instead of skipping it."""
-    if MISSING is not None:
-        pytest.fail(f"CI=true and Chromium is missing: {MISSING}")
+    fail_without_chromium()
 
 
 @pytest.fixture(scope="module")
@@ -59,43 +46,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackProcess]:
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM or ""
-    profile = tempfile.mkdtemp(prefix="chromium-")
-    for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,800", f"--user-data-dir={profile}"]:
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER or ""), options=opts)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
-    shutil.rmtree(profile, ignore_errors=True)
+    with chromium("1280,800") as driver:
+        yield driver
 
 
 def _admin(stack: StackProcess) -> dict[str, str]:
     return {"Authorization": f"Bearer {stack.admin_key}"}
 
 
-def _wait(predicate: Callable[[], T], timeout: float, what: str, step: float = 0.05) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except Exception:  # an element re-rendered between find and read: ask again
-            value = None
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+_wait = wait_for
 
 
 def _shot(driver: Any, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    driver.save_screenshot(str(ARTIFACTS / f"dashboard-{name}.png"))
+    screenshot(driver, f"dashboard-{name}")
 
 
 def _post(stack: StackProcess, path: str, **kw: Any) -> httpx.Response:

@@ -7,37 +7,26 @@ learned that the phone had connected). Screenshots go to test-artifacts/.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from tests.browser import SKIP_WITHOUT_CHROMIUM, chromium, fail_without_chromium, screenshot, wait_for
 from tests.stack_harness import StackProcess
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-MISSING = None if CHROMIUM and CHROMEDRIVER else (
-    "needs Debian chromium + chromium-driver (apt-get install chromium chromium-driver; .ci/run does)"
-)
-IN_CI = os.environ.get("CI") == "true"
 pytestmark = [
     pytest.mark.timeout(240),
     # A developer's machine without Chromium skips; CI never does (see chromium_present).
-    pytest.mark.skipif(MISSING is not None and not IN_CI, reason=MISSING or ""),
+    SKIP_WITHOUT_CHROMIUM,
 ]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
 @pytest.fixture(scope="module", autouse=True)
 def chromium_present() -> None:
-    """Under ``CI=true`` a missing browser fails the run instead of skipping it."""
-    if MISSING is not None:
-        pytest.fail(f"CI=true and Chromium is missing: {MISSING}")
+    fail_without_chromium()
 
 
 @pytest.fixture(scope="module")
@@ -51,41 +40,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackProcess]:
 
 
 @pytest.fixture
-def browser() -> Iterator[object]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM or ""
-    profile = tempfile.mkdtemp(prefix="chromium-")
-    for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=720,900", f"--user-data-dir={profile}"]:
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER or ""), options=opts)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
-    shutil.rmtree(profile, ignore_errors=True)
+def browser() -> Iterator[Any]:
+    with chromium("720,900") as driver:
+        yield driver
 
 
 def _admin(stack: StackProcess) -> dict[str, str]:
     return {"Authorization": f"Bearer {stack.admin_key}"}
 
 
-def _wait(predicate, timeout: float, what: str, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+_wait = wait_for
 
 
-def _shot(driver, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    driver.save_screenshot(str(ARTIFACTS / f"onboarding-{name}.png"))
+def _shot(driver: Any, name: str) -> None:
+    screenshot(driver, f"onboarding-{name}")
 
 
 def test_qr_rotates_and_connected_shows_live(stack: StackProcess, browser) -> None:
