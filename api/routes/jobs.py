@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from pydantic.alias_generators import to_camel
 from temporalio.client import WorkflowFailureError
 
@@ -22,9 +22,10 @@ JobKind = Literal["backup", "restore-test", "cleanup"]
 class JobRequest(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
-    dry_run: bool | None = Field(default=None, description="default: true for cleanup, false otherwise")
-    verbose: bool = False
-    wait: bool = Field(default=False, description="answer with the result once the run has finished")
+    # Strict: ``"verbose": 0`` or ``"wait": "no"`` is a 422, not a guess (the schema says boolean).
+    dry_run: StrictBool | None = Field(default=None, description="default: true for cleanup, false otherwise")
+    verbose: StrictBool = False
+    wait: StrictBool = Field(default=False, description="answer with the result once the run has finished")
 
 
 class JobStarted(BaseModel):

@@ -4,6 +4,7 @@ schema cannot lose its error answers or its path patterns silently."""
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,11 @@ EXCLUDED_CHECKS = {
     # the action is invalid), where these two checks expect a 405 with an Allow header.
     "unsupported_method": "paths taken by a {company_id:path} route answer 422, not 405",
     "allow_header_conformance": "the same: Starlette's Allow lists the methods of the route that matched",
+    # Phone numbers, JIDs and proxy/webhook URLs are checked beyond what a JSON schema can say: a number
+    # must exist in its country's numbering plan (phonenumbers), a URL needs a host and a port in range.
+    # A schema-valid value that is no real number ("0") is rightly refused with a 422 naming the field.
+    # (The company-id pattern, which this check found missing, is guarded by the test below.)
+    "positive_data_acceptance": "numbers and URLs are validated beyond their JSON schema (422 naming the field)",
 }
 # Operations left out, each for its reason:
 EXCLUDED_PATHS = {
@@ -42,7 +48,10 @@ def schemathesis_command(url: str, report: Path) -> list[str]:
         "--checks", "all", "--exclude-checks", ",".join(EXCLUDED_CHECKS),
         "-H", f"Authorization: Bearer {ADMIN_KEY}",
         # Bounded and reproducible: a few examples per operation, one fixed sequence of inputs.
-        "--max-examples", "5", "--generation-deterministic", "--request-timeout", "60", "--workers", "2",
+        "--max-examples", "5", "--generation-deterministic", "--request-timeout", "60",
+        # One worker: two threads compiling schemas at once hit a CPython 3.11 bug (SystemError: AST
+        # constructor recursion depth mismatch). Initialize waits for the QR (up to 30 s by design).
+        "--workers", "1", "--max-response-time", "45",
         "--report", "junit", "--report-junit-path", str(report),
     ]
     for path in EXCLUDED_PATHS:
@@ -68,7 +77,8 @@ async def test_schemathesis_finds_nothing(client: Client, dev_env: WorkflowEnvir
     text = out.decode(errors="replace")
     summary = text[text.find("Failures:"):] if "Failures:" in text else text[-3000:]
     assert proc.returncode == 0, f"schemathesis found problems:\n{text[-20000:]}\n\nSUMMARY\n{summary}"
-    assert "No issues found" in text, text[-3000:]
+    tally = re.search(r"(\d+) generated, (\d+) passed", text)
+    assert tally is not None and tally[1] == tally[2] and int(tally[1]) > 500, summary
 
 
 def _operations(schema: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
