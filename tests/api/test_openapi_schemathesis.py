@@ -17,7 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 from api.app import create_app
 from domain.company import COMPANY_ID_PATTERN
 from domain.settings import Settings
-from tests.api.conftest import ADMIN_KEY, run_connector_inprocess, run_worker, serve_uvicorn
+from tests.api.conftest import ADMIN, ADMIN_KEY, Api, run_connector_inprocess, run_worker, serve_uvicorn
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 # Checks left out of the run, each for its reason:
@@ -72,6 +72,7 @@ async def test_schemathesis_finds_nothing(client: Client, dev_env: WorkflowEnvir
         proc = await asyncio.create_subprocess_exec(
             *schemathesis_command(f"http://127.0.0.1:{port}/openapi.json", report),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            cwd=tmp_path,  # its cache of found crashes (.schemathesis/) stays out of the repository
         )
         out, _ = await proc.communicate()
     text = out.decode(errors="replace")
@@ -111,3 +112,12 @@ def test_schema_documents_errors_and_path_patterns(make_settings: Callable[..., 
     send = next(op for method, path, op in _operations(schema) if path.endswith("/send"))
     assert {"401", "403", "409", "413", "422", "429", "503"} <= send["responses"].keys()
     assert "Retry-After" in send["responses"]["429"]["headers"]
+
+
+async def test_key_id_beyond_the_database_is_refused(api: Api) -> None:
+    """A key id past PostgreSQL's bigint was a 500 (found by schemathesis): now a 422 naming key_id."""
+    resp = await api.http.delete(f"/api/companies/company_1/keys/{2**63}", headers=ADMIN)
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["error"].startswith("key_id:")
+    resp = await api.http.delete(f"/api/companies/company_1/keys/{2**63 - 1}", headers=ADMIN)
+    assert resp.status_code == 404, resp.text
