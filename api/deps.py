@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
 
 import redis.asyncio as aioredis
-from fastapi import Depends, Header, Path, Request
+from fastapi import Depends, Path, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from temporalio.client import Client
 
 from api.errors import ApiError
 from api.events import HolderLiveness
 from api.onboarding import InvalidOnboardingToken, is_onboarding_token, verify_token
-from domain.company import InvalidCompanyId, normalize_company_id
+from domain.company import COMPANY_ID_MAX, COMPANY_ID_PATTERN, InvalidCompanyId, normalize_company_id
 from domain.settings import Settings
 from storage import Database
 
@@ -125,12 +126,21 @@ async def principal_for_key(ctx: AppContext, key: str | None) -> Principal:
     return Principal(is_admin=False, company_id=row["company_id"], key_prefix=row["key_prefix"])
 
 
+# The two ways to present a key, as the schema's security schemes (either one). The key itself is
+# read from the request's headers by ``extract_key``: these only tell the schema (and /docs) about them.
+bearer_scheme = HTTPBearer(auto_error=False, description="Authorization: Bearer <key>: the admin key, a company "
+                                                         "key, or an onboarding link's token")
+api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False, description="the same key in X-API-Key")
+
+
 async def get_principal(
     ctx: CtxDep,
-    authorization: Annotated[str | None, Header()] = None,
-    x_api_key: Annotated[str | None, Header()] = None,
+    request: Request,
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)] = None,
+    _api_key: Annotated[str | None, Security(api_key_scheme)] = None,
 ) -> Principal:
-    return await principal_for_key(ctx, extract_key(authorization, x_api_key))
+    return await principal_for_key(ctx, extract_key(request.headers.get("authorization"),
+                                                    request.headers.get("x-api-key")))
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
@@ -152,10 +162,18 @@ def parse_company_id(raw: str) -> str:
         raise ApiError(422, "validation_error", f"company_id: {exc}") from None
 
 
-async def company_access(
-    principal: PrincipalDep,
-    company_id: Annotated[str, Path(description="company id: 962302 or company_962302")],
-) -> str:
+# The company id of a path: what ``parse_company_id`` accepts, for the schema. The route reads the
+# raw text and normalises it itself (surrounding spaces are trimmed, a bare number gains "company_"),
+# so a refused id is a 422 naming the rule, not a pattern mismatch.
+CompanyIdPath = Annotated[str, Path(
+    description="company id: 962302 (a bare number, read as company_962302) or company_962302; "
+                f"1-{COMPANY_ID_MAX} characters of A-Z, a-z, 0-9, '_' or '-'",
+    json_schema_extra={"pattern": COMPANY_ID_PATTERN, "minLength": 1, "maxLength": COMPANY_ID_MAX,
+                       "examples": ["962302", "company_962302"]},
+)]
+
+
+async def company_access(principal: PrincipalDep, company_id: CompanyIdPath) -> str:
     """The normalised company id of the path, after checking the caller may reach it (403 otherwise)."""
     cid = parse_company_id(company_id)
     if not principal.can_access(cid):

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import re
 
+COMPANY_ID_MAX = 64
 _ALLOWED = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _DIGITS = re.compile(r"[0-9]+")
 PREFIX = "company_"
+# Every id ``normalize_company_id`` accepts as it is (no surrounding spaces), as one JSON-schema pattern:
+# a bare number short enough to take the prefix, or 1-64 allowed characters with at least one non-digit.
+COMPANY_ID_PATTERN = (rf"^(?:[0-9]{{1,{COMPANY_ID_MAX - len(PREFIX)}}}"
+                      rf"|[A-Za-z0-9_-]{{0,{COMPANY_ID_MAX - 1}}}[A-Za-z_-][A-Za-z0-9_-]{{0,{COMPANY_ID_MAX - 1}}})$")
 
 
 class InvalidCompanyId(ValueError):

@@ -15,7 +15,7 @@ import json
 import logging
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Path
@@ -25,7 +25,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
 from api.deps import AppContext, CompanyDep, CtxDep
-from api.errors import ApiError
+from api.errors import COMPANY_ROUTE, ApiError, route_answers, with_errors
 from api.routes.messages import MESSAGE_ID_PATTERN
 from domain.addresses import InvalidAddress, Jid, normalize_phone, parse_jid, recipient_jid
 from domain.chat_actions import (
@@ -45,6 +45,7 @@ from domain.chat_actions import (
     PresenceRequest,
     ReactionRequest,
 )
+from domain.receipts import MessageStatus
 from domain.send import CONNECTOR_CALL_WORKFLOW, ConnectorCallInput
 from domain.session import ERROR_NOT_CONNECTED, SendResult
 from infra.ratelimit import Decision
@@ -58,8 +59,93 @@ CID = "/sessions/{company_id:path}"
 CALL_TIMEOUT_S = 15.0
 
 MessageIdPath = Annotated[str, Path(description="WhatsApp message id", pattern=MESSAGE_ID_PATTERN)]
-PhonePath = Annotated[str, Path(description="phone number, e.g. 79001234567 or +7 900 123-45-67", max_length=64)]
-GroupPath = Annotated[str, Path(description="group id: 120363…@g.us (or its digits)", max_length=128)]
+PhonePath = Annotated[str, Path(description="phone number, e.g. 79001234567 or +7 900 123-45-67", max_length=64,
+                                json_schema_extra={"pattern": r"^\s*\+?[0-9][0-9 ()./-]*\s*$"})]
+GroupPath = Annotated[str, Path(description="group id: 120363…@g.us (or its digits)", max_length=128,
+                                json_schema_extra={"pattern": r"^[0-9A-Za-z][0-9A-Za-z.-]{0,63}(?:@g\.us)?$"})]
+
+# Routes that run an activity at the connector holding the session (_call_holder).
+HOLDER_ROUTE = with_errors(COMPANY_ROUTE, 409, 502, 504, why={
+    404: "WhatsApp does not know it (a number, a group, a message), or the path matches no route",
+    409: "the session is not connected: nothing here starts one",
+    502: "WhatsApp or the connector refused or failed the request",
+    504: "the connector holding the session did not answer in time",
+})
+
+
+class MessageStatusAnswer(BaseModel):
+    success: Literal[True]
+    company_id: str = Field(alias="companyId")
+    message_id: str = Field(alias="messageId")
+    chat: str | None
+    status: MessageStatus = Field(description="the furthest status reached")
+    ack: int = Field(description="1 server, 2 delivered, 3 read, 4 played")
+    server_at: str | None = Field(alias="serverAt")
+    delivered_at: str | None = Field(alias="deliveredAt")
+    read_at: str | None = Field(alias="readAt")
+    played_at: str | None = Field(alias="playedAt")
+    updated_at: str | None = Field(alias="updatedAt")
+
+
+class ReadAnswer(BaseModel):
+    success: Literal[True]
+    company_id: str = Field(alias="companyId")
+    chat: str
+    message_ids: list[str] = Field(alias="messageIds")
+
+
+class PresenceAnswer(BaseModel):
+    success: Literal[True]
+    company_id: str = Field(alias="companyId")
+    chat: str
+    state: ChatPresenceState
+
+
+class ReactionAnswer(BaseModel):
+    success: Literal[True]
+    company_id: str = Field(alias="companyId")
+    chat: str
+    message_id: str = Field(alias="messageId")
+    emoji: str
+    reaction_id: str = Field(alias="reactionId")
+    timestamp: str
+
+
+class ContactAnswer(BaseModel):
+    success: Literal[True]
+    company_id: str = Field(alias="companyId")
+    phone: str
+    on_whatsapp: bool = Field(alias="onWhatsApp")
+    jid: str | None
+    lid: str | None
+    business_name: str | None = Field(alias="businessName")
+    checked_at: str = Field(alias="checkedAt")
+    cached: bool
+
+
+class GroupMember(BaseModel):
+    jid: str
+    phone: str | None
+    lid: str | None
+    is_admin: bool = Field(alias="isAdmin")
+    is_super_admin: bool = Field(alias="isSuperAdmin")
+    display_name: str | None = Field(alias="displayName")
+
+
+class Group(BaseModel):
+    jid: str
+    subject: str | None
+    owner: str | None
+    topic: str | None
+    created_at: str | None = Field(alias="createdAt")
+    participant_count: int = Field(alias="participantCount")
+    participants: list[GroupMember]
+
+
+class GroupAnswer(BaseModel):
+    success: Literal[True]
+    company_id: str = Field(alias="companyId")
+    group: Group
 
 
 def _address(field: str, value: str, ctx: AppContext) -> Jid:
@@ -84,7 +170,9 @@ def _author(field: str, chat: Jid, sender: str | None, ctx: AppContext) -> str:
 
 
 @router.get(CID + "/messages/{message_id}", summary="The latest status of a sent message: server, delivered, read, "
-                                                    "played")
+                                                    "played", response_model=None,
+            responses=route_answers(MessageStatusAnswer, with_errors(COMPANY_ROUTE, why={
+                404: "no status for this message (not sent through this service, or too old)"})))
 async def get_message_status(ctx: CtxDep, company_id: CompanyDep, message_id: MessageIdPath) -> dict[str, Any]:
     try:
         row = await message_status(ctx.db, company_id, message_id)
@@ -137,7 +225,8 @@ class ReactionBody(BaseModel):
         return value
 
 
-@router.post(CID + "/read", summary="Mark received messages as read (blue ticks)")
+@router.post(CID + "/read", summary="Mark received messages as read (blue ticks)", response_model=None,
+             responses=route_answers(ReadAnswer, HOLDER_ROUTE))
 async def mark_read(ctx: CtxDep, company_id: CompanyDep, body: ReadBody) -> dict[str, Any]:
     chat = _address("chat", body.chat, ctx)
     sender = _author("sender", chat, body.sender, ctx)
@@ -146,7 +235,8 @@ async def mark_read(ctx: CtxDep, company_id: CompanyDep, body: ReadBody) -> dict
     return {"success": True, "companyId": company_id, "chat": str(chat), "messageIds": body.message_ids}
 
 
-@router.post(CID + "/presence", summary="Show \"typing…\" or \"recording…\" in a chat, or stop showing it")
+@router.post(CID + "/presence", summary="Show \"typing…\" or \"recording…\" in a chat, or stop showing it",
+             response_model=None, responses=route_answers(PresenceAnswer, HOLDER_ROUTE))
 async def presence(ctx: CtxDep, company_id: CompanyDep, body: PresenceBody) -> dict[str, Any]:
     chat = _address("chat", body.chat, ctx)
     await _call_holder(ctx, company_id, ACTIVITY_SEND_PRESENCE, PresenceRequest(company_id, str(chat), body.state),
@@ -154,7 +244,8 @@ async def presence(ctx: CtxDep, company_id: CompanyDep, body: PresenceBody) -> d
     return {"success": True, "companyId": company_id, "chat": str(chat), "state": body.state.value}
 
 
-@router.post(CID + "/react", summary="React to a message with an emoji (\"\" takes it back); counts as a send")
+@router.post(CID + "/react", summary="React to a message with an emoji (\"\" takes it back); counts as a send",
+             response_model=None, responses=route_answers(ReactionAnswer, with_errors(HOLDER_ROUTE, 429)))
 async def react(ctx: CtxDep, company_id: CompanyDep, body: ReactionBody) -> dict[str, Any]:
     chat = _address("chat", body.chat, ctx)
     sender = None if body.from_me else _author("sender", chat, body.sender, ctx)
@@ -175,7 +266,8 @@ async def react(ctx: CtxDep, company_id: CompanyDep, body: ReactionBody) -> dict
 
 
 @router.get(CID + "/contacts/{phone}", summary="Is this number on WhatsApp? Its JID, and its LID where known "
-                                               "(cached; rate-limited more strictly than sends)")
+                                               "(cached; rate-limited more strictly than sends)",
+            response_model=None, responses=route_answers(ContactAnswer, with_errors(HOLDER_ROUTE, 429)))
 async def check_contact(ctx: CtxDep, company_id: CompanyDep, phone: PhonePath) -> dict[str, Any]:
     try:
         digits = normalize_phone(phone, ctx.settings.default_phone_region)
@@ -230,7 +322,8 @@ async def _cache_put(ctx: AppContext, key: str, answer: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- group info (11.6)
 
 
-@router.get(CID + "/groups/{group_id}", summary="A group's subject and participants")
+@router.get(CID + "/groups/{group_id}", summary="A group's subject and participants", response_model=None,
+            responses=route_answers(GroupAnswer, HOLDER_ROUTE))
 async def group_info(ctx: CtxDep, company_id: CompanyDep, group_id: GroupPath) -> dict[str, Any]:
     raw = group_id if "@" in group_id else f"{group_id}@g.us"
     try:

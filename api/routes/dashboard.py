@@ -16,14 +16,16 @@ import re
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field
 
 from api.deps import AdminDep, CtxDep
-from api.routes.sessions import session_rows
+from api.errors import ADMIN_ROUTE, route_answers
+from api.routes.sessions import SessionRow, session_rows
 from domain.session import session_workflow_id
 from domain.settings import Settings
 from infra.sessions import list_sessions
@@ -58,8 +60,29 @@ def workflow_url(settings: Settings, company_id: str) -> str | None:
     return f"{base}/namespaces/{namespace}/workflows/{session_workflow_id(company_id)}"
 
 
+class DashboardRow(SessionRow):
+    workflow_url: str | None = Field(alias="workflowUrl", description="the session workflow in the Temporal UI")
+
+
+class TemporalUi(BaseModel):
+    url: str
+    namespace: str
+    workflow_url_template: str | None = Field(alias="workflowUrlTemplate")
+
+
+class DashboardAnswer(BaseModel):
+    success: Literal[True]
+    generated_at: str = Field(alias="generatedAt")
+    count: int
+    counts: dict[str, int] = Field(description="sessions by state")
+    sessions: list[DashboardRow]
+    temporal_ui: TemporalUi | None = Field(alias="temporalUi")
+
+
 @router.get("/dashboard", response_class=HTMLResponse,
-            summary="The operator page: every session live, relink / pause / resume / logout (asks for the admin key)")
+            summary="The operator page: every session live, relink / pause / resume / logout (asks for the admin key)",
+            responses=route_answers(None, {}, description="the page (HTML)",
+                                    s200={"content": {"text/html": {"schema": {"type": "string"}}}}))
 async def dashboard_page() -> HTMLResponse:
     html, csp = _page()
     return HTMLResponse(html, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
@@ -67,7 +90,8 @@ async def dashboard_page() -> HTMLResponse:
 
 
 @router.get("/api/whatsapp/dashboard",
-            summary="Every session with state, phone, reconnects and last event; counts by state; the Temporal UI")
+            summary="Every session with state, phone, reconnects and last event; counts by state; the Temporal UI",
+            response_model=None, responses=route_answers(DashboardAnswer, ADMIN_ROUTE))
 async def dashboard_data(ctx: CtxDep, _: AdminDep) -> dict[str, Any]:
     rows = await session_rows(ctx, await list_sessions(ctx.client))
     counts: dict[str, int] = {}

@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
-from api.deps import AdminDep, CtxDep, parse_company_id
-from api.errors import ApiError
+from api.deps import AdminDep, CompanyIdPath, CtxDep, parse_company_id
+from api.errors import ADMIN_ROUTE, ApiError, route_answers
 from api.routes.sessions import audit
 from domain.inbox import CALLABLE_PATH
 
@@ -33,14 +33,25 @@ def _http_url(value: str | None) -> str | None:
     return value
 
 
+def _given(name: str) -> dict[str, Any]:
+    return {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+
+
 class HandlerBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    """``webhook`` needs ``url`` and (the first time) ``secret``; ``callable`` needs ``callable``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, json_schema_extra={"anyOf": [
+        {"properties": {"type": {"enum": ["echo", "none", "default"]}}},
+        {"allOf": [{"properties": {"type": {"const": "webhook"}}}, _given("url"), _given("secret")]},
+        {"allOf": [{"properties": {"type": {"const": "callable"}}}, _given("callable")]},
+    ]})
 
     type: Literal["webhook", "callable", "echo", "none", "default"]
     url: StrictStr | None = Field(default=None, max_length=2048, description="webhook URL (http/https)")
     secret: StrictStr | None = Field(default=None, min_length=16, max_length=256,
                                      description="HMAC-SHA256 key of X-Signature-256; kept if omitted")
-    callable: StrictStr | None = Field(default=None, max_length=200, description="package.module:function")
+    callable: StrictStr | None = Field(default=None, max_length=200, description="package.module:function",
+                                       json_schema_extra={"pattern": f"^{CALLABLE_PATH.pattern}$"})
     event_webhook_url: StrictStr | None = Field(default=None, alias="eventWebhookUrl", max_length=2048,
                                                 description="URL that receives the company's events (E2)")
 
@@ -55,6 +66,21 @@ class HandlerBody(BaseModel):
         if value is not None and not CALLABLE_PATH.fullmatch(value):
             raise ValueError("must be an import path like package.module:function")
         return value
+
+
+class HandlerView(BaseModel):
+    type: Literal["webhook", "callable", "echo", "none", "default"]
+    url: str | None
+    callable: str | None
+    event_webhook_url: str | None = Field(alias="eventWebhookUrl")
+    secret_set: bool = Field(alias="secretSet")
+    secret_hint: str | None = Field(alias="secretHint", description="the secret's last four characters")
+
+
+class HandlerAnswer(BaseModel):
+    success: Literal[True]
+    company_id: str = Field(alias="companyId")
+    handler: HandlerView
 
 
 def _view(cid: str, row: Any) -> dict[str, Any]:
@@ -76,15 +102,17 @@ def _view(cid: str, row: Any) -> dict[str, Any]:
 _COLUMNS = "handler, webhook_url, webhook_secret, handler_callable, event_webhook_url"
 
 
-@router.get("/{company_id}/handler", summary="The company's incoming-message handler (secret not shown)")
-async def get_handler(ctx: CtxDep, _: AdminDep, company_id: str) -> dict[str, Any]:
+@router.get("/{company_id}/handler", summary="The company's incoming-message handler (secret not shown)",
+            response_model=None, responses=route_answers(HandlerAnswer, ADMIN_ROUTE))
+async def get_handler(ctx: CtxDep, _: AdminDep, company_id: CompanyIdPath) -> dict[str, Any]:
     cid = parse_company_id(company_id)
     row = await ctx.db.fetchrow(f"SELECT {_COLUMNS} FROM companies WHERE company_id = $1", cid)
     return _view(cid, row)
 
 
-@router.put("/{company_id}/handler", summary="Set the company's incoming-message handler")
-async def put_handler(ctx: CtxDep, principal: AdminDep, company_id: str, body: HandlerBody) -> dict[str, Any]:
+@router.put("/{company_id}/handler", summary="Set the company's incoming-message handler", response_model=None,
+            responses=route_answers(HandlerAnswer, ADMIN_ROUTE))
+async def put_handler(ctx: CtxDep, principal: AdminDep, company_id: CompanyIdPath, body: HandlerBody) -> dict[str, Any]:
     cid = parse_company_id(company_id)
     if body.type == "webhook" and body.url is None:
         raise ApiError(422, "validation_error", "url: required for the webhook handler")

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any, Literal
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import AppContext, CtxDep, extract_key, principal_for_key
-from api.errors import ApiError
+from api.errors import ApiError, route_answers
 from domain.send import SEND_WORKFLOW
 from domain.states import SessionState
 from infra.probes import InfraProbes, ProbeResult, probe_redis_client
@@ -104,12 +105,31 @@ def probes_of(ctx: AppContext) -> InfraProbes:
     return ctx.probes
 
 
-@router.get("/health", summary="ok / degraded / down (503) with every check; details with the admin key")
-async def health(
-    ctx: CtxDep,
-    authorization: Annotated[str | None, Header()] = None,
-    x_api_key: Annotated[str | None, Header()] = None,
-) -> JSONResponse:
+class HealthCheck(BaseModel):
+    """One probe: its status and latency, and what it found (its own fields)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    status: Literal["ok", "degraded", "down"]
+
+
+class HealthAnswer(BaseModel):
+    status: Literal["ok", "degraded", "down"]
+    timestamp: str
+    down: list[str] = Field(description="checks that are down")
+    degraded: list[str] = Field(description="checks that are degraded")
+    checks: list[HealthCheck]
+
+
+@router.get("/health", summary="ok / degraded / down (503) with every check; details with the admin key",
+            response_model=None,
+            responses=route_answers(HealthAnswer, {}, description="ok or degraded", s503={
+                "model": HealthAnswer, "description": "down: Temporal or PostgreSQL unreachable"}),
+            # Public: a key (either scheme) is optional and only adds details.
+            openapi_extra={"security": [{}, {"HTTPBearer": []}, {"APIKeyHeader": []}]})
+async def health(ctx: CtxDep, request: Request) -> JSONResponse:
+    authorization, x_api_key = request.headers.get("authorization"), request.headers.get("x-api-key")
     probes = probes_of(ctx)
     infra, whatsapp, pending, inbox, media = await asyncio.gather(
         probes.infrastructure(),

@@ -6,12 +6,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from pydantic.alias_generators import to_camel
 from temporalio.client import WorkflowFailureError
 
 from api.deps import AdminDep, CtxDep
-from api.errors import ApiError
+from api.errors import ADMIN_ROUTE, ApiError, route_answers, with_errors
 from infra.jobs import JobAlreadyRunning, list_job_runs, start_job
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
@@ -22,12 +22,49 @@ JobKind = Literal["backup", "restore-test", "cleanup"]
 class JobRequest(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
-    dry_run: bool | None = Field(default=None, description="default: true for cleanup, false otherwise")
-    verbose: bool = False
-    wait: bool = Field(default=False, description="answer with the result once the run has finished")
+    # Strict: ``"verbose": 0`` or ``"wait": "no"`` is a 422, not a guess (the schema says boolean).
+    dry_run: StrictBool | None = Field(default=None, description="default: true for cleanup, false otherwise")
+    verbose: StrictBool = False
+    wait: StrictBool = Field(default=False, description="answer with the result once the run has finished")
 
 
-@router.post("/{kind}", status_code=202)
+class JobStarted(BaseModel):
+    success: bool = Field(description="false when the run (waited for) failed")
+    kind: JobKind
+    workflow_id: str = Field(alias="workflowId")
+    run_id: str | None = Field(alias="runId")
+    status: str | None = Field(default=None, description="with wait: the run's outcome (failed when it failed)")
+    dry_run: bool | None = Field(default=None, alias="dryRun")
+    job_run_id: int | None = Field(default=None, alias="jobRunId")
+    details: dict[str, Any] | None = None
+    error: str | None = None
+    code: str | None = None
+
+
+class JobRunRow(BaseModel):
+    id: int
+    kind: str
+    workflow_id: str | None
+    status: str
+    dry_run: bool
+    started_at: str
+    finished_at: str | None
+    duration_s: float | None
+    details: dict[str, Any]
+    error: str | None
+
+
+class JobRuns(BaseModel):
+    success: Literal[True]
+    kind: JobKind
+    runs: list[JobRunRow]
+
+
+@router.post("/{kind}", status_code=202, summary="Run a nightly job now (optionally waiting for its result)",
+             response_model=None, responses=route_answers(
+                 JobStarted, with_errors(ADMIN_ROUTE, 409, why={409: "a run of this job is running already"}),
+                 status=202, description="started", s200={"model": JobStarted,
+                                                          "description": "finished (with wait): its result"}))
 async def run_job(kind: JobKind, ctx: CtxDep, _: AdminDep, body: JobRequest | None = None) -> JSONResponse:
     req = body or JobRequest()
     try:
@@ -48,7 +85,8 @@ async def run_job(kind: JobKind, ctx: CtxDep, _: AdminDep, body: JobRequest | No
                          "details": result.details}, status_code=200)
 
 
-@router.get("/{kind}/runs")
+@router.get("/{kind}/runs", summary="The newest runs of a job", response_model=None,
+            responses=route_answers(JobRuns, ADMIN_ROUTE))
 async def job_runs(kind: JobKind, ctx: CtxDep, _: AdminDep,
                    limit: Annotated[int, Query(ge=1, le=200)] = 20) -> dict[str, Any]:
     runs = await list_job_runs(ctx.db, kind, limit)

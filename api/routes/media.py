@@ -18,7 +18,7 @@ from fastapi import APIRouter, Path
 from fastapi.responses import StreamingResponse
 
 from api.deps import CompanyDep, CtxDep
-from api.errors import ApiError
+from api.errors import COMPANY_ROUTE, ApiError, route_answers, with_errors
 from domain.media import MediaState
 from storage.blobs import BlobMissing
 from storage.media import MediaRows
@@ -31,8 +31,15 @@ INLINE = ("image/", "video/", "audio/")
 
 @router.get("/sessions/{company_id:path}/media/{media_id}", summary="A stored media (sent or received)",
             response_class=StreamingResponse,
-            responses={200: {"content": {"application/octet-stream": {}},
-                             "description": "the media's bytes, with its Content-Type and Content-Length"}})
+            responses=route_answers(None, with_errors(COMPANY_ROUTE, 409, why={
+                404: "no such media for this company (or removed by the cleanup), or its bytes are not in the store",
+                409: "the media is not stored (still downloading, or its download failed)"}),
+                description="the media's bytes, with the Content-Type and Content-Length it was stored with",
+                s200={"content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+                      "headers": {"Content-Disposition": {"description": "inline for images, video and audio, "
+                                                          "otherwise attachment (with the filename)",
+                                                          "schema": {"type": "string"}},
+                                  "ETag": {"description": "the bytes' sha256", "schema": {"type": "string"}}}}))
 async def get_media(
     ctx: CtxDep,
     company_id: CompanyDep,

@@ -17,7 +17,7 @@ import re
 import time
 import uuid
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator, model_validator
@@ -34,7 +34,7 @@ from temporalio.exceptions import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import AppContext, CompanyDep, CtxDep
-from api.errors import ApiError
+from api.errors import COMPANY_ROUTE, ApiError, route_answers, with_errors
 from domain.addresses import InvalidAddress, Jid, recipient_jid
 from domain.events import Event, EventType
 from domain.media import (
@@ -99,10 +99,23 @@ class SendOptions(BaseModel):
                            details=[{"field": "options.quotedSender", "message": str(exc)}]) from None
 
 
+def exactly_one(*names: str) -> dict[str, Any]:
+    """JSON schema: exactly one of these fields is given (present and not null), as the validators check."""
+    return {"oneOf": [{"required": [name], "properties": {name: {"not": {"type": "null"}}}} for name in names]}
+
+
+_CAPTIONED_KINDS: list[Any] = sorted(k.value for k in CAPTIONED)
+
+
 class MediaBody(BaseModel):
     """A photo, video, audio, voice note, document or sticker to send: its bytes by URL or base64 (issue #11)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [
+        exactly_one("url", "base64"),
+        # A caption only on the kinds that carry one.
+        {"anyOf": [{"properties": {"type": {"enum": _CAPTIONED_KINDS}}},
+                   {"properties": {"caption": {"type": "null"}}}]},
+    ]})
 
     type: MediaKind = Field(description="image | video | audio | voice (a voice note, Ogg Opus) | document | "
                                         "sticker (WebP)")
@@ -130,7 +143,15 @@ class MediaBody(BaseModel):
 
 
 class SendBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Exactly one recipient (``phone`` or ``to``) and exactly one content (``message`` or ``media``)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [
+        exactly_one("phone", "to"), exactly_one("message", "media"),
+        # A media message cannot quote another one yet.
+        {"anyOf": [{"properties": {"media": {"type": "null"}}},
+                   {"properties": {"options": {"anyOf": [{"type": "null"}, {"properties": {"quoted": {
+                       "type": "null"}}}]}}}]},
+    ]})
 
     phone: StrictStr | None = Field(default=None, max_length=256,
                                     description="phone number, e.g. 79001234567, +7 900 123-45-67 or, with "
@@ -173,6 +194,38 @@ class SendBody(BaseModel):
                            details=[{"field": field, "message": str(exc)}]) from None
 
 
+class SentMedia(BaseModel):
+    id: str = Field(description="GET …/media/{id} serves it")
+    type: MediaKind
+    mimetype: str
+    size: int
+    sha256: str
+    caption: str | None
+    filename: str | None
+    url: str
+
+
+class SendAnswer(BaseModel):
+    success: Literal[True]
+    company_id: str = Field(alias="companyId")
+    to: str = Field(description="the recipient's JID")
+    phone: str | None = Field(description="the number as digits when sent to 'phone'; null when sent to 'to'")
+    message_id: str = Field(alias="messageId")
+    timestamp: str
+    quoted: str | None = None
+    typing_s: float | None = Field(default=None, alias="typingS", description="how long \"typing…\" was shown")
+    warning: str | None = Field(default=None, description="the session is degraded")
+    media: SentMedia | None = None
+
+
+SEND_ERRORS = with_errors(COMPANY_ROUTE, 409, 413, 429, 502, 503, 504, why={
+    409: "the session is not connected (state in `state`): a send never starts a session",
+    502: "the send failed at the connector",
+    503: "Temporal, the key store, or media sending (ffmpeg at the connector) is unavailable",
+    504: "the connector did not confirm in time: retry with the same Idempotency-Key",
+})
+
+
 def _failure_type(exc: BaseException) -> tuple[str | None, BaseException]:
     """The ApplicationError type (if any) at the root of a workflow failure, and the root."""
     cause: BaseException = exc
@@ -184,14 +237,17 @@ def _failure_type(exc: BaseException) -> tuple[str | None, BaseException]:
 
 
 @router.post("/sessions/{company_id:path}/send",
-             summary="Send a text or a media message (idempotent with Idempotency-Key)")
+             summary="Send a text or a media message (idempotent with Idempotency-Key)", response_model=None,
+             responses=route_answers(SendAnswer, SEND_ERRORS, description="sent: WhatsApp has the message", s200={
+                 "headers": {"Server-Timing": {"description": "where the time went", "schema": {"type": "string"}}}}))
 async def send(
     ctx: CtxDep,
     company_id: CompanyDep,
     body: SendBody,
     response: Response,
     idempotency_key: Annotated[
-        str | None, Header(description="a retried request with the same key returns the first result")
+        str | None, Header(description="a retried request with the same key returns the first result",
+                           json_schema_extra={"pattern": f"^{_IDEMPOTENCY_KEY.pattern}$"})
     ] = None,
 ) -> dict[str, Any]:
     if idempotency_key is not None and not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import AdminDep, CtxDep, parse_company_id
-from api.errors import ApiError
+from api.deps import AdminDep, CompanyIdPath, CtxDep, parse_company_id
+from api.errors import ADMIN_ROUTE, PUBLIC_ROUTE, ApiError, route_answers, with_errors
 from api.onboarding import DEFAULT_TTL_S, MAX_TTL_S, InvalidOnboardingToken, issue_token, verify_token
 
 router = APIRouter(tags=["onboarding"])
@@ -29,9 +29,18 @@ class LinkBody(BaseModel):
     ttl_s: int = Field(default=DEFAULT_TTL_S, ge=60, le=MAX_TTL_S, alias="ttlSeconds")
 
 
+class OnboardingLink(BaseModel):
+    success: Literal[True]
+    company_id: str = Field(alias="companyId")
+    url: str = Field(description="the page, with the token")
+    token: str
+    expires_at: str = Field(alias="expiresAt")
+
+
 @router.post("/api/companies/{company_id}/onboarding-link", status_code=201,
-             summary="A short-lived link to the onboarding page for one company")
-async def onboarding_link(company_id: str, request: Request, ctx: CtxDep, _: AdminDep,
+             summary="A short-lived link to the onboarding page for one company", response_model=None,
+             responses=route_answers(OnboardingLink, ADMIN_ROUTE, status=201, description="issued"))
+async def onboarding_link(company_id: CompanyIdPath, request: Request, ctx: CtxDep, _: AdminDep,
                           body: LinkBody | None = None) -> dict[str, Any]:
     cid = parse_company_id(company_id)
     token, expires = issue_token(ctx.admin_key, cid, (body or LinkBody()).ttl_s)
@@ -40,9 +49,13 @@ async def onboarding_link(company_id: str, request: Request, ctx: CtxDep, _: Adm
             "token": token, "expiresAt": datetime.fromtimestamp(expires, UTC).isoformat()}
 
 
-@router.get("/onboarding/{company_id}", response_class=HTMLResponse, include_in_schema=True,
-            summary="The page a company opens to link its WhatsApp")
-async def onboarding_page(company_id: str, ctx: CtxDep,
+# Answered as HTMLResponse; the plain response_class keeps its errors documented as JSON (they are).
+@router.get("/onboarding/{company_id}", response_class=Response, include_in_schema=True,
+            summary="The page a company opens to link its WhatsApp",
+            responses=route_answers(None, with_errors(PUBLIC_ROUTE, 401, 403, why={
+                401: "the token is invalid or expired", 403: "the token is for another company"}),
+                description="the page (HTML)", s200={"content": {"text/html": {"schema": {"type": "string"}}}}))
+async def onboarding_page(company_id: CompanyIdPath, ctx: CtxDep,
                           token: Annotated[str, Query(min_length=1, max_length=300)]) -> HTMLResponse:
     cid = parse_company_id(company_id)
     try:

@@ -9,13 +9,13 @@ is a secret: every answer and log line shows it with the password as ``***``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from api.deps import AdminDep, CtxDep, parse_company_id
-from api.errors import ApiError
+from api.deps import AdminDep, CompanyIdPath, CtxDep, parse_company_id
+from api.errors import ADMIN_ROUTE, ApiError, route_answers
 from api.routes.sessions import audit
 from domain.proxy import MAX_PROXY_URL, InvalidProxy, masked_proxy, parse_proxy_url
 
@@ -31,20 +31,37 @@ class ProxyBody(BaseModel):
                            description="http://, https:// or socks5://[user[:password]@]host:port")
 
 
+class ProxyView(BaseModel):
+    url: str | None = Field(description="the proxy URL with its password as ***; null when none is set")
+    set: bool
+    applies_to: str = Field(alias="appliesTo")
+
+
+class ProxyAnswer(BaseModel):
+    success: Literal[True]
+    company_id: str = Field(alias="companyId")
+    proxy: ProxyView
+
+
+PROXY_ANSWERS = route_answers(ProxyAnswer, ADMIN_ROUTE)
+
+
 def _view(cid: str, url: str | None) -> dict[str, Any]:
     return {"success": True, "companyId": cid, "proxy": {"url": masked_proxy(url), "set": url is not None,
                                                           "appliesTo": APPLIES}}
 
 
-@router.get("/{company_id}/proxy", summary="The company's outbound proxy (password masked)")
-async def get_proxy(ctx: CtxDep, _: AdminDep, company_id: str) -> dict[str, Any]:
+@router.get("/{company_id}/proxy", summary="The company's outbound proxy (password masked)", response_model=None,
+            responses=PROXY_ANSWERS)
+async def get_proxy(ctx: CtxDep, _: AdminDep, company_id: CompanyIdPath) -> dict[str, Any]:
     cid = parse_company_id(company_id)
     url = await ctx.db.fetchval("SELECT proxy_url FROM companies WHERE company_id = $1", cid)
     return _view(cid, url)
 
 
-@router.put("/{company_id}/proxy", summary="Set the company's outbound proxy (HTTP or SOCKS5)")
-async def put_proxy(ctx: CtxDep, principal: AdminDep, company_id: str, body: ProxyBody) -> dict[str, Any]:
+@router.put("/{company_id}/proxy", summary="Set the company's outbound proxy (HTTP or SOCKS5)", response_model=None,
+            responses=PROXY_ANSWERS)
+async def put_proxy(ctx: CtxDep, principal: AdminDep, company_id: CompanyIdPath, body: ProxyBody) -> dict[str, Any]:
     cid = parse_company_id(company_id)
     try:
         url = parse_proxy_url(body.url)
@@ -60,8 +77,9 @@ async def put_proxy(ctx: CtxDep, principal: AdminDep, company_id: str, body: Pro
     return _view(cid, url)
 
 
-@router.delete("/{company_id}/proxy", summary="Remove the company's proxy: its next connect is direct")
-async def delete_proxy(ctx: CtxDep, principal: AdminDep, company_id: str) -> dict[str, Any]:
+@router.delete("/{company_id}/proxy", summary="Remove the company's proxy: its next connect is direct",
+               response_model=None, responses=PROXY_ANSWERS)
+async def delete_proxy(ctx: CtxDep, principal: AdminDep, company_id: CompanyIdPath) -> dict[str, Any]:
     cid = parse_company_id(company_id)
     await ctx.db.execute("UPDATE companies SET proxy_url = NULL, updated_at = now() WHERE company_id = $1", cid)
     await audit(ctx, principal.name, cid, "proxy_removed")

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from temporalio.api.enums.v1 import TaskQueueType
 
 from api.deps import AdminDep, AppContext, CompanyDep, CtxDep, PrincipalDep
-from api.errors import ApiError
+from api.errors import ADMIN_ROUTE, COMPANY_ROUTE, ApiError, ErrorBody, route_answers, with_errors
 from domain.addresses import InvalidAddress, normalize_phone
 from domain.session import ACTIVITY_RESTART_CONNECTOR, SIGNAL_PAUSE, SIGNAL_RELINK, SIGNAL_RESUME, SessionStatus
 from domain.states import SessionState
@@ -58,6 +58,112 @@ class InitializeBody(BaseModel):
         except InvalidAddress as exc:
             raise ApiError(422, "validation_error", f"pairingPhone: {exc}",
                            details=[{"field": "pairingPhone", "message": str(exc)}]) from None
+
+
+class SessionHealthFlag(BaseModel):
+    healthy: bool
+    phone_number: str | None = Field(alias="phoneNumber", description="the linked JID")
+
+
+class SessionStatusAnswer(BaseModel):
+    """A session as its workflow knows it."""
+
+    success: Literal[True]
+    company_id: str = Field(alias="companyId")
+    connected: bool
+    status: SessionState
+    since: str | None = Field(description="when it entered this state (ISO 8601)")
+    phone: str | None
+    jid: str | None
+    reconnect_attempts: int = Field(alias="reconnectAttempts", description="failed attempts in the current run")
+    reconnects: int = Field(description="connections re-established since the device first connected")
+    next_retry_at: str | None = Field(alias="nextRetryAt")
+    last_error: str | None = Field(alias="lastError")
+    qr_available: bool = Field(alias="qrAvailable")
+    qr_sequence: int = Field(alias="qrSequence")
+    pairing_code: str | None = Field(alias="pairingCode")
+    holder: str | None = Field(description="the task queue of the connector holding the connection")
+    health: SessionHealthFlag
+
+
+class LastEvent(BaseModel):
+    type: str
+    timestamp: str
+
+
+class SessionRow(BaseModel):
+    """One session in a list: from its workflow, or from Temporal's visibility when it answers no query."""
+
+    company_id: str = Field(alias="companyId")
+    connected: bool
+    status: SessionState
+    health: Literal["healthy", "unhealthy"]
+    phone: str | None
+    status_source: Literal["workflow", "visibility"] = Field(alias="statusSource")
+    last_event: LastEvent | None = Field(alias="lastEvent")
+    jid: str | None = None
+    reconnect_attempts: int | None = Field(default=None, alias="reconnectAttempts")
+    reconnects: int | None = None
+    since: str | None = None
+    last_error: str | None = Field(default=None, alias="lastError")
+    next_retry_at: str | None = Field(default=None, alias="nextRetryAt")
+
+
+class SessionList(BaseModel):
+    success: Literal[True]
+    count: int
+    sessions: list[SessionRow]
+    metrics: dict[str, Any] | None = Field(default=None, description="the admin only: the metrics summary")
+
+
+class InitializeAnswer(BaseModel):
+    """Connected already; a QR to scan; a pairing code to type; or a state to ask about again."""
+
+    success: Literal[True]
+    company_id: str = Field(alias="companyId")
+    status: SessionState
+    message: str
+    connected: bool | None = None
+    phone: str | None = None
+    jid: str | None = None
+    pairing_code: str | None = Field(default=None, alias="pairingCode")
+    qr: str | None = None
+    qr_data_url: str | None = Field(default=None, alias="qrDataUrl", description="the QR as a PNG data: URL")
+    qr_terminal: str | None = Field(default=None, alias="qrTerminal", description="the QR drawn in text")
+
+
+class SessionHealthAnswer(BaseModel):
+    success: Literal[True]
+    company_id: str = Field(alias="companyId")
+    healthy: bool
+    status: SessionState | Literal["none"]
+    phone_number: str | None = Field(alias="phoneNumber")
+
+
+class QrAnswer(BaseModel):
+    success: Literal[True]
+    company_id: str = Field(alias="companyId")
+    status: SessionState
+    qr: str
+    sequence: int
+    qr_data_url: str = Field(alias="qrDataUrl")
+    qr_terminal: str = Field(alias="qrTerminal")
+
+
+class SignalAnswer(BaseModel):
+    success: Literal[True]
+    company_id: str = Field(alias="companyId")
+    signal: str
+
+
+class RestartAnswer(BaseModel):
+    success: bool = Field(description="whether the connector agreed to restart")
+    company_id: str = Field(alias="companyId")
+    holder: str
+
+
+NO_SESSION = {404: "the company has no session (initialize it first), or the path matches no route"}
+SESSION_ROUTE = with_errors(COMPANY_ROUTE, why=NO_SESSION)
 
 
 def status_body(status: SessionStatus) -> dict[str, Any]:
@@ -166,7 +272,8 @@ async def session_rows(ctx: AppContext, visible: list[tuple[str, SessionState]])
     return list(await asyncio.gather(*(row(cid, st) for cid, st in visible)))
 
 
-@router.get("/sessions", summary="Every session (admin) or the caller's own, with a metrics summary")
+@router.get("/sessions", summary="Every session (admin) or the caller's own, with a metrics summary",
+            response_model=None, responses=route_answers(SessionList, COMPANY_ROUTE))
 async def list_all(ctx: CtxDep, principal: PrincipalDep) -> dict[str, Any]:
     states = await list_sessions(ctx.client)
     sessions = await session_rows(ctx, [(cid, st) for cid, st in states if principal.can_access(cid)])
@@ -176,7 +283,8 @@ async def list_all(ctx: CtxDep, principal: PrincipalDep) -> dict[str, Any]:
     return body
 
 
-@router.post(CID + "/initialize", summary="Start (or return) the session: QR, pairing code or connected")
+@router.post(CID + "/initialize", summary="Start (or return) the session: QR, pairing code or connected",
+             response_model=None, responses=route_answers(InitializeAnswer, with_errors(COMPANY_ROUTE, 504)))
 async def initialize(
     ctx: CtxDep,
     company_id: CompanyDep,
@@ -210,7 +318,8 @@ async def initialize(
     return out
 
 
-@router.get(CID + "/status", summary="The session's state, phone and reconnect figures")
+@router.get(CID + "/status", summary="The session's state, phone and reconnect figures",
+            response_model=None, responses=route_answers(SessionStatusAnswer, SESSION_ROUTE))
 async def status(ctx: CtxDep, company_id: CompanyDep) -> dict[str, Any]:
     st = await ctx.holders.current(ctx.db, ctx.settings.connector_pool, await require_status(ctx, company_id))
     if ctx.events is not None and st.state is not SessionState.CONNECTED:
@@ -218,7 +327,11 @@ async def status(ctx: CtxDep, company_id: CompanyDep) -> dict[str, Any]:
     return status_body(st)
 
 
-@router.get(CID + "/health", summary="200 when connected, 503 otherwise")
+@router.get(CID + "/health", summary="200 when connected, 503 otherwise", response_model=None,
+            responses=route_answers(SessionHealthAnswer, COMPANY_ROUTE, description="connected", s503={
+                "model": SessionHealthAnswer | ErrorBody,
+                "description": "not connected (or no session: status none), with the same body; or Temporal "
+                               "is unavailable (the error model)"}))
 async def health(ctx: CtxDep, company_id: CompanyDep) -> JSONResponse:
     st = await session_status(ctx.client, company_id)
     if st is not None:
@@ -234,7 +347,11 @@ async def health(ctx: CtxDep, company_id: CompanyDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if healthy else 503)
 
 
-@router.get(CID + "/qr", summary="The current QR code (JSON, or ?format=png)", response_model=None)
+@router.get(CID + "/qr", summary="The current QR code (JSON, or ?format=png)", response_model=None,
+            responses=route_answers(QrAnswer, with_errors(COMPANY_ROUTE, why={
+                404: "no session, or no QR code now (the session is connected, connecting…)"}),
+                description="the QR code: JSON, or with ?format=png the image",
+                s200={"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}))
 async def qr(
     ctx: CtxDep, company_id: CompanyDep, format: Annotated[Literal["json", "png"], Query()] = "json"
 ) -> Response | dict[str, Any]:
@@ -264,7 +381,9 @@ async def _signal(ctx: AppContext, company_id: str, actor: str, name: str) -> di
 
 @router.post(CID + "/restart-connector",
              summary="Restart the connector that holds the session (admin): it drains like a SIGTERM and exits "
-                     "for its supervisor (waorch up) to start it again")
+                     "for its supervisor (waorch up) to start it again",
+             response_model=None, responses=route_answers(RestartAnswer, with_errors(
+                 ADMIN_ROUTE, 409, 502, why={**NO_SESSION, 409: "no connector holds the session now"})))
 async def restart_connector(ctx: CtxDep, company_id: CompanyDep, _: AdminDep) -> dict[str, Any]:
     from api.routes.transport_controls import run_connector_activity
 
@@ -277,22 +396,26 @@ async def restart_connector(ctx: CtxDep, company_id: CompanyDep, _: AdminDep) ->
     return {"success": bool(restarted), "companyId": company_id, "holder": st.holder_queue}
 
 
-@router.post(CID + "/relink", summary="Reconnect with the stored credentials (after 440 / failed)")
+@router.post(CID + "/relink", summary="Reconnect with the stored credentials (after 440 / failed)",
+             response_model=None, responses=route_answers(SignalAnswer, SESSION_ROUTE))
 async def relink(ctx: CtxDep, company_id: CompanyDep, principal: PrincipalDep) -> dict[str, Any]:
     return await _signal(ctx, company_id, principal.name, SIGNAL_RELINK)
 
 
-@router.post(CID + "/pause", summary="Close the connection, keep credentials")
+@router.post(CID + "/pause", summary="Close the connection, keep credentials",
+             response_model=None, responses=route_answers(SignalAnswer, SESSION_ROUTE))
 async def pause(ctx: CtxDep, company_id: CompanyDep, principal: PrincipalDep) -> dict[str, Any]:
     return await _signal(ctx, company_id, principal.name, SIGNAL_PAUSE)
 
 
-@router.post(CID + "/resume", summary="Reconnect a paused session")
+@router.post(CID + "/resume", summary="Reconnect a paused session",
+             response_model=None, responses=route_answers(SignalAnswer, SESSION_ROUTE))
 async def resume(ctx: CtxDep, company_id: CompanyDep, principal: PrincipalDep) -> dict[str, Any]:
     return await _signal(ctx, company_id, principal.name, SIGNAL_RESUME)
 
 
-@router.post(CID + "/logout", summary="Unlink the device and delete its credentials")
+@router.post(CID + "/logout", summary="Unlink the device and delete its credentials",
+             response_model=None, responses=route_answers(SessionStatusAnswer, SESSION_ROUTE))
 async def logout(ctx: CtxDep, company_id: CompanyDep, principal: PrincipalDep) -> dict[str, Any]:
     try:
         st = await logout_session(ctx.client, company_id)
@@ -302,7 +425,8 @@ async def logout(ctx: CtxDep, company_id: CompanyDep, principal: PrincipalDep) -
     return status_body(st)
 
 
-@router.delete(CID, summary="Log out, delete credentials and end the session workflow")
+@router.delete(CID, summary="Log out, delete credentials and end the session workflow",
+             response_model=None, responses=route_answers(SessionStatusAnswer, SESSION_ROUTE))
 async def remove(ctx: CtxDep, company_id: CompanyDep, principal: PrincipalDep) -> dict[str, Any]:
     try:
         st = await remove_session(ctx.client, company_id)

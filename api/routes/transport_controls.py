@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 from temporalio.client import WorkflowFailureError
 
 from api.deps import CompanyDep, CtxDep
-from api.errors import ApiError
+from api.errors import COMPANY_ROUTE, ApiError, route_answers, with_errors
 from api.routes.sessions import require_status
 from domain.send import CONNECTOR_CALL_WORKFLOW, ConnectorCallInput
 from domain.session import (
@@ -81,6 +81,49 @@ class ControlBody(BaseModel):
         default=None, max_length=256, description="group: members who are admins")
 
 
+class ControlAnswer(BaseModel):
+    success: Literal[True]
+    company_id: str = Field(alias="companyId")
+    action: Action
+    result: dict[str, Any] = Field(description="what the test phone reports")
+
+
+class OutboxMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    message_id: str = Field(alias="messageId")
+    to: str
+    text: str
+    timestamp: str
+    quoted: str | None
+    media: dict[str, Any] | None = None
+
+
+class OutboxAnswer(BaseModel):
+    success: Literal[True]
+    company_id: str = Field(alias="companyId")
+    count: int
+    messages: list[OutboxMessage]
+
+
+class ActionRow(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    kind: str
+    chat: str | None
+    at: str
+
+
+class ActionsAnswer(BaseModel):
+    success: Literal[True]
+    company_id: str = Field(alias="companyId")
+    count: int
+    actions: list[ActionRow]
+
+
+NO_SESSION = {404: "the company has no session, or the path matches no route"}
+
+
 async def _holder_queue(ctx: CtxDep, company_id: str) -> str:
     status = await require_status(ctx, company_id)
     if not status.holder_queue:
@@ -89,7 +132,10 @@ async def _holder_queue(ctx: CtxDep, company_id: str) -> str:
     return status.holder_queue
 
 
-@router.post("/{company_id}/{action}", summary="Drive the test phone: scan, disconnect, 440, logout, ban…")
+@router.post("/{company_id}/{action}", summary="Drive the test phone: scan, disconnect, 440, logout, ban…",
+             response_model=None, responses=route_answers(ControlAnswer, with_errors(
+                 COMPANY_ROUTE, 409, 502, why={**NO_SESSION, 409: "no connector holds the session now",
+                                               502: "the test phone refused the action"})))
 async def control(
     ctx: CtxDep,
     company_id: CompanyDep,
@@ -104,7 +150,8 @@ async def control(
     return {"success": True, "companyId": company_id, "action": action, "result": result}
 
 
-@router.get("/{company_id}/outbox", summary="What the test phone has sent")
+@router.get("/{company_id}/outbox", summary="What the test phone has sent", response_model=None,
+            responses=route_answers(OutboxAnswer, with_errors(COMPANY_ROUTE, 502, why=NO_SESSION)))
 async def outbox(ctx: CtxDep, company_id: CompanyDep) -> dict[str, Any]:
     await require_status(ctx, company_id)  # 404 for a company without a session
     # Any connector answers (the record is in PostgreSQL), also when none holds the session.
@@ -118,7 +165,8 @@ async def outbox(ctx: CtxDep, company_id: CompanyDep) -> dict[str, Any]:
     ]}
 
 
-@router.get("/{company_id}/actions", summary="What the test phone was asked to do besides sending text")
+@router.get("/{company_id}/actions", summary="What the test phone was asked to do besides sending text",
+            response_model=None, responses=route_answers(ActionsAnswer, with_errors(COMPANY_ROUTE, why=NO_SESSION)))
 async def actions(ctx: CtxDep, company_id: CompanyDep) -> dict[str, Any]:
     """Read marks, presence, reactions, number checks, group reads and each dial's proxy (masked), oldest
     first, from PostgreSQL (``transport_actions``): also after the connector that did them is gone."""
