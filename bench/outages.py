@@ -20,7 +20,8 @@ and the load goes on ``--settle-seconds`` more. One JSON line per service:
 * sends started in that window: accepted, exactly once at the phone, missing, doubled;
 * incoming accepted in that window: delivered once to the webhook, lost, out of chat order;
 * reconnects caused by the outage (connection attempts counted by the simulated WhatsApp);
-* seconds from the service being back until a send is accepted again.
+* seconds from the service being back until a send is accepted again;
+* the API's answers to sends while the service was down, and from its return until that first acceptance.
 
     .venv/bin/python -m bench.outages --down-seconds 30
     .venv/bin/python -m bench.outages --services redis --down-seconds 5 --companies 4   # quick
@@ -382,6 +383,7 @@ def _judge(name: str, args: argparse.Namespace, record: Record, outboxes: dict[s
                             if b < a and m.message_id in late)
     back_ok = [t for t in record.send_ok_at if t >= t_back]
     recovering = Counter(a for t, a in record.send_answers if t_back <= t < (min(back_ok) if back_ok else t_end))
+    while_down = Counter(a for t, a in record.send_answers if t_kill <= t < t_back)
     return {
         "service": name, "transport": args.transport, "down_s": args.down_seconds,
         "sends": {"started": len(sends), "accepted": len(accepted),
@@ -395,6 +397,7 @@ def _judge(name: str, args: argparse.Namespace, record: Record, outboxes: dict[s
         "reconnects_caused": sum(after.get(c, 0) - before.get(c, 0) for c in after),
         "sends_accepted_again_after_s": round(min(back_ok) - t_back, 1) if back_ok else None,
         "answers_until_then": dict(recovering),
+        "answers_while_down": dict(while_down),
     }
 
 

@@ -410,10 +410,43 @@ def _jid_text(jid: JID) -> str:
     return f"{jid.User}{device}@{jid.Server}"
 
 
+class GoSqlDB:
+    """The ``*sql.DB`` neonize's ``getDB`` opens for each client's store container (never closed).
+
+    Go's database/sql is a pool: a connection that went bad (the server restarted, the socket closed)
+    is discarded when a query meets it, and the next query dials a new one (``database/sql``
+    ``putConn``/``driver.ErrBadConn``). The query that met the bad connection fails with the driver's
+    error. *Guess*: one connection at a time is enough for what the model runs (the pool would open
+    more under concurrent queries); lib/pq's retry of a query that never reached the server is not
+    modelled (that query fails too, once).
+    """
+
+    def __init__(self, dsn: str, conn: psycopg.Connection) -> None:
+        self._dsn = dsn
+        self._conn: psycopg.Connection | None = conn
+        self._lock = threading.Lock()
+
+    def execute(self, query: Any, params: Any = None) -> psycopg.Cursor[Any]:
+        with self._lock:
+            conn = self._conn
+            if conn is None or conn.closed or conn.broken:
+                conn = self._conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=5)
+        try:
+            return conn.execute(query, params)
+        except psycopg.OperationalError:
+            if conn.closed or conn.broken:
+                with self._lock:
+                    if self._conn is conn:
+                        self._conn = None
+                with contextlib.suppress(Exception):
+                    conn.close()
+            raise
+
+
 class GoClient:
     """whatsmeow's ``Client`` plus neonize's per-uuid Go state, for one ``Neonize()`` call."""
 
-    def __init__(self, uuid: bytes, dsn: str, container: psycopg.Connection, device: str | None,
+    def __init__(self, uuid: bytes, dsn: str, container: GoSqlDB, device: str | None,
                  push_name: str, qr_cb: Callable[[int, int], None], login_cb: Callable[[int, int], None]) -> None:
         self.uuid = uuid
         self.dsn = dsn
@@ -743,7 +776,7 @@ class NewClient:
         with rt.write(f"Neonize({uuid.decode()})", dsn):
             rt.stop_signal[uuid] = cancel
             try:
-                container = psycopg.connect(dsn, autocommit=True)  # getDB: never closed
+                container = GoSqlDB(dsn, psycopg.connect(dsn, autocommit=True))  # getDB: never closed
                 time.sleep(rt.timing.map_write_s)  # the upgrade's round trips
                 container.execute("SELECT version, compat FROM whatsmeow_version LIMIT 1")
             except psycopg.Error as exc:
