@@ -141,7 +141,7 @@ BREAKS: tuple[Break, ...] = (
     Break("inbox-failed-message-silently-dropped", "workflows/inbox.py",
           "            await self._give_up(processing, msg, err)\n",
           "            pass\n",
-          (f"{INBOX}::test_receiver_that_never_recovers_leaves_failed_workflow_and_alert",)),
+          (f"{INBOX}::test_receiver_that_never_recovers_leaves_a_waiting_message_and_alert",)),
     Break("inbox-reply-ignores-the-rate-limit", "activities/inbox.py",
           "        if not decision.allowed:\n",
           "        if False:\n",
