@@ -187,13 +187,14 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 # --------------------------------------------------------------------------- Temporal
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
     """Time-skipping test server: timers, backoff, grace periods, day-long waits.
 
-    It has no custom search attributes and no Schedules: use ``dev_env`` for those. One per module:
-    a server shared by the whole run slows down with every workflow earlier tests left running (their
-    timers still fire), until a long ``sleep`` times out ("Timeout expired") late in the run.
+    It has no custom search attributes and no Schedules: use ``dev_env`` for those. One per test (it
+    starts in about a second): a shared server slows down with every workflow earlier tests left
+    running (their timers still fire while time skips), until a long ``sleep`` times out ("Timeout
+    expired"); seen with one per run and, under load, with one per module.
     """
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=venv_binary("temporal-test-server")

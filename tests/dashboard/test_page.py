@@ -57,6 +57,16 @@ def _admin(stack: StackProcess) -> dict[str, str]:
 _wait = wait_for
 
 
+def _pill(driver: Any, company: str) -> tuple[str, bool, bool]:
+    """The row's state pill: its text, whether it is the neutral (unknown-state) one, all buttons enabled."""
+    from selenium.webdriver.common.by import By
+
+    row = _row(driver, company)
+    pill = row.find_element(By.CSS_SELECTOR, ".pill")
+    return (pill.text, "s-other" in (pill.get_attribute("class") or ""),
+            all(b.is_enabled() for b in row.find_elements(By.CSS_SELECTOR, "button")))
+
+
 def _shot(driver: Any, name: str) -> None:
     screenshot(driver, f"dashboard-{name}")
 
@@ -218,15 +228,15 @@ def test_sessions_live_with_operator_actions(stack: StackProcess, browser: Any) 
       };""", BRAVO)
     browser.find_element(By.ID, "reload").click()
     _wait(lambda: _state(browser, BRAVO) == "hibernating", 10, "the unknown state on the row")
-    pill = _row(browser, BRAVO).find_element(By.CSS_SELECTOR, ".pill")
-    assert pill.text == "hibernating" and "s-other" in pill.get_attribute("class")
-    assert all(b.is_enabled() for b in _row(browser, BRAVO).find_elements(By.CSS_SELECTOR, "button"))
+    # Read in one go, asked again if the row re-rendered meanwhile (a live update replaces it).
+    assert _wait(lambda: _pill(browser, BRAVO) == ("hibernating", True, True), 10, "a grey pill, buttons enabled")
     assert _counts(browser)["hibernating"] == "1"
     browser.execute_script("window.__fakeState = 'degraded'")
     browser.find_element(By.ID, "reload").click()
     _wait(lambda: _state(browser, BRAVO) == "degraded", 10, "the degraded state on the row")
-    pill = _row(browser, BRAVO).find_element(By.CSS_SELECTOR, ".pill")
-    assert pill.text == "degraded" and "s-bad" in pill.get_attribute("class")
+    assert _wait(lambda: _pill(browser, BRAVO)[:2] == ("degraded", False) and
+                 "s-bad" in _row(browser, BRAVO).find_element(By.CSS_SELECTOR, ".pill").get_attribute("class"),
+                 10, "a red pill")
     assert _visible_companies(browser)[0] == BRAVO  # sorted with the sessions that need a look
     _publish(stack, {"type": "message_ack", "companyId": BRAVO, "timestamp": datetime.now(UTC).isoformat(),
                      "messageId": "ABC", "status": "read"})
