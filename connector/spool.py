@@ -223,11 +223,6 @@ class IncomingSpool:
             self._room.set()
         return True, failed
 
-    async def size(self) -> int:
-        """Messages in the spool of every connector (PostgreSQL only)."""
-        count: int = await self.db.fetchval("SELECT count(*) FROM incoming_spool")
-        return count
-
 
 async def _first_of(*events: asyncio.Event, timeout: float) -> None:
     waits = [asyncio.ensure_future(e.wait()) for e in events]

@@ -223,6 +223,10 @@ class MetricsSnapshot:
     # queued longer than INBOX_BACKLOG_ALERT_S) as the watchdog last saw it. None: unknown.
     failed_messages: int | None = None
     inbox_backlog: int | None = None
+    # Incoming messages WhatsApp delivered that Temporal does not have yet (the spool in PostgreSQL),
+    # and the age of the oldest; a growing spool means Temporal is not taking them.
+    spool_messages: int | None = None
+    spool_oldest_s: float | None = None
 
     @property
     def total_sessions(self) -> int:
@@ -248,6 +252,9 @@ class MetricsSnapshot:
             "lastError": self.last_error,
             "failedMessages": self.failed_messages,
             "inboxBacklog": self.inbox_backlog,
+            "incomingSpool": None if self.spool_messages is None else {
+                "messages": self.spool_messages,
+                "oldestSeconds": None if self.spool_oldest_s is None else round(self.spool_oldest_s, 1)},
         }
         body["connectors"] = [
             {"connectorId": c.connector_id, "leakedThreads": c.leaked_threads,
@@ -302,6 +309,11 @@ class MetricsSnapshot:
         if self.inbox_backlog is not None:
             Gauge("whatsapp_inbox_backlog_messages", "Incoming messages queued longer than INBOX_BACKLOG_ALERT_S",
                   registry=registry).set(self.inbox_backlog)
+        if self.spool_messages is not None:
+            Gauge("whatsapp_incoming_spool_messages", "Incoming messages spooled, not yet handed to Temporal",
+                  registry=registry).set(self.spool_messages)
+            Gauge("whatsapp_incoming_spool_oldest_seconds", "Age of the oldest spooled incoming message (0: none)",
+                  registry=registry).set(self.spool_oldest_s or 0.0)
         jobs = self.jobs
         if jobs is not None:
             figures = {

@@ -73,9 +73,14 @@ HOLDER_ROUTE = with_errors(COMPANY_ROUTE, 409, 502, 504, why={
 })
 
 
-class MessageStatusAnswer(BaseModel):
+class CompanyAnswer(BaseModel):
+    """What every answer of these routes starts with."""
+
     success: Literal[True]
     company_id: str = Field(alias="companyId")
+
+
+class MessageStatusAnswer(CompanyAnswer):
     message_id: str = Field(alias="messageId")
     chat: str | None
     status: MessageStatus = Field(description="the furthest status reached")
@@ -87,23 +92,17 @@ class MessageStatusAnswer(BaseModel):
     updated_at: str | None = Field(alias="updatedAt")
 
 
-class ReadAnswer(BaseModel):
-    success: Literal[True]
-    company_id: str = Field(alias="companyId")
+class ReadAnswer(CompanyAnswer):
     chat: str
     message_ids: list[str] = Field(alias="messageIds")
 
 
-class PresenceAnswer(BaseModel):
-    success: Literal[True]
-    company_id: str = Field(alias="companyId")
+class PresenceAnswer(CompanyAnswer):
     chat: str
     state: ChatPresenceState
 
 
-class ReactionAnswer(BaseModel):
-    success: Literal[True]
-    company_id: str = Field(alias="companyId")
+class ReactionAnswer(CompanyAnswer):
     chat: str
     message_id: str = Field(alias="messageId")
     emoji: str
@@ -111,9 +110,7 @@ class ReactionAnswer(BaseModel):
     timestamp: str
 
 
-class ContactAnswer(BaseModel):
-    success: Literal[True]
-    company_id: str = Field(alias="companyId")
+class ContactAnswer(CompanyAnswer):
     phone: str
     on_whatsapp: bool = Field(alias="onWhatsApp")
     jid: str | None
@@ -142,9 +139,7 @@ class Group(BaseModel):
     participants: list[GroupMember]
 
 
-class GroupAnswer(BaseModel):
-    success: Literal[True]
-    company_id: str = Field(alias="companyId")
+class GroupAnswer(CompanyAnswer):
     group: Group
 
 

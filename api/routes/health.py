@@ -26,7 +26,7 @@ from domain.send import SEND_WORKFLOW
 from domain.states import SessionState
 from infra.probes import InfraProbes, ProbeResult, probe_redis_client
 from infra.sessions import list_sessions
-from storage import failed_messages
+from storage import failed_messages, incoming_spool
 
 router = APIRouter(tags=["health"])
 
@@ -56,11 +56,15 @@ async def _pending(ctx: AppContext) -> dict[str, Any]:
 
 
 async def _inbox(ctx: AppContext) -> dict[str, Any]:
-    """Incoming messages that need a person: failed ones waiting (PostgreSQL), and the backlog.
-    Informative: both alert on their own, and the service is not less healthy for them."""
+    """Incoming messages: failed ones waiting for a person (PostgreSQL), the spool, and the backlog.
+    Informative: the service is not less healthy for them (failed messages and the backlog alert on their own)."""
     summary = await failed_messages.summary(ctx.db)
+    spool = await incoming_spool.summary(ctx.db)
     backlog = ctx.watchdog.backlog if ctx.watchdog is not None else None
     return {"failedMessages": summary.total,
+            # Delivered by WhatsApp, not yet handed to Temporal (grows while Temporal is unreachable).
+            "spool": {"messages": spool.messages,
+                      "oldestSeconds": None if spool.oldest_s is None else round(spool.oldest_s, 1)},
             "oldestFailedAt": summary.companies[0].oldest.isoformat() if summary.companies else None,
             # As the watchdog last saw it: messages queued longer than INBOX_BACKLOG_ALERT_S (null: unknown).
             "backlog": None if backlog is None else {"messages": backlog.messages, "chats": backlog.chats,

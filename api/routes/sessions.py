@@ -29,7 +29,7 @@ from infra.sessions import (
     session_status,
     signal_session,
 )
-from storage import failed_messages
+from storage import failed_messages, incoming_spool
 
 log = logging.getLogger("waorch.api.sessions")
 
@@ -223,9 +223,16 @@ async def metrics_snapshot(ctx: AppContext, states: list[tuple[str, SessionState
     except Exception as exc:  # metrics report, they never fail the request
         log.warning("failed-message count unavailable error=%s", type(exc).__name__)
         failed = None
+    try:
+        spool: incoming_spool.SpoolSummary | None = await incoming_spool.summary(ctx.db)
+    except Exception as exc:  # metrics report, they never fail the request
+        log.warning("incoming spool figures unavailable error=%s", type(exc).__name__)
+        spool = None
     backlog = ctx.watchdog.backlog_count if ctx.watchdog is not None else None
     return MetricsSnapshot(by_state, counters, await job_figures(ctx.job_metrics), last_error=last_error,
                            failed_messages=failed, inbox_backlog=backlog,
+                           spool_messages=spool.messages if spool else None,
+                           spool_oldest_s=spool.oldest_s if spool else None,
                            connectors=await live_connector_figures(ctx))
 
 

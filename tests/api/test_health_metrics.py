@@ -133,3 +133,30 @@ async def test_metrics_parse_and_move_when_messages_flow(stack: Api, database_ds
     assert body["success"] is True
     assert body["metrics"]["messagesSent"] >= 3 and body["metrics"]["activeConnections"] >= 1
     assert body["sessions"]["connected"] >= 1
+
+
+async def test_spooled_incoming_messages_show_in_metrics_and_health(api: Api, database_dsn: str) -> None:
+    """Messages WhatsApp delivered that Temporal does not have yet are counted where an operator looks:
+    /metrics (count and the oldest one's age), the JSON metrics and /health's inbox report."""
+
+    def figures(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> tuple[float, float]:
+        return (samples[("whatsapp_incoming_spool_messages", ())],
+                samples[("whatsapp_incoming_spool_oldest_seconds", ())])
+
+    assert figures(_samples((await api.http.get("/metrics")).text)) == (0, 0)
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        for i, age_s in enumerate((90, 30, 5)):
+            await conn.execute(
+                """INSERT INTO incoming_spool (owner, company_id, chat, message_id, payload, received_at)
+                   VALUES ('c-gone', 'company_1', '79990000001@s.whatsapp.net', $1, '{}'::jsonb,
+                           now() - make_interval(secs => $2))""", f"M{i}", age_s)
+    finally:
+        await conn.close()
+    count, oldest = figures(_samples((await api.http.get("/metrics")).text))
+    assert count == 3 and 90 <= oldest < 120, (count, oldest)
+    body = (await api.http.get("/api/whatsapp/metrics", headers=ADMIN)).json()
+    assert body["metrics"]["incomingSpool"]["messages"] == 3
+    health = (await api.http.get("/health")).json()
+    spool = _check(health, "inbox")["spool"]
+    assert isinstance(spool, dict) and spool["messages"] == 3 and spool["oldestSeconds"] >= 90

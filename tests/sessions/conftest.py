@@ -36,7 +36,7 @@ from domain.settings import Settings
 from domain.states import SessionState
 from infra.redis import EventPublisher
 from infra.sessions import initialize_session, session_status
-from storage import Database
+from storage import Database, incoming_spool
 from workflows.session import SessionWorkflow
 
 
@@ -186,7 +186,7 @@ class SessionStack:
         """Wait until every incoming message spooled so far is in Temporal (the spool is empty)."""
 
         async def empty() -> bool:
-            return await self.connector.spool.size() == 0
+            return (await incoming_spool.summary(self.connector.spool.db)).messages == 0
 
         await wait_until(empty, timeout, interval=0.05)
 
