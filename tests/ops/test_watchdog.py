@@ -143,7 +143,16 @@ async def test_postgres_redis_worker_and_connector_outages_alert_once_each_way(
             assert "every connector" in recorded.alerts[5].text and "back" in recorded.alerts[5].text
             await _quiet(recorded, 2.0)
             assert [a.severity for a in recorded.alerts] == ["critical", "info"] * 3, recorded.texts()
-            assert recorded.about("Redis") == []
+            assert recorded.about("Redis") == []  # its short restart above stayed silent
+
+            await asyncio.to_thread(redis.stop)  # down past the grace this time
+            await recorded.wait_for(7, 20, "Redis down")
+            assert recorded.alerts[6].severity == "critical" and "Redis down for" in recorded.alerts[6].text
+            await asyncio.to_thread(redis.start)
+            await recorded.wait_for(8, 20, "Redis back")
+            assert recorded.alerts[7].severity == "info" and "Redis back after" in recorded.alerts[7].text
+            await _quiet(recorded, 2.0)
+            assert len(recorded.alerts) == 8, recorded.texts()
     finally:
         with contextlib.suppress(Exception):
             await connector.__aexit__(None, None, None)
