@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from temporalio.client import Client, WithStartWorkflowOperation, WorkflowQueryRejectedError
+from temporalio.client import Client, WithStartWorkflowOperation, WorkflowExecutionStatus, WorkflowQueryRejectedError
 from temporalio.common import (
     QueryRejectCondition,
     SearchAttributeKey,
@@ -184,17 +184,22 @@ async def session_status(client: Client, company_id: str) -> SessionStatus | Non
     """The session's status, or ``None`` if the company has no running session workflow."""
     cid = normalize_company_id(company_id)
     handle = client.get_workflow_handle(session_workflow_id(cid))
-    try:
-        status: SessionStatus = await handle.query(
-            QUERY_STATUS, result_type=SessionStatus, reject_condition=QueryRejectCondition.NOT_OPEN
-        )
-    except WorkflowQueryRejectedError:
-        return None
-    except RPCError as exc:
-        if _not_found(exc):
+    for _ in range(3):
+        try:
+            status: SessionStatus = await handle.query(
+                QUERY_STATUS, result_type=SessionStatus, reject_condition=QueryRejectCondition.NOT_OPEN
+            )
+        except WorkflowQueryRejectedError as exc:
+            # A query that reached the run just as it continued as new: the next run is the session.
+            if exc.status == WorkflowExecutionStatus.CONTINUED_AS_NEW:
+                continue
             return None
-        raise
-    return status
+        except RPCError as exc:
+            if _not_found(exc):
+                return None
+            raise
+        return status
+    return None
 
 
 async def signal_session(client: Client, company_id: str, signal_name: str) -> None:

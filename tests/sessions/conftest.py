@@ -179,6 +179,20 @@ class SessionStack:
             raise AssertionError(f"{company_id}: condition not met; status {st}") from None
         return await self.status(company_id)
 
+    async def wait_alerts(self, check: Callable[[list[SessionAlert]], bool],
+                          timeout: float = 10.0) -> list[SessionAlert]:
+        """The alerts once ``check`` holds for them: a workflow sets its state (what ``wait_state`` sees)
+        before its alert activity has run."""
+
+        async def ok() -> bool:
+            return check(self.alerts)
+
+        try:
+            await wait_until(ok, timeout, interval=0.05)
+        except TimeoutError:
+            raise AssertionError(f"alerts not as expected: {self.alerts}") from None
+        return list(self.alerts)
+
     async def wait_state(self, company_id: str, state: SessionState, timeout: float = 15.0) -> SessionStatus:
         return await self.wait_for(company_id, lambda s: s.state is state, timeout)
 

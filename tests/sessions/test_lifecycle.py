@@ -141,7 +141,7 @@ async def test_max_attempts_fail_with_alert_then_relink_recovers(ts_stack, compa
             st = await s.wait_for(company_id, lambda x, a=attempt: x.state is SessionState.BACKOFF and x.attempt == a)
             await s.skip(delay_of(st) - 0.3)
         st = await s.wait_state(company_id, SessionState.FAILED)
-        assert any(a.severity == "critical" and "failed" in a.text for a in s.alerts)
+        await s.wait_alerts(lambda alerts: any(a.severity == "critical" and "failed" in a.text for a in alerts))
         dials = s.sim.dials[company_id]
         await s.skip(6 * 3600)
         assert (await s.status(company_id)).state is SessionState.FAILED
@@ -182,7 +182,8 @@ async def test_logout_from_phone_deletes_credentials(ts_stack, company_id, db):
         assert st.jid is None
         assert await s.device_rows(company_id) == 0
         assert await db.fetchval("SELECT device_jid FROM companies WHERE company_id = $1", company_id) is None
-        assert len(s.alerts) == 1 and s.alerts[0].severity == "critical"
+        alerts = await s.wait_alerts(lambda alerts: len(alerts) >= 1)
+        assert len(alerts) == 1 and alerts[0].severity == "critical"
         dials = s.sim.dials[company_id]
         await s.skip(3600)
         assert s.sim.dials[company_id] == dials  # never loops on a logout
@@ -380,7 +381,8 @@ async def test_client_outdated_fails_with_an_alert_instead_of_retrying(ts_stack,
         await s.sim.control(company_id, "outdated", {})  # WhatsApp refuses this client version (405)
         st = await s.wait_state(company_id, SessionState.FAILED)
         assert "outdated" in (st.last_error or "")
-        assert [a.severity for a in s.alerts] == ["critical"] and "update neonize" in s.alerts[0].text
+        alerts = await s.wait_alerts(lambda alerts: len(alerts) >= 1)
+        assert [a.severity for a in alerts] == ["critical"] and "update neonize" in alerts[0].text
         dials = s.sim.dials[company_id]
         await s.skip(6 * 3600)
         assert (await s.status(company_id)).state is SessionState.FAILED
