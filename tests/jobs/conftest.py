@@ -11,14 +11,17 @@ from typing import Any
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from temporalio import activity
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.worker import WorkerDeps, build_worker
+from activities.worker import WorkerDeps, build_activities, build_worker
+from domain.session import SessionAlert
 from domain.settings import Settings
 from infra.redis import EventPublisher
 from storage import Database
 from tests.conftest import PgServer
+from workflows import ALL_WORKFLOWS
 
 ADMIN_KEY = "jobs-admin-key-" + "y" * 16
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -74,3 +77,26 @@ def fake_pg_bin(tmp_path: Path, version: str) -> Path:
         )
         script.chmod(0o755)
     return bin_dir
+
+
+@contextlib.asynccontextmanager
+async def worker_recording_alerts(client: Client, settings: Settings,
+                                  alerts: list[SessionAlert]) -> AsyncIterator[None]:
+    """The real core worker on this test's queue, with its alerts recorded in ``alerts`` instead of sent."""
+
+    @activity.defn(name="send_alert")
+    async def record_alert(alert: SessionAlert) -> str:
+        alerts.append(alert)
+        return "test"
+
+    db = Database(settings.database_dsn)
+    redis = aioredis.from_url(settings.redis_dsn, decode_responses=True)
+    deps = WorkerDeps(settings, client, db, redis, EventPublisher(redis, settings.events_channel))
+    acts = [a for a in build_activities(deps) if getattr(a, "__temporal_activity_definition").name != "send_alert"]
+    try:
+        async with Worker(client, task_queue=settings.temporal_core_queue, workflows=ALL_WORKFLOWS,
+                          activities=[*acts, record_alert]):
+            yield
+    finally:
+        await db.close()
+        await redis.aclose()

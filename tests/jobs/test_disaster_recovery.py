@@ -16,12 +16,9 @@ from typing import Any
 import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from temporalio import activity
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
 from activities.backup import create_verified_backup, manifest_path, sha256_of
-from activities.worker import WorkerDeps, build_activities
 from bench.store_data import device_jid, fill_device
 from cli.processes import REPO, settings_env
 from cli.restore import RestoreRefused, restore
@@ -29,11 +26,10 @@ from domain.jobs import JobInput
 from domain.session import SessionAlert
 from infra.jobs import job_metrics_provider
 from infra.metrics import MetricsSnapshot
-from infra.redis import EventPublisher, redis_client
 from storage import Database
 from tests.conftest import PgServer
 from tests.inbox.conftest import inbox_stack
-from workflows import ALL_WORKFLOWS
+from tests.jobs.conftest import worker_recording_alerts
 from workflows.jobs import BackupWorkflow, RestoreTestWorkflow
 
 pytestmark = pytest.mark.timeout(150)
@@ -160,19 +156,9 @@ async def test_restore_test_is_judged_against_the_rto_target_and_metrics_describ
     await _filled(store_dsn)
     settings = jobs_settings(dev_env.client, backup_copy_dir=tmp_path / "share", restore_rto_target_s=0.001)
     alerts: list[SessionAlert] = []
-
-    @activity.defn(name="send_alert")
-    async def record_alert(alert: SessionAlert) -> str:
-        alerts.append(alert)
-        return "test"
-
     db = Database(store_dsn)
-    redis = redis_client(settings)
-    deps = WorkerDeps(settings, dev_env.client, db, redis, EventPublisher(redis, settings.events_channel))
-    acts = [a for a in build_activities(deps) if getattr(a, "__temporal_activity_definition").name != "send_alert"]
     try:
-        async with Worker(dev_env.client, task_queue=settings.temporal_core_queue, workflows=ALL_WORKFLOWS,
-                          activities=[*acts, record_alert]):
+        async with worker_recording_alerts(dev_env.client, settings, alerts):
             backup = await dev_env.client.execute_workflow(
                 BackupWorkflow.run, JobInput(trigger="test"), id=f"backup-{uuid.uuid4()}",
                 task_queue=settings.temporal_core_queue)
@@ -187,10 +173,7 @@ async def test_restore_test_is_judged_against_the_rto_target_and_metrics_describ
             assert len(warnings) == 1 and "missed the target of 0.001 s" in warnings[0].text
 
         met = settings.model_copy(update={"restore_rto_target_s": 600.0})  # the default target
-        acts = [a for a in build_activities(WorkerDeps(met, dev_env.client, db, redis, deps.events))
-                if getattr(a, "__temporal_activity_definition").name != "send_alert"]
-        async with Worker(dev_env.client, task_queue=met.temporal_core_queue, workflows=ALL_WORKFLOWS,
-                          activities=[*acts, record_alert]):
+        async with worker_recording_alerts(dev_env.client, met, alerts):
             alerts.clear()
             ok = await dev_env.client.execute_workflow(
                 RestoreTestWorkflow.run, JobInput(trigger="test"), id=f"restore-{uuid.uuid4()}",
@@ -200,7 +183,6 @@ async def test_restore_test_is_judged_against_the_rto_target_and_metrics_describ
         figures = await job_metrics_provider(db, met.restore_rto_target_s)()
     finally:
         await db.close()
-        await redis.aclose()
     samples = {s.name: s.value for f in text_string_to_metric_families(
         MetricsSnapshot({}, {}, figures).to_prometheus().decode()) for s in f.samples}
     assert 0 <= samples["whatsapp_last_backup_age_seconds"] < 120
