@@ -1,6 +1,6 @@
 """The incoming spool is bounded (SPOOL_MAX_PENDING): when it is full the transport's callback waits, so
-the connector stops taking messages from WhatsApp (which keeps them) instead of growing without end;
-it lets go as soon as the drain hands messages to Temporal, and nothing is lost or reordered."""
+the connector reads no further messages from WhatsApp (which keeps what was not read) instead of growing
+without end; it lets go as soon as the drain hands messages to Temporal, and nothing is lost or reordered."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ async def test_a_full_spool_holds_the_callback_until_the_drain_makes_room(db: Da
     for _ in range(20):  # let it run as far as it can without the drain
         await asyncio.sleep(0)
     assert not eleventh.done()
-    assert (await incoming_spool.summary(db)).messages == 10  # not written: WhatsApp still has it
+    assert (await incoming_spool.summary(db)).messages == 10  # not written yet: its callback waits
 
     handed: list[str] = []
 
