@@ -38,6 +38,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from domain.events import EventType
 from domain.states import SessionState
+from storage.incoming_spool import SpoolSummary
 
 log = logging.getLogger("waorch.metrics")
 
@@ -224,9 +225,8 @@ class MetricsSnapshot:
     failed_messages: int | None = None
     inbox_backlog: int | None = None
     # Incoming messages WhatsApp delivered that Temporal does not have yet (the spool in PostgreSQL),
-    # and the age of the oldest; a growing spool means Temporal is not taking them.
-    spool_messages: int | None = None
-    spool_oldest_s: float | None = None
+    # and the age of the oldest; a growing spool means Temporal is not taking them. None: unknown.
+    spool: SpoolSummary | None = None
 
     @property
     def total_sessions(self) -> int:
@@ -252,9 +252,7 @@ class MetricsSnapshot:
             "lastError": self.last_error,
             "failedMessages": self.failed_messages,
             "inboxBacklog": self.inbox_backlog,
-            "incomingSpool": None if self.spool_messages is None else {
-                "messages": self.spool_messages,
-                "oldestSeconds": None if self.spool_oldest_s is None else round(self.spool_oldest_s, 1)},
+            "incomingSpool": None if self.spool is None else self.spool.to_json(),
         }
         body["connectors"] = [
             {"connectorId": c.connector_id, "leakedThreads": c.leaked_threads,
@@ -309,11 +307,11 @@ class MetricsSnapshot:
         if self.inbox_backlog is not None:
             Gauge("whatsapp_inbox_backlog_messages", "Incoming messages queued longer than INBOX_BACKLOG_ALERT_S",
                   registry=registry).set(self.inbox_backlog)
-        if self.spool_messages is not None:
+        if self.spool is not None:
             Gauge("whatsapp_incoming_spool_messages", "Incoming messages spooled, not yet handed to Temporal",
-                  registry=registry).set(self.spool_messages)
+                  registry=registry).set(self.spool.messages)
             Gauge("whatsapp_incoming_spool_oldest_seconds", "Age of the oldest spooled incoming message (0: none)",
-                  registry=registry).set(self.spool_oldest_s or 0.0)
+                  registry=registry).set(self.spool.oldest_s or 0.0)
         jobs = self.jobs
         if jobs is not None:
             figures = {

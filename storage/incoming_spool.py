@@ -5,6 +5,7 @@ does not have yet. The connectors write and drain it (``connector/spool.py``); t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from storage.db import Database
 
@@ -13,6 +14,9 @@ from storage.db import Database
 class SpoolSummary:
     messages: int
     oldest_s: float | None  # age of the oldest message waiting; None when none waits
+
+    def to_json(self) -> dict[str, Any]:
+        return {"messages": self.messages, "oldestSeconds": None if self.oldest_s is None else round(self.oldest_s, 1)}
 
 
 async def summary(db: Database) -> SpoolSummary:

@@ -63,8 +63,7 @@ async def _inbox(ctx: AppContext) -> dict[str, Any]:
     backlog = ctx.watchdog.backlog if ctx.watchdog is not None else None
     return {"failedMessages": summary.total,
             # Delivered by WhatsApp, not yet handed to Temporal (grows while Temporal is unreachable).
-            "spool": {"messages": spool.messages,
-                      "oldestSeconds": None if spool.oldest_s is None else round(spool.oldest_s, 1)},
+            "spool": spool.to_json(),
             "oldestFailedAt": summary.companies[0].oldest.isoformat() if summary.companies else None,
             # As the watchdog last saw it: messages queued longer than INBOX_BACKLOG_ALERT_S (null: unknown).
             "backlog": None if backlog is None else {"messages": backlog.messages, "chats": backlog.chats,

@@ -231,8 +231,7 @@ async def metrics_snapshot(ctx: AppContext, states: list[tuple[str, SessionState
     backlog = ctx.watchdog.backlog_count if ctx.watchdog is not None else None
     return MetricsSnapshot(by_state, counters, await job_figures(ctx.job_metrics), last_error=last_error,
                            failed_messages=failed, inbox_backlog=backlog,
-                           spool_messages=spool.messages if spool else None,
-                           spool_oldest_s=spool.oldest_s if spool else None,
+                           spool=spool,
                            connectors=await live_connector_figures(ctx))
 
 

@@ -8,6 +8,7 @@ import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cli.embedded import wait_until
 from connector.spool import IncomingSpool
 from domain.inbox import IncomingMessage
 from storage import Database, incoming_spool
@@ -45,10 +46,7 @@ async def test_a_full_spool_holds_the_callback_until_the_drain_makes_room(db: Da
         async def all_handed() -> bool:
             return (await incoming_spool.summary(db)).messages == 0 and len(handed) == 11
 
-        deadline = asyncio.get_running_loop().time() + 10
-        while not await all_handed():
-            assert asyncio.get_running_loop().time() < deadline, handed
-            await asyncio.sleep(0.05)
+        await wait_until(all_handed, 10)
     finally:
         stop.set()
         await asyncio.wait_for(drain, 15)

@@ -51,17 +51,22 @@ async def scratch_databases_of(pg_server: PgServer, dsn: str) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def running_worker(settings: Settings, client: Client) -> AsyncIterator[Worker]:
-    """The real core worker (every workflow and activity) on this test's queue."""
+async def worker_deps(settings: Settings, client: Client) -> AsyncIterator[WorkerDeps]:
+    """What the core worker's activities need, for this test's database and Redis; closed afterwards."""
     db = Database(settings.database_dsn)
     redis = aioredis.from_url(settings.redis_dsn, decode_responses=True)
-    deps = WorkerDeps(settings, client, db, redis, EventPublisher(redis, settings.events_channel))
     try:
-        async with build_worker(deps) as worker:
-            yield worker
+        yield WorkerDeps(settings, client, db, redis, EventPublisher(redis, settings.events_channel))
     finally:
         await db.close()
         await redis.aclose()
+
+
+@contextlib.asynccontextmanager
+async def running_worker(settings: Settings, client: Client) -> AsyncIterator[Worker]:
+    """The real core worker (every workflow and activity) on this test's queue."""
+    async with worker_deps(settings, client) as deps, build_worker(deps) as worker:
+        yield worker
 
 
 def fake_pg_bin(tmp_path: Path, version: str) -> Path:
@@ -89,14 +94,9 @@ async def worker_recording_alerts(client: Client, settings: Settings,
         alerts.append(alert)
         return "test"
 
-    db = Database(settings.database_dsn)
-    redis = aioredis.from_url(settings.redis_dsn, decode_responses=True)
-    deps = WorkerDeps(settings, client, db, redis, EventPublisher(redis, settings.events_channel))
-    acts = [a for a in build_activities(deps) if getattr(a, "__temporal_activity_definition").name != "send_alert"]
-    try:
+    async with worker_deps(settings, client) as deps:
+        acts = [a for a in build_activities(deps)
+                if getattr(a, "__temporal_activity_definition").name != "send_alert"]
         async with Worker(client, task_queue=settings.temporal_core_queue, workflows=ALL_WORKFLOWS,
                           activities=[*acts, record_alert]):
             yield
-    finally:
-        await db.close()
-        await redis.aclose()
